@@ -1,0 +1,206 @@
+//! The agent's configuration: file, `PEREGRINE_AGENT__*` environment, `--set` flags.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use peregrine_service::config::Validate;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// This node's name; in Kubernetes from the downward API (`spec.nodeName`) via `NODE_NAME`.
+    pub node_name: String,
+    /// The cluster's name as the SIEM should show it.
+    pub cluster_name: String,
+    pub log_level: String,
+    pub collector: CollectorConfig,
+    pub ebpf: EbpfConfig,
+    pub pipeline: PipelineConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorConfig {
+    /// `http://host:port` of the collector's ingest endpoint.
+    pub address: String,
+    pub connect_timeout_ms: u64,
+    /// Upper bound of the reconnect backoff.
+    pub max_backoff_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfConfig {
+    /// The kernel programs' object file (built by `cargo xtask build`).
+    pub object: PathBuf,
+    /// Kernel BTF used for CO-RE relocation.
+    pub btf_path: PathBuf,
+    pub tracefs_path: PathBuf,
+    /// Ring buffer size; a power of two multiple of the page size.
+    pub ring_buffer_bytes: u32,
+    /// Fill level at which the kernel wakes the agent instead of waiting for the drain timer.
+    pub wakeup_watermark_bytes: u64,
+    /// How often the ring buffer is drained when the watermark is not reached.
+    pub drain_interval_ms: u64,
+    pub programs: ProgramsConfig,
+}
+
+/// Which kernel programs to attach (all on by default; turning one off is for diagnosis).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProgramsConfig {
+    pub exec: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Events held between the kernel drain and the sender; beyond it events are dropped and
+    /// counted, so the drain (and the kernel ring behind it) never waits on the network.
+    pub queue_capacity: usize,
+    pub batch_max_events: usize,
+    pub batch_max_delay_ms: u64,
+    /// Interval of the agent status event (counters and drain progress).
+    pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address for /healthz, /readyz and /metrics.
+    pub listen: SocketAddr,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            node_name: std::env::var("NODE_NAME").unwrap_or_else(|_| hostname()),
+            cluster_name: String::new(),
+            log_level: "info".into(),
+            collector: CollectorConfig::default(),
+            ebpf: EbpfConfig::default(),
+            pipeline: PipelineConfig::default(),
+            http: HttpConfig::default(),
+        }
+    }
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        Self { address: "http://127.0.0.1:7700".into(), connect_timeout_ms: 2000, max_backoff_ms: 5000 }
+    }
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        Self {
+            object: PathBuf::from("/usr/lib/peregrine/peregrine-ebpf.o"),
+            btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
+            tracefs_path: PathBuf::from("/sys/kernel/tracing"),
+            ring_buffer_bytes: 8 << 20,
+            wakeup_watermark_bytes: 2 << 20,
+            drain_interval_ms: 20,
+            programs: ProgramsConfig::default(),
+        }
+    }
+}
+
+impl Default for ProgramsConfig {
+    fn default() -> Self {
+        Self { exec: true }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { queue_capacity: 65536, batch_max_events: 512, batch_max_delay_ms: 50, heartbeat_interval_ms: 10_000 }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([0, 0, 0, 0], 9464)) }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+fn err(key: &str, message: impl Into<String>) -> Result<(), (String, String)> {
+    Err((key.to_owned(), message.into()))
+}
+
+impl Validate for AgentConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.node_name.is_empty() {
+            return err("node_name", "empty: set it, or NODE_NAME from the downward API");
+        }
+        if self.cluster_name.is_empty() {
+            return err("cluster_name", "empty: name the cluster as your SIEM should show it");
+        }
+        if !(self.collector.address.starts_with("http://") || self.collector.address.starts_with("https://")) {
+            return err("collector.address", format!("`{}` is not an http:// or https:// URL", self.collector.address));
+        }
+        let ring = self.ebpf.ring_buffer_bytes;
+        if !ring.is_power_of_two() || ring < 4096 {
+            return err("ebpf.ring_buffer_bytes", format!("{ring} is not a power of two of at least 4096"));
+        }
+        if self.ebpf.wakeup_watermark_bytes >= u64::from(ring) {
+            return err("ebpf.wakeup_watermark_bytes", "must be smaller than ebpf.ring_buffer_bytes");
+        }
+        if !(1..=1000).contains(&self.ebpf.drain_interval_ms) {
+            return err("ebpf.drain_interval_ms", "must be between 1 and 1000");
+        }
+        if self.pipeline.queue_capacity == 0 {
+            return err("pipeline.queue_capacity", "must be at least 1");
+        }
+        if self.pipeline.batch_max_events == 0 {
+            return err("pipeline.batch_max_events", "must be at least 1");
+        }
+        if self.pipeline.heartbeat_interval_ms < 10 {
+            return err("pipeline.heartbeat_interval_ms", "must be at least 10");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peregrine_service::config::Layers;
+
+    #[test]
+    fn defaults_need_a_cluster_name() {
+        let e = Layers::new().build::<AgentConfig>().unwrap_err().to_string();
+        assert!(e.starts_with("config key `cluster_name`: empty"), "{e}");
+    }
+
+    #[test]
+    fn ring_size_is_checked() {
+        let e = Layers::new()
+            .overrides(["cluster_name=c", "node_name=n", "ebpf.ring_buffer_bytes=5000"])
+            .unwrap()
+            .build::<AgentConfig>()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config key `ebpf.ring_buffer_bytes` (set by --set ebpf.ring_buffer_bytes=5000): 5000 is not a power of two of at least 4096"
+        );
+    }
+
+    #[test]
+    fn overrides_reach_nested_keys() {
+        let c: AgentConfig = Layers::new()
+            .env("PEREGRINE_AGENT", [("PEREGRINE_AGENT__EBPF__PROGRAMS__EXEC".to_owned(), "false".to_owned())])
+            .overrides(["cluster_name=prod-weu", "node_name=aks-1", "collector.address=http://10.0.0.1:7700"])
+            .unwrap()
+            .build()
+            .unwrap();
+        assert!(!c.ebpf.programs.exec);
+        assert_eq!(c.cluster_name, "prod-weu");
+        assert_eq!(c.collector.address, "http://10.0.0.1:7700");
+    }
+}

@@ -1,0 +1,104 @@
+//! peregrine-agent: loads the kernel programs, drains their records, and streams events to the
+//! collector. See docs/ARCHITECTURE.md for the path an event takes.
+
+mod clock;
+mod config;
+mod decode;
+mod drain;
+mod kernel;
+mod metrics;
+mod pipeline;
+mod sender;
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use peregrine_service::config::Layers;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+
+use crate::{config::AgentConfig, drain::Drain, kernel::Sensor, metrics::Metrics, sender::Sender};
+
+/// Peregrine node agent.
+///
+/// Configuration comes from --config, then PEREGRINE_AGENT__<SECTION>__<KEY> environment
+/// variables, then --set flags, each overriding the one before.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "PEREGRINE_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override one key, e.g. --set collector.address=http://10.0.0.5:7700 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peregrine-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
+    let mut layers = Layers::new();
+    if let Some(path) = &cli.config {
+        layers = layers.file(path)?;
+    }
+    Ok(layers.env("PEREGRINE_AGENT", std::env::vars()).overrides(cli.sets.iter().map(String::as_str))?.build()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = load_config(&cli)?;
+    peregrine_service::init_logging(&config.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: AgentConfig) -> anyhow::Result<()> {
+    let (sensor, ring) = Sensor::load(&config.ebpf)?;
+    tracing::info!(hooks = ?sensor.hooks, object = %config.ebpf.object.display(), "kernel programs loaded");
+
+    let metrics = Metrics::default();
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let http = peregrine_service::http::serve(config.http.listen, Arc::new(registry), ready_rx).await?;
+    tracing::info!(%http, "serving /healthz /readyz /metrics");
+
+    let (tx, rx) = mpsc::channel(config.pipeline.queue_capacity);
+    let sender = Sender { collector: config.collector.clone(), pipeline: config.pipeline.clone(), metrics: metrics.clone() };
+    let sending = tokio::spawn(sender.run(rx));
+
+    let stamper = drain::Stamper::new(config.node_name.clone(), config.cluster_name.clone());
+    tracing::info!(node = %stamper.node, cluster = %stamper.cluster, run = %stamper.agent_run, "agent started");
+    let drain = Drain::new(
+        sensor,
+        ring,
+        stamper,
+        tx,
+        metrics,
+        Duration::from_millis(config.ebpf.drain_interval_ms),
+        Duration::from_millis(config.pipeline.heartbeat_interval_ms),
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let draining = tokio::spawn(drain.run(stop_rx));
+    let _ = ready_tx.send(true);
+
+    peregrine_service::shutdown_signal().await;
+    tracing::info!("stopping: draining the kernel ring and flushing to the collector");
+    let _ = stop_tx.send(true);
+    draining.await.context("drain task")?.context("ring buffer readiness")?;
+    sending.await.context("sender task")?;
+    Ok(())
+}

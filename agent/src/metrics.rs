@@ -1,0 +1,68 @@
+//! The agent's Prometheus metrics. Every drop has a reason label; the same totals travel in
+//! the status events, so the stream and the metrics agree.
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// Why an event left the pipeline without reaching the collector.
+pub mod reason {
+    /// The queue between drain and sender was full.
+    pub const QUEUE_FULL: &str = "queue_full";
+    /// No collector connection while the event was due.
+    pub const COLLECTOR_UNAVAILABLE: &str = "collector_unavailable";
+    /// Sent, but the connection ended before the collector acknowledged it.
+    pub const UNACKNOWLEDGED: &str = "unacknowledged";
+    /// A ring-buffer record that could not be decoded.
+    pub const DECODE: &str = "decode_error";
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    pub events: Family<KindLabel, Counter>,
+    pub dropped: Family<ReasonLabel, Counter>,
+    pub sent: Counter,
+    pub kernel_lost: Counter,
+    pub kernel_read_failed: Counter,
+    pub batches_acked: Counter,
+    pub reconnects: Counter,
+    pub collector_connected: Gauge,
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("peregrine_agent");
+        r.register("events", "Events produced, by kind", self.events.clone());
+        r.register("events_dropped", "Events dropped in user space, by reason", self.dropped.clone());
+        r.register("events_sent", "Events acknowledged by the collector", self.sent.clone());
+        r.register("kernel_records_lost", "Records the kernel could not write (ring buffer full)", self.kernel_lost.clone());
+        r.register("kernel_read_failures", "Records abandoned because a kernel read failed", self.kernel_read_failed.clone());
+        r.register("batches_acked", "Batches acknowledged by the collector", self.batches_acked.clone());
+        r.register("collector_reconnects", "Connections opened to the collector after the first", self.reconnects.clone());
+        r.register("collector_connected", "1 while a collector stream is open", self.collector_connected.clone());
+    }
+
+    pub fn drop_event(&self, reason: &'static str, n: u64) {
+        self.dropped.get_or_create(&ReasonLabel { reason }).inc_by(n);
+    }
+
+    /// Sum over all drop reasons.
+    pub fn dropped_total(&self) -> u64 {
+        [reason::QUEUE_FULL, reason::COLLECTOR_UNAVAILABLE, reason::UNACKNOWLEDGED, reason::DECODE]
+            .into_iter()
+            .map(|reason| self.dropped.get_or_create(&ReasonLabel { reason }).get())
+            .sum()
+    }
+}

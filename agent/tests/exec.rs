@@ -1,0 +1,125 @@
+//! Exec events from the real kernel to the collector's output, as root.
+
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A copy of /bin/true under a unique name: it exits within a millisecond, so nothing could
+/// have learned its details from /proc after the fact.
+struct Probe {
+    path: std::path::PathBuf,
+    args: Vec<String>,
+}
+
+impl Probe {
+    fn new(dir: &TempDir) -> Self {
+        let name = unique("pgp");
+        let path = dir.path().join(&name);
+        std::fs::copy(tool("true"), &path).unwrap();
+        let args = vec![format!("arg-{}", unique("")), "two words".to_owned(), String::new(), "--flag=é".to_owned()];
+        Self { path, args }
+    }
+
+    fn name(&self) -> String {
+        self.path.file_name().unwrap().to_string_lossy().into_owned()
+    }
+
+    /// Runs it; returns its pid and the wall-clock window around the run.
+    fn run(&self) -> (u32, i64, i64) {
+        let before = wall_ns();
+        let mut child = Command::new(&self.path).args(&self.args).spawn().unwrap();
+        let pid = child.id();
+        assert!(child.wait().unwrap().success());
+        (pid, before, wall_ns())
+    }
+
+    fn matches(&self, e: &Value) -> bool {
+        e["kind"]["exec"]["filename"].as_str() == Some(self.path.to_str().unwrap())
+    }
+}
+
+fn wall_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
+}
+
+#[test]
+fn exec_reaches_the_collector_with_exact_fields() {
+    let dir = TempDir::new("exec");
+    let collector = Collector::start(dir.path());
+    let agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let probe = Probe::new(&dir);
+    let (pid, before, after) = probe.run();
+
+    let event = collector.wait_event(WAIT, "the probe's exec event", |e| probe.matches(e));
+    let exec = &event["kind"]["exec"];
+    assert_eq!(exec["pid"], pid);
+    assert_eq!(exec["tgid"], pid);
+    assert_eq!(exec["parent_tgid"], std::process::id());
+    assert_eq!(exec["uid"], 0);
+    assert_eq!(exec["gid"], 0);
+    let mut argv = vec![probe.path.to_str().unwrap().to_owned()];
+    argv.extend(probe.args.iter().cloned());
+    assert_eq!(exec["argv"], serde_json::json!(argv));
+    assert_eq!(exec["argv_truncated"], false);
+    assert_eq!(exec["lossy_utf8"], false);
+    // The kernel's comm: the file name cut to 15 bytes.
+    assert_eq!(exec["comm"].as_str().unwrap(), &probe.name()[..probe.name().len().min(15)]);
+    assert_eq!(exec["cgroup_id"], own_cgroup_id());
+    assert_eq!(event["node"], "test-node");
+    assert_eq!(event["cluster"], "test-cluster");
+    let t = event["time_unix_nano"].as_i64().unwrap();
+    assert!(before - 5_000_000 <= t && t <= after + 5_000_000, "event time {t} outside [{before}, {after}]");
+    assert_eq!(event["id"].as_str().unwrap().len(), 36, "a UUID");
+
+    // Exactly one event for that exec, and ids and sequence numbers are unique and ordered.
+    let events = collector.events();
+    assert_eq!(events.iter().filter(|e| probe.matches(e)).count(), 1);
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq not increasing: {seqs:?}");
+    let mut ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), events.len(), "duplicate event ids");
+
+    // The started status lists the hook; the metrics count what was sent.
+    let started = events.iter().find(|e| e["kind"]["status"]["phase"] == 1).expect("a started status");
+    assert_eq!(started["kind"]["status"]["hooks"], serde_json::json!(["tracepoint/sched/sched_process_exec"]));
+    let metrics = wait_for(WAIT, "metrics to count sent events", || {
+        let m = agent.metrics();
+        (metric(&m, "peregrine_agent_events_sent_total").unwrap_or(0.0) >= 1.0).then_some(m)
+    });
+    assert_eq!(metric(&metrics, "peregrine_agent_kernel_records_lost_total"), Some(0.0));
+    assert!(metric(&metrics, "peregrine_agent_events_total{kind=\"exec\"}").unwrap() >= 1.0);
+}
+
+/// Negative control: the same program loaded but not attached must produce nothing.
+#[test]
+fn exec_not_attached_sees_nothing() {
+    let dir = TempDir::new("noexec");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &["ebpf.programs.exec=false"]);
+    let probe = Probe::new(&dir);
+    probe.run();
+    let after = boot_now_ns();
+    collector.wait_drained_past(after, WAIT);
+    let events = collector.events();
+    assert!(!events.iter().any(|e| probe.matches(e)), "exec seen without the program attached");
+    assert!(!events.iter().any(|e| e["kind"]["exec"].is_object()), "no exec events at all");
+    let started = events.iter().find(|e| e["kind"]["status"]["phase"] == 1).expect("a started status");
+    assert_eq!(started["kind"]["status"]["hooks"], serde_json::json!([]));
+}
+
+#[test]
+fn agent_stops_cleanly_and_reports_it() {
+    let dir = TempDir::new("stop");
+    let collector = Collector::start(dir.path());
+    let mut agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let status = agent.proc.terminate();
+    assert!(status.success(), "agent exit {status}: {}", agent.proc.stderr_text());
+    collector.wait_event(WAIT, "the stopping status", |e| e["kind"]["status"]["phase"] == 3);
+}

@@ -1,0 +1,141 @@
+//! Bad input and failure: each a one-line error naming cause and fix, never a panic; or, when
+//! the collector is away, an agent that keeps running and counts what it cannot send.
+
+mod support;
+
+use std::{io::Write, net::TcpStream, process::Command, time::Duration};
+
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn assert_clean_failure(code: i32, stderr: &str, expected: &str) {
+    assert_eq!(code, 1, "exit code; stderr: {stderr}");
+    assert!(stderr.contains(expected), "expected `{expected}` in: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(!stderr.contains("RUST_BACKTRACE"), "backtrace hint: {stderr}");
+}
+
+#[test]
+fn object_with_another_abi_is_refused() {
+    let dir = TempDir::new("abi");
+    let wrong = env_path("PEREGRINE_EBPF_OBJECT_WRONG_ABI");
+    let found = std::env::var("PEREGRINE_EBPF_WRONG_ABI").unwrap();
+    let cmd = agent_command("http://127.0.0.1:1", free_port(), &[&format!("ebpf.object={}", wrong.display())]);
+    let (code, stderr) = agent_fails(cmd, dir.path());
+    assert_clean_failure(
+        code,
+        &stderr,
+        &format!(
+            "eBPF object {} was built for record ABI version {found}, this agent reads version {}: install the object built with this agent",
+            wrong.display(),
+            peregrine_common::ABI_VERSION
+        ),
+    );
+}
+
+#[test]
+fn unprivileged_agent_names_the_missing_capabilities() {
+    let dir = TempDir::new("unpriv");
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let inner = agent_command("http://127.0.0.1:1", free_port(), &[]);
+    let mut cmd = Command::new(tool("setpriv"));
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--"])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    let (code, stderr) = agent_fails(cmd, dir.path());
+    assert_clean_failure(code, &stderr, "missing capabilities CAP_BPF, CAP_PERFMON: run the agent as root");
+}
+
+#[test]
+fn missing_btf_is_reported_with_the_fix() {
+    let dir = TempDir::new("btf");
+    let cmd = agent_command("http://127.0.0.1:1", free_port(), &["ebpf.btf_path=/nonexistent/vmlinux"]);
+    let (code, stderr) = agent_fails(cmd, dir.path());
+    assert_clean_failure(code, &stderr, "kernel BTF not found at /nonexistent/vmlinux: the kernel needs CONFIG_DEBUG_INFO_BTF=y");
+}
+
+#[test]
+fn missing_object_and_bad_config_are_reported() {
+    let dir = TempDir::new("cfg");
+    let cmd = agent_command("http://127.0.0.1:1", free_port(), &["ebpf.object=/nonexistent/obj.o"]);
+    let (code, stderr) = agent_fails(cmd, dir.path());
+    assert_clean_failure(code, &stderr, "cannot read eBPF object /nonexistent/obj.o");
+    let cmd = agent_command("http://127.0.0.1:1", free_port(), &["ebpf.drain_interval_ms=soon"]);
+    let (code, stderr) = agent_fails(cmd, dir.path());
+    assert_clean_failure(code, &stderr, "config key `ebpf.drain_interval_ms` (set by --set ebpf.drain_interval_ms=soon)");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+/// With no collector the agent keeps running and counts what it could not send; when a
+/// collector appears on that address, events flow again.
+#[test]
+fn collector_unreachable_is_counted_and_recovered() {
+    let dir = TempDir::new("unreach");
+    let port = free_port();
+    let mut agent = Agent::start(dir.path(), &format!("http://127.0.0.1:{port}"), &[]);
+    let true_bin = tool("true");
+    wait_for(WAIT, "drops counted as collector_unavailable", || {
+        let _ = Command::new(&true_bin).status();
+        metric(&agent.metrics(), "peregrine_agent_events_dropped_total{reason=\"collector_unavailable\"}").filter(|v| *v >= 1.0)
+    });
+    assert!(agent.proc.alive());
+    let collector = Collector::start_on(dir.path(), port);
+    let marker = unique("after-");
+    wait_for(WAIT, "an exec delivered after the collector came up", || {
+        let _ = Command::new(&true_bin).arg(&marker).status();
+        collector.events().into_iter().find(|e| e["kind"]["exec"]["argv"][1] == marker.as_str())
+    });
+    assert!(metric(&agent.metrics(), "peregrine_agent_collector_reconnects_total").is_some());
+}
+
+/// Garbage on the gRPC port is refused without disturbing the collector or its agents.
+#[test]
+fn garbage_on_the_ingest_port_is_rejected() {
+    let dir = TempDir::new("garbage");
+    let collector = Collector::start(dir.path());
+    let agent = Agent::start(dir.path(), &collector.address(), &[]);
+    for junk in [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], &[0xffu8; 4096][..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\xff\xff\xff\xff\xff"] {
+        let mut s = TcpStream::connect(("127.0.0.1", collector.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(junk);
+        let mut buf = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut s, &mut buf);
+    }
+    let mut collector = collector;
+    assert!(collector.proc.alive(), "collector died: {}", collector.proc.stderr_text());
+    let marker = unique("still-");
+    let true_bin = tool("true");
+    wait_for(WAIT, "events still delivered after the garbage", || {
+        let _ = Command::new(&true_bin).arg(&marker).status();
+        collector.events().into_iter().find(|e| e["kind"]["exec"]["argv"][1] == marker.as_str())
+    });
+    drop(agent);
+}
+
+/// The agent pointed at something that is not a collector keeps running and counts.
+#[test]
+fn agent_pointed_at_a_non_grpc_server_keeps_running() {
+    let dir = TempDir::new("nongrpc");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        // Answer every connection with garbage, a bounded number of times.
+        for stream in listener.incoming().take(20) {
+            let Ok(mut s) = stream else { continue };
+            let _ = s.write_all(b"this is not http/2\r\n\r\n");
+        }
+    });
+    let mut agent = Agent::start(dir.path(), &format!("http://127.0.0.1:{port}"), &[]);
+    let true_bin = tool("true");
+    wait_for(WAIT, "drops counted while the peer is not a collector", || {
+        let _ = Command::new(&true_bin).status();
+        let m = agent.metrics();
+        let dropped = metric(&m, "peregrine_agent_events_dropped_total{reason=\"collector_unavailable\"}").unwrap_or(0.0)
+            + metric(&m, "peregrine_agent_events_dropped_total{reason=\"unacknowledged\"}").unwrap_or(0.0);
+        (dropped >= 1.0).then_some(())
+    });
+    assert!(agent.proc.alive(), "agent died: {}", agent.proc.stderr_text());
+    drop(agent);
+    drop(server);
+}

@@ -1,0 +1,176 @@
+//! Peregrine's kernel programs.
+//!
+//! Records go to one ring buffer, submitted without a wake-up unless the buffer holds more than
+//! `WAKEUP_WATERMARK_BYTES`: the agent drains on a short timer, so a storm of execs costs one
+//! wake-up per batch instead of one per record. Kernel struct reads go through the CO-RE getters
+//! in `c/getters.c`; tracepoint field offsets come from tracefs via globals the agent sets.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::generated::{
+        bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str,
+        bpf_probe_read_user,
+    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
+    macros::{map, tracepoint},
+    maps::{PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use peregrine_common::{
+    ARGV_CAP, ExecRecord, FILENAME_CAP, RecordHeader, RecordKind, counter, exec_flags,
+};
+
+mod abi {
+    include!(concat!(env!("OUT_DIR"), "/abi.rs"));
+}
+
+/// The layout version this object was built with; the agent reads it from the ELF before loading.
+#[unsafe(no_mangle)]
+static PEREGRINE_ABI_VERSION: u32 = abi::OBJECT_ABI_VERSION;
+
+/// Offset of `__data_loc char[] filename` in `sched_process_exec`'s record (from tracefs).
+#[unsafe(no_mangle)]
+static EXEC_FILENAME_LOC_OFFSET: u32 = 8;
+
+/// Ring fill level above which a submit wakes the agent at once.
+#[unsafe(no_mangle)]
+static WAKEUP_WATERMARK_BYTES: u64 = 1 << 20;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Per-CPU staging area: an exec record is too large for the 512-byte BPF stack.
+#[map]
+static EXEC_SCRATCH: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(1, 0);
+
+unsafe extern "C" {
+    fn peregrine_current_parent_tgid() -> i32;
+    fn peregrine_current_arg_area(start: *mut u64, end: *mut u64) -> i32;
+}
+
+#[inline(always)]
+fn global<T: Copy>(value: &'static T) -> T {
+    // SAFETY: the pointer comes from a reference to a static; the volatile read stops the
+    // compiler from folding the value the agent rewrites at load time.
+    unsafe { core::ptr::read_volatile(value) }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, programs do not preempt each other on one CPU for this map.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn submit_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= global(&WAKEUP_WATERMARK_BYTES) {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    if try_exec(&ctx).is_err() {
+        count(counter::READ_FAILED);
+    }
+    0
+}
+
+fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
+    let rec = match EXEC_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: the map value is valid, per-CPU, and not shared with another program run.
+        Some(p) => unsafe { &mut *p },
+        None => return Err(-1),
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let mut flags = 0u16;
+
+    rec.pid = pid_tgid as u32;
+    rec.tgid = (pid_tgid >> 32) as u32;
+    rec.uid = uid_gid as u32;
+    rec.gid = (uid_gid >> 32) as u32;
+    // SAFETY: CO-RE getter; reads current->real_parent->tgid with probe reads.
+    rec.parent_tgid = unsafe { peregrine_current_parent_tgid() } as u32;
+    // SAFETY: helper without arguments.
+    rec.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+
+    // Filename: a __data_loc field, low 16 bits = offset in the record, high 16 = length with NUL.
+    // SAFETY: reading the tracepoint record through bpf_probe_read_kernel.
+    let loc: u32 = unsafe { ctx.read_at(global(&EXEC_FILENAME_LOC_OFFSET) as usize) }
+        .map_err(|e| e as i64)?;
+    // SAFETY: the data_loc offset points inside the tracepoint record; the helper bounds the copy.
+    let copied = unsafe {
+        bpf_probe_read_kernel_str(
+            rec.filename.as_mut_ptr().cast(),
+            FILENAME_CAP as u32,
+            ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize).cast(),
+        )
+    };
+    rec.filename_len = if copied > 0 { (copied - 1) as u16 } else { 0 };
+    if (loc >> 16) as usize > FILENAME_CAP {
+        flags |= exec_flags::FILENAME_TRUNCATED;
+    }
+
+    let mut start = 0u64;
+    let mut end = 0u64;
+    // SAFETY: CO-RE getter writing two u64 out-parameters on our stack.
+    let have_mm = unsafe { peregrine_current_arg_area(&mut start, &mut end) } == 0;
+    let total = if have_mm && end > start { end - start } else { 0 };
+    let mut n = total as usize;
+    if n > ARGV_CAP {
+        n = ARGV_CAP;
+        flags |= exec_flags::ARGV_TRUNCATED;
+    }
+    rec.argv_len = 0;
+    if n > 0 {
+        // SAFETY: n <= ARGV_CAP bytes into the record's argv array; the helper faults safely.
+        let r = unsafe { bpf_probe_read_user(rec.argv.as_mut_ptr().cast(), n as u32, start as *const _) };
+        if r == 0 {
+            rec.argv_len = n as u16;
+        } else {
+            flags |= exec_flags::ARGV_UNREADABLE;
+        }
+    }
+
+    let size = ExecRecord::ARGV_OFFSET + rec.argv_len as usize;
+    rec.header = RecordHeader {
+        abi_version: global(&PEREGRINE_ABI_VERSION),
+        kind: RecordKind::Exec as u16,
+        flags,
+        size: size as u32,
+        _pad: 0,
+        // SAFETY: helper without arguments.
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+    };
+    output(rec as *const ExecRecord as *const u8, size, ExecRecord::ARGV_OFFSET + ARGV_CAP)
+}
+
+/// Copies `len` bytes (at most `cap`, the staging record's size) of a staged record to the ring.
+#[inline(always)]
+fn output(ptr: *const u8, len: usize, cap: usize) -> Result<(), i64> {
+    let len = if len > cap { cap } else { len };
+    // SAFETY: ptr is the staging map value, which is `cap` bytes long, and len <= cap.
+    let bytes = unsafe { core::slice::from_raw_parts(ptr, len) };
+    if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
+        count(counter::RING_FULL);
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}

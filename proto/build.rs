@@ -1,0 +1,8 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo::rerun-if-changed=proto/peregrine.proto");
+    tonic_prost_build::configure()
+        .type_attribute(".peregrine.v1", "#[derive(serde::Serialize)]")
+        .type_attribute(".peregrine.v1", "#[serde(rename_all = \"snake_case\")]")
+        .compile_protos(&["proto/peregrine.proto"], &["proto"])?;
+    Ok(())
+}

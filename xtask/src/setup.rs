@@ -1,0 +1,143 @@
+//! Installs what `xtask/tools.toml` lists and is missing. Idempotent and quick when done.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    Stages,
+    manifest::{Kind, Manifest},
+    sh,
+};
+
+/// LLVM major shared by the nightly rustc, bpf-linker and clang (bitcode must agree).
+const LLVM_MAJOR: &str = "22";
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+pub fn run(stages: &mut Stages) -> Result<()> {
+    let manifest = Manifest::load()?;
+    stages.run("setup: Debian packages", || apt(&manifest))?;
+    stages.run("setup: nightly toolchain and rust-src", nightly)?;
+    stages.run("setup: bpf-linker", || cargo_tools(&manifest))?;
+    Ok(())
+}
+
+/// PATH with LLVM 22's tools first (bpf-linker's build and the BPF link look for them there).
+pub fn path_with_llvm() -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let cargo_bin = home_cargo_bin();
+    format!("{LLVM_BIN}:{}:{path}", cargo_bin.display())
+}
+
+fn home_cargo_bin() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+/// Whether a manifest `bin` is present: an absolute path that exists, or a program on PATH.
+pub fn present(bin: &str) -> bool {
+    if bin.starts_with('/') {
+        return Path::new(bin).exists();
+    }
+    std::env::split_paths(&path_with_llvm()).any(|dir| dir.join(bin).is_file())
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn apt(manifest: &Manifest) -> Result<()> {
+    let mut missing: Vec<String> = Vec::new();
+    for tool in manifest.tool.iter().filter(|t| t.kind == Kind::Apt) {
+        let packages: Vec<&str> = tool.package.split_whitespace().collect();
+        if !present(&tool.bin) || packages.iter().any(|p| !dpkg_installed(p)) {
+            eprintln!("    missing {} ({}): needs {}", tool.bin, tool.why, tool.package);
+            missing.extend(packages.iter().map(|p| (*p).to_owned()));
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        eprintln!("    all Debian packages present");
+        return Ok(());
+    }
+    eprintln!("    installing: {}", missing.join(" "));
+    sh(Command::new("apt-get").args(["update", "-q"]))?;
+    sh(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    for tool in manifest.tool.iter().filter(|t| t.kind == Kind::Apt) {
+        if !present(&tool.bin) {
+            bail!("{} is still missing after installing {}", tool.bin, tool.package);
+        }
+    }
+    Ok(())
+}
+
+fn nightly() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "-vV"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .context("running rustup (the machine's Rust toolchain manager)")?;
+    if !out.status.success() {
+        bail!(
+            "no nightly toolchain: the kernel programs need nightly (build-std); this machine's image ships one, \
+             install it with `rustup toolchain install nightly` where the Rust distribution server is reachable"
+        );
+    }
+    let info = String::from_utf8_lossy(&out.stdout);
+    let llvm = info.lines().find_map(|l| l.strip_prefix("LLVM version: ")).unwrap_or("unknown");
+    if llvm.split('.').next() != Some(LLVM_MAJOR) {
+        bail!("nightly rustc uses LLVM {llvm}, but bpf-linker and clang here are LLVM {LLVM_MAJOR}: the bitcode would not link");
+    }
+    let comps = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("listing nightly components")?;
+    if String::from_utf8_lossy(&comps.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("    nightly (LLVM {llvm}) with rust-src present");
+        return Ok(());
+    }
+    sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn cargo_tools(manifest: &Manifest) -> Result<()> {
+    for tool in manifest.tool.iter().filter(|t| t.kind == Kind::Cargo) {
+        let (name, version) = tool.package.split_once('@').unwrap_or((tool.package.as_str(), ""));
+        let have = Command::new(home_cargo_bin().join(&tool.bin))
+            .arg("--version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(version))
+            .unwrap_or(false);
+        if have {
+            eprintln!("    {} {version} present", tool.bin);
+            continue;
+        }
+        eprintln!("    installing {} {version} ({})", tool.bin, tool.why);
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.args(["install", "--locked", name])
+            .env("PATH", path_with_llvm())
+            .env_remove("RUSTUP_TOOLCHAIN");
+        if !version.is_empty() {
+            c.args(["--version", version]);
+        }
+        if name == "bpf-linker" {
+            // Default features target LLVM 23; the nightly and clang here are LLVM 22.
+            c.args(["--no-default-features", "--features", "llvm-22"]);
+        }
+        sh(&mut c)?;
+    }
+    Ok(())
+}
