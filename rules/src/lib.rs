@@ -1,0 +1,1 @@
+//! Falco-language rules engine (in progress).
