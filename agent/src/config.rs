@@ -16,7 +16,25 @@ pub struct AgentConfig {
     pub collector: CollectorConfig,
     pub ebpf: EbpfConfig,
     pub pipeline: PipelineConfig,
+    pub process: ProcessConfig,
     pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// Processes kept in the cache (live ones plus exited ones in their grace period).
+    pub cache_capacity: usize,
+    /// How long an exited process stays for late events that refer to it.
+    pub exit_grace_ms: u64,
+    /// Ancestors attached to each event (Falco's `proc.aname[N]` reaches N = 5 and beyond).
+    pub ancestry_depth: usize,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self { cache_capacity: 65536, exit_grace_ms: 30_000, ancestry_depth: 8 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,6 +61,9 @@ pub struct EbpfConfig {
     pub wakeup_watermark_bytes: u64,
     /// How often the ring buffer is drained when the watermark is not reached.
     pub drain_interval_ms: u64,
+    /// Diagnostics and tests: while this file exists the drain stops reading the ring, so
+    /// overflow (and its accounting) can be produced on purpose. Unset in production.
+    pub drain_pause_file: Option<PathBuf>,
     pub programs: ProgramsConfig,
 }
 
@@ -51,6 +72,8 @@ pub struct EbpfConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ProgramsConfig {
     pub exec: bool,
+    pub fork: bool,
+    pub exit: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +104,7 @@ impl Default for AgentConfig {
             collector: CollectorConfig::default(),
             ebpf: EbpfConfig::default(),
             pipeline: PipelineConfig::default(),
+            process: ProcessConfig::default(),
             http: HttpConfig::default(),
         }
     }
@@ -101,6 +125,7 @@ impl Default for EbpfConfig {
             ring_buffer_bytes: 8 << 20,
             wakeup_watermark_bytes: 2 << 20,
             drain_interval_ms: 20,
+            drain_pause_file: None,
             programs: ProgramsConfig::default(),
         }
     }
@@ -108,7 +133,7 @@ impl Default for EbpfConfig {
 
 impl Default for ProgramsConfig {
     fn default() -> Self {
-        Self { exec: true }
+        Self { exec: true, fork: true, exit: true }
     }
 }
 
@@ -158,6 +183,12 @@ impl Validate for AgentConfig {
         }
         if self.pipeline.batch_max_events == 0 {
             return err("pipeline.batch_max_events", "must be at least 1");
+        }
+        if self.process.cache_capacity < 64 {
+            return err("process.cache_capacity", "must be at least 64");
+        }
+        if !(1..=64).contains(&self.process.ancestry_depth) {
+            return err("process.ancestry_depth", "must be between 1 and 64");
         }
         if self.pipeline.heartbeat_interval_ms < 10 {
             return err("pipeline.heartbeat_interval_ms", "must be at least 10");

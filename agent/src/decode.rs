@@ -1,8 +1,10 @@
-//! Ring-buffer records to typed events. Everything here treats the bytes as untrusted: a
+//! Ring-buffer records to typed records. Everything here treats the bytes as untrusted: a
 //! short, oversized or foreign record is an error value, never a panic.
 
-use peregrine_common::{ABI_VERSION, COMM_LEN, ExecRecord, FILENAME_CAP, RecordHeader, RecordKind, exec_flags};
-use peregrine_proto::ProcessExec;
+use peregrine_common::{
+    ABI_VERSION, COMM_LEN, ExecRecord, ExitRecord, FILENAME_CAP, ForkRecord, PATH_CAP, PathBuf, RecordHeader,
+    RecordKind, TaskInfo, exec_flags, path_flags,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -28,10 +30,75 @@ impl DecodeError {
     }
 }
 
-#[derive(Debug, PartialEq)]
-pub struct Decoded {
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Exec(Box<Exec>),
+    Fork(Fork),
+    Exit(Exit),
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Exec {
     pub boot_ns: u64,
-    pub exec: ProcessExec,
+    pub pid: u32,
+    pub tgid: u32,
+    pub cgroup_id: u64,
+    pub comm: String,
+    pub filename: String,
+    pub argv: Vec<String>,
+    pub exe: String,
+    pub cwd: String,
+    pub start_ns: u64,
+    pub parent_tgid: u32,
+    pub parent_start_ns: u64,
+    pub vpid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    pub loginuid: Option<u32>,
+    pub sessionid: Option<u32>,
+    pub cap_effective: u64,
+    pub cap_permitted: u64,
+    /// pid, mnt, net, uts, ipc, user, cgroup.
+    pub ns: [u32; 7],
+    pub tty: String,
+    pub tty_nr: u32,
+    /// What is incomplete: `argv_truncated`, `exe_truncated`, `lossy_utf8`, ...
+    pub partial: Vec<&'static str>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fork {
+    pub boot_ns: u64,
+    pub child_tgid: u32,
+    pub child_start_ns: u64,
+    pub parent_tgid: u32,
+    pub parent_start_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exit {
+    pub boot_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub start_ns: u64,
+    /// Wait status as the kernel keeps it.
+    pub exit_code: i32,
+    pub cgroup_id: u64,
+    pub comm: String,
+}
+
+impl Record {
+    pub fn boot_ns(&self) -> u64 {
+        match self {
+            Self::Exec(e) => e.boot_ns,
+            Self::Fork(f) => f.boot_ns,
+            Self::Exit(e) => e.boot_ns,
+        }
+    }
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -43,61 +110,132 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
     let header: RecordHeader = read(bytes).ok_or(DecodeError::Short(bytes.len()))?;
     if header.abi_version != ABI_VERSION {
         return Err(DecodeError::Abi { found: header.abi_version, expected: ABI_VERSION });
     }
     match RecordKind::from_u16(header.kind) {
-        Some(RecordKind::Exec) => decode_exec(&header, bytes),
+        Some(RecordKind::Exec) => decode_exec(&header, bytes).map(|e| Record::Exec(Box::new(e))),
+        Some(RecordKind::Fork) => {
+            let r: ForkRecord = fixed(bytes, "fork")?;
+            let mut lossy = false;
+            Ok(Record::Fork(Fork {
+                boot_ns: header.boot_ns,
+                child_tgid: r.info.child_tgid,
+                child_start_ns: r.info.child_start_ns,
+                parent_tgid: r.info.parent_tgid,
+                parent_start_ns: r.info.parent_start_ns,
+                cgroup_id: r.cgroup_id,
+                comm: text(until_nul(&r.comm), &mut lossy),
+            }))
+        }
+        Some(RecordKind::Exit) => {
+            let r: ExitRecord = fixed(bytes, "exit")?;
+            let mut lossy = false;
+            Ok(Record::Exit(Exit {
+                boot_ns: header.boot_ns,
+                tgid: r.info.tgid,
+                tid: r.pid,
+                start_ns: r.info.start_ns,
+                exit_code: r.info.exit_code,
+                cgroup_id: r.cgroup_id,
+                comm: text(until_nul(&r.comm), &mut lossy),
+            }))
+        }
         None => Err(DecodeError::Kind(header.kind)),
     }
 }
 
-fn decode_exec(header: &RecordHeader, bytes: &[u8]) -> Result<Decoded, DecodeError> {
-    let fixed = ExecRecord::ARGV_OFFSET;
+fn fixed<T: Copy>(bytes: &[u8], kind: &'static str) -> Result<T, DecodeError> {
+    read(bytes).ok_or(DecodeError::Truncated { kind, len: bytes.len(), need: size_of::<T>() })
+}
+
+fn decode_exec(header: &RecordHeader, bytes: &[u8]) -> Result<Exec, DecodeError> {
+    let fixed_len = ExecRecord::ARGV_OFFSET;
     let truncated = |need| DecodeError::Truncated { kind: "exec", len: bytes.len(), need };
-    if bytes.len() < fixed {
-        return Err(truncated(fixed));
+    if bytes.len() < fixed_len {
+        return Err(truncated(fixed_len));
     }
-    // The record is sent without the unused tail of `argv`; read the fixed part field by field.
-    let field = |offset: usize| -> u32 { read::<u32>(&bytes[offset..]).unwrap_or(0) };
-    let pid = field(std::mem::offset_of!(ExecRecord, pid));
-    let tgid = field(std::mem::offset_of!(ExecRecord, tgid));
-    let parent_tgid = field(std::mem::offset_of!(ExecRecord, parent_tgid));
-    let uid = field(std::mem::offset_of!(ExecRecord, uid));
-    let gid = field(std::mem::offset_of!(ExecRecord, gid));
-    let filename_len = usize::from(read::<u16>(&bytes[std::mem::offset_of!(ExecRecord, filename_len)..]).unwrap_or(0));
-    let argv_len = usize::from(read::<u16>(&bytes[std::mem::offset_of!(ExecRecord, argv_len)..]).unwrap_or(0));
-    let cgroup_id = read::<u64>(&bytes[std::mem::offset_of!(ExecRecord, cgroup_id)..]).unwrap_or(0);
-    let comm_at = std::mem::offset_of!(ExecRecord, comm);
+    // The record is sent without the unused tail of `argv`: read the fixed part by offsets.
+    let at = |offset: usize| bytes.get(offset..).unwrap_or_default();
+    let pid = read::<u32>(at(std::mem::offset_of!(ExecRecord, pid))).unwrap_or(0);
+    let tgid = read::<u32>(at(std::mem::offset_of!(ExecRecord, tgid))).unwrap_or(0);
+    let filename_len = usize::from(read::<u16>(at(std::mem::offset_of!(ExecRecord, filename_len))).unwrap_or(0));
+    let argv_len = usize::from(read::<u16>(at(std::mem::offset_of!(ExecRecord, argv_len))).unwrap_or(0));
+    let cgroup_id = read::<u64>(at(std::mem::offset_of!(ExecRecord, cgroup_id))).unwrap_or(0);
+    let comm: [u8; COMM_LEN] = read(at(std::mem::offset_of!(ExecRecord, comm))).unwrap_or([0; COMM_LEN]);
+    let task: TaskInfo = read(at(std::mem::offset_of!(ExecRecord, task))).ok_or_else(|| truncated(fixed_len))?;
     let name_at = std::mem::offset_of!(ExecRecord, filename);
-    if bytes.len() < fixed + argv_len {
-        return Err(truncated(fixed + argv_len));
-    }
+    let argv_area = bytes.get(fixed_len..fixed_len + argv_len).ok_or_else(|| truncated(fixed_len + argv_len))?;
+    let name_bytes = bytes.get(name_at..name_at + filename_len.min(FILENAME_CAP)).unwrap_or_default();
+
     let mut lossy = false;
-    let comm = text(until_nul(&bytes[comm_at..comm_at + COMM_LEN]), &mut lossy);
-    let filename = text(until_nul(&bytes[name_at..name_at + filename_len.min(FILENAME_CAP)]), &mut lossy);
-    let argv = split_argv(&bytes[fixed..fixed + argv_len], &mut lossy);
+    let mut partial = Vec::new();
     let flags = header.flags;
-    Ok(Decoded {
+    if flags & exec_flags::ARGV_TRUNCATED != 0 {
+        partial.push("argv_truncated");
+    }
+    if flags & exec_flags::ARGV_UNREADABLE != 0 {
+        partial.push("argv_unreadable");
+    }
+    if flags & exec_flags::FILENAME_TRUNCATED != 0 {
+        partial.push("filename_truncated");
+    }
+    let (exe, exe_complete) = walked_path(&task.exe, &mut lossy);
+    if !exe_complete {
+        partial.push("exe_truncated");
+    }
+    let (cwd, cwd_complete) = walked_path(&task.cwd, &mut lossy);
+    if !cwd_complete {
+        partial.push("cwd_truncated");
+    }
+    let exec = Exec {
         boot_ns: header.boot_ns,
-        exec: ProcessExec {
-            pid,
-            tgid,
-            parent_tgid,
-            uid,
-            gid,
-            comm,
-            filename,
-            argv,
-            cgroup_id,
-            argv_truncated: flags & exec_flags::ARGV_TRUNCATED != 0,
-            filename_truncated: flags & exec_flags::FILENAME_TRUNCATED != 0,
-            argv_unreadable: flags & exec_flags::ARGV_UNREADABLE != 0,
-            lossy_utf8: lossy,
-        },
-    })
+        pid,
+        tgid,
+        cgroup_id,
+        comm: text(until_nul(&comm), &mut lossy),
+        filename: text(until_nul(name_bytes), &mut lossy),
+        argv: split_argv(argv_area, &mut lossy),
+        exe,
+        cwd,
+        start_ns: task.start_ns,
+        parent_tgid: task.parent_tgid,
+        parent_start_ns: task.parent_start_ns,
+        vpid: task.vpid,
+        uid: task.uid,
+        gid: task.gid,
+        euid: task.euid,
+        egid: task.egid,
+        loginuid: (task.loginuid != u32::MAX).then_some(task.loginuid),
+        sessionid: (task.sessionid != u32::MAX).then_some(task.sessionid),
+        cap_effective: task.cap_effective,
+        cap_permitted: task.cap_permitted,
+        ns: [task.ns_pid, task.ns_mnt, task.ns_net, task.ns_uts, task.ns_ipc, task.ns_user, task.ns_cgroup],
+        tty: text(until_nul(&task.tty_name), &mut lossy),
+        tty_nr: task.tty_nr,
+        partial,
+    };
+    let mut exec = exec;
+    if lossy {
+        exec.partial.push("lossy_utf8");
+    }
+    Ok(exec)
+}
+
+/// Joins a kernel path walk (components leaf first) into a path. Returns whether it is whole;
+/// a truncated walk is shown with a leading `…/`, so it cannot be mistaken for a full path.
+pub fn walked_path(p: &PathBuf, lossy: &mut bool) -> (String, bool) {
+    let len = usize::from(p.len).min(PATH_CAP);
+    let area = p.buf.get(..len).unwrap_or_default();
+    let body = area.strip_suffix(&[0]).unwrap_or(area);
+    let mut components: Vec<String> =
+        if body.is_empty() { Vec::new() } else { body.split(|&b| b == 0).map(|c| text(c, lossy)).collect() };
+    components.reverse();
+    let complete = p.flags & path_flags::TRUNCATED == 0 && p.flags & path_flags::ABSOLUTE != 0;
+    let joined = components.join("/");
+    if complete { (format!("/{joined}"), true) } else { (format!("…/{joined}"), false) }
 }
 
 fn until_nul(bytes: &[u8]) -> &[u8] {
@@ -127,51 +265,105 @@ pub fn split_argv(area: &[u8], lossy: &mut bool) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use peregrine_common::ARGV_CAP;
+
+    fn path(components_leaf_first: &[&[u8]], flags: u16) -> PathBuf {
+        let mut p = PathBuf { len: 0, depth: 0, flags, _pad: 0, buf: [0; PATH_CAP] };
+        let mut off = 0;
+        for c in components_leaf_first {
+            p.buf[off..off + c.len()].copy_from_slice(c);
+            off += c.len() + 1;
+            p.depth += 1;
+        }
+        p.len = off as u16;
+        p
+    }
+
+    fn zero_task() -> TaskInfo {
+        // SAFETY (test): TaskInfo is plain old data; all-zero is a valid value.
+        unsafe { std::mem::zeroed() }
+    }
 
     fn record(argv: &[u8], name: &[u8], flags: u16) -> Vec<u8> {
-        let mut rec = ExecRecord {
-            header: RecordHeader { abi_version: ABI_VERSION, kind: RecordKind::Exec as u16, flags, size: 0, _pad: 0, boot_ns: 77 },
-            pid: 10,
-            tgid: 10,
-            parent_tgid: 9,
-            uid: 1000,
-            gid: 1001,
-            filename_len: name.len() as u16,
-            argv_len: argv.len() as u16,
-            cgroup_id: 4242,
-            comm: [0; 16],
-            filename: [0; FILENAME_CAP],
-            argv: [0; peregrine_common::ARGV_CAP],
-        };
+        // SAFETY (test): ExecRecord is plain old data; all-zero is a valid value.
+        let mut rec: Box<ExecRecord> = Box::new(unsafe { std::mem::zeroed() });
+        rec.header = RecordHeader { abi_version: ABI_VERSION, kind: RecordKind::Exec as u16, flags, size: 0, _pad: 0, boot_ns: 77 };
+        rec.pid = 10;
+        rec.tgid = 10;
+        rec.filename_len = name.len() as u16;
+        rec.argv_len = argv.len() as u16;
+        rec.cgroup_id = 4242;
         rec.comm[..4].copy_from_slice(b"true");
+        let mut task = zero_task();
+        task.parent_tgid = 9;
+        task.uid = 1000;
+        task.euid = 0;
+        task.gid = 1001;
+        task.loginuid = u32::MAX;
+        task.sessionid = 3;
+        task.cap_effective = 0x1fffeffffff;
+        task.ns_pid = 4026531836;
+        task.tty_name[..4].copy_from_slice(b"pts3");
+        task.tty_nr = 34819;
+        task.exe = path(&[b"true", b"bin", b"usr"], path_flags::ABSOLUTE);
+        task.cwd = path(&[b"tmp"], path_flags::ABSOLUTE);
+        rec.task = task;
         rec.filename[..name.len()].copy_from_slice(name);
         rec.argv[..argv.len()].copy_from_slice(argv);
         let size = ExecRecord::ARGV_OFFSET + argv.len();
         rec.header.size = size as u32;
         // SAFETY (test): viewing a repr(C) value as bytes.
-        let all = unsafe { std::slice::from_raw_parts((&rec as *const ExecRecord).cast::<u8>(), size_of::<ExecRecord>()) };
+        let all = unsafe { std::slice::from_raw_parts((&*rec as *const ExecRecord).cast::<u8>(), size_of::<ExecRecord>()) };
         all[..size].to_vec()
+    }
+
+    fn exec(r: Record) -> Exec {
+        match r {
+            Record::Exec(e) => *e,
+            other => panic!("not an exec: {other:?}"),
+        }
     }
 
     #[test]
     fn exec_record_decodes_exactly() {
-        let d = decode(&record(b"/bin/true\0-x\0\0last\0", b"/bin/true", 0)).unwrap();
+        let d = exec(decode(&record(b"/bin/true\0-x\0\0last\0", b"/bin/true", 0)).unwrap());
         assert_eq!(d.boot_ns, 77);
-        assert_eq!(d.exec.pid, 10);
-        assert_eq!(d.exec.parent_tgid, 9);
-        assert_eq!((d.exec.uid, d.exec.gid), (1000, 1001));
-        assert_eq!(d.exec.comm, "true");
-        assert_eq!(d.exec.filename, "/bin/true");
-        assert_eq!(d.exec.argv, vec!["/bin/true", "-x", "", "last"]);
-        assert_eq!(d.exec.cgroup_id, 4242);
-        assert!(!d.exec.argv_truncated && !d.exec.lossy_utf8);
+        assert_eq!(d.pid, 10);
+        assert_eq!(d.parent_tgid, 9);
+        assert_eq!((d.uid, d.euid, d.gid), (1000, 0, 1001));
+        assert_eq!(d.comm, "true");
+        assert_eq!(d.filename, "/bin/true");
+        assert_eq!(d.exe, "/usr/bin/true");
+        assert_eq!(d.cwd, "/tmp");
+        assert_eq!(d.argv, vec!["/bin/true", "-x", "", "last"]);
+        assert_eq!(d.cgroup_id, 4242);
+        assert_eq!(d.loginuid, None);
+        assert_eq!(d.sessionid, Some(3));
+        assert_eq!(d.cap_effective, 0x1fffeffffff);
+        assert_eq!(d.ns[0], 4026531836);
+        assert_eq!((d.tty.as_str(), d.tty_nr), ("pts3", 34819));
+        assert!(d.partial.is_empty());
     }
 
     #[test]
     fn flags_and_invalid_utf8_are_reported() {
-        let d = decode(&record(b"a\xff\nb\0cut", b"x", exec_flags::ARGV_TRUNCATED | exec_flags::FILENAME_TRUNCATED)).unwrap();
-        assert_eq!(d.exec.argv, vec!["a\u{fffd}\nb", "cut"]);
-        assert!(d.exec.argv_truncated && d.exec.filename_truncated && d.exec.lossy_utf8);
+        let d = exec(decode(&record(b"a\xff\nb\0cut", b"x", exec_flags::ARGV_TRUNCATED | exec_flags::FILENAME_TRUNCATED)).unwrap());
+        assert_eq!(d.argv, vec!["a\u{fffd}\nb", "cut"]);
+        assert_eq!(d.partial, vec!["argv_truncated", "filename_truncated", "lossy_utf8"]);
+    }
+
+    #[test]
+    fn walked_paths() {
+        let mut lossy = false;
+        assert_eq!(walked_path(&path(&[], path_flags::ABSOLUTE), &mut lossy), ("/".to_owned(), true));
+        assert_eq!(walked_path(&path(&[b"c", b"b", b"a"], path_flags::ABSOLUTE), &mut lossy), ("/a/b/c".to_owned(), true));
+        assert_eq!(walked_path(&path(&[b"c", b"b"], path_flags::TRUNCATED), &mut lossy), ("…/b/c".to_owned(), false));
+        assert_eq!(walked_path(&path(&[b"new\nline"], path_flags::ABSOLUTE), &mut lossy), ("/new\nline".to_owned(), true));
+        assert!(!lossy);
+        // A corrupt length never reads past the buffer.
+        let mut p = path(&[b"x"], path_flags::ABSOLUTE);
+        p.len = u16::MAX;
+        let _ = walked_path(&p, &mut lossy);
     }
 
     #[test]
@@ -190,6 +382,11 @@ mod tests {
         for n in 0..r.len() {
             let _ = decode(&r[..n]);
         }
+        // Claimed lengths beyond the record are errors.
+        let mut r = record(b"a\0", b"a", 0);
+        let at = std::mem::offset_of!(ExecRecord, argv_len);
+        r[at..at + 2].copy_from_slice(&(ARGV_CAP as u16).to_le_bytes());
+        assert!(matches!(decode(&r), Err(DecodeError::Truncated { .. })));
     }
 
     #[test]

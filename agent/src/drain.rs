@@ -3,11 +3,12 @@
 //! The kernel wakes us only past a fill watermark; otherwise a short timer drains whatever has
 //! accumulated. The drain never waits on anything downstream: when the queue to the sender is
 //! full the event is dropped and counted, so backpressure can never reach the kernel ring.
+//! Every loss, in the kernel or here, goes out as a `Loss` event too, once there is room.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use peregrine_proto::{AgentStatus, Event, Kind, v1::agent_status::Phase};
 use aya::maps::{MapData, RingBuf};
+use peregrine_proto::{AgentStatus, Event, Kind, Loss, v1::agent_status::Phase};
 use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
 use uuid::Uuid;
 
@@ -15,7 +16,8 @@ use crate::{
     clock::{BootClock, boot_now_ns},
     decode,
     kernel::Sensor,
-    metrics::{Metrics, reason},
+    metrics::{KindLabel, Metrics, reason},
+    process::Tracker,
 };
 
 /// Identity every event carries, and the agent-wide sequence.
@@ -51,43 +53,65 @@ impl Stamper {
     }
 }
 
-pub struct Drain {
-    pub sensor: Sensor,
-    ring: Option<RingBuf<MapData>>,
-    pub stamper: Stamper,
-    pub tx: mpsc::Sender<Event>,
-    pub metrics: Metrics,
+pub struct DrainConfig {
     pub drain_interval: Duration,
     pub heartbeat_interval: Duration,
+    pub pause_file: Option<PathBuf>,
+}
+
+pub struct Drain {
+    sensor: Sensor,
+    ring: Option<RingBuf<MapData>>,
+    tracker: Tracker,
+    stamper: Stamper,
+    tx: mpsc::Sender<Event>,
+    metrics: Metrics,
+    config: DrainConfig,
     lost_seen: u64,
     failed_seen: u64,
     drained_until: u64,
+    /// Losses not yet reported in a Loss event, by reason.
+    unreported: BTreeMap<&'static str, u64>,
+    reported_total: BTreeMap<&'static str, u64>,
 }
 
 impl Drain {
     pub fn new(
         sensor: Sensor,
         ring: RingBuf<MapData>,
+        tracker: Tracker,
         stamper: Stamper,
         tx: mpsc::Sender<Event>,
         metrics: Metrics,
-        drain_interval: Duration,
-        heartbeat_interval: Duration,
+        config: DrainConfig,
     ) -> Self {
-        Self { sensor, ring: Some(ring), stamper, tx, metrics, drain_interval, heartbeat_interval, lost_seen: 0, failed_seen: 0, drained_until: 0 }
+        Self {
+            sensor,
+            ring: Some(ring),
+            tracker,
+            stamper,
+            tx,
+            metrics,
+            config,
+            lost_seen: 0,
+            failed_seen: 0,
+            drained_until: 0,
+            unreported: BTreeMap::new(),
+            reported_total: BTreeMap::new(),
+        }
     }
 
     /// Runs until `shutdown` turns true, then drains once more and emits the stopping status.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
         self.status(Phase::Started);
-        let mut tick = tokio::time::interval(self.drain_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
-        heartbeat.tick().await;
         let ring = self.ring.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
         // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd
         // (which owns the RingBuf) is registered; nothing else closes or replaces it.
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)? };
+        let mut tick = tokio::time::interval(self.config.drain_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.tick().await;
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
@@ -100,17 +124,30 @@ impl Drain {
                 _ = heartbeat.tick() => {
                     self.drain_once(ring.get_mut());
                     self.stamper.resample_clock();
+                    self.tracker.sweep(boot_now_ns());
+                    self.metrics.process_cache_entries.set(i64::try_from(self.tracker.len()).unwrap_or(i64::MAX));
+                    self.metrics.process_cache_evicted.inc_by(
+                        self.tracker.evicted_early().saturating_sub(self.metrics.process_cache_evicted.get()),
+                    );
                     self.status(Phase::Heartbeat);
                 }
                 _ = shutdown.changed() => break,
             }
         }
+        self.config.pause_file = None;
         self.drain_once(ring.get_mut());
         self.status(Phase::Stopping);
         Ok(())
     }
 
+    fn paused(&self) -> bool {
+        self.config.pause_file.as_ref().is_some_and(|p| p.exists())
+    }
+
     fn drain_once(&mut self, ring: &mut RingBuf<MapData>) {
+        if self.paused() {
+            return;
+        }
         let started = boot_now_ns();
         loop {
             let decoded = match ring.next() {
@@ -118,40 +155,73 @@ impl Drain {
                 None => break,
             };
             match decoded {
-                Ok(d) => {
-                    let event = self.stamper.stamp(d.boot_ns, Kind::Exec(d.exec));
+                Ok(record) => {
+                    let kind = self.tracker.apply(&record);
+                    let event = self.stamper.stamp(record.boot_ns(), kind);
                     self.push(event);
                 }
                 Err(e) => {
-                    self.metrics.drop_event(reason::DECODE, 1);
+                    self.lose(reason::DECODE, 1);
                     tracing::warn!(error = %e, reason = e.reason(), "undecodable kernel record dropped");
                 }
             }
         }
         self.drained_until = started;
         self.sync_kernel_counters();
+        self.report_losses();
     }
 
     fn sync_kernel_counters(&mut self) {
         let lost = self.sensor.records_lost();
         if lost > self.lost_seen {
-            self.metrics.kernel_lost.inc_by(lost - self.lost_seen);
-            tracing::warn!(lost = lost - self.lost_seen, total = lost, "kernel ring buffer full: records lost");
+            let delta = lost - self.lost_seen;
+            self.metrics.kernel_lost.inc_by(delta);
+            *self.unreported.entry(reason::KERNEL_RING_FULL).or_default() += delta;
+            tracing::warn!(lost = delta, total = lost, "kernel ring buffer full: records lost");
             self.lost_seen = lost;
         }
         let failed = self.sensor.records_failed();
         if failed > self.failed_seen {
-            self.metrics.kernel_read_failed.inc_by(failed - self.failed_seen);
+            let delta = failed - self.failed_seen;
+            self.metrics.kernel_read_failed.inc_by(delta);
+            *self.unreported.entry(reason::KERNEL_READ_FAILED).or_default() += delta;
             self.failed_seen = failed;
+        }
+    }
+
+    /// Counts a user-space drop and queues its Loss report.
+    fn lose(&mut self, why: &'static str, n: u64) {
+        self.metrics.drop_event(why, n);
+        *self.unreported.entry(why).or_default() += n;
+    }
+
+    /// Sends a Loss event per reason with unreported losses, while the queue has room; what
+    /// does not fit stays unreported for the next pass (a Loss event is never itself lost).
+    fn report_losses(&mut self) {
+        let pending: Vec<(&'static str, u64)> = self.unreported.iter().map(|(r, n)| (*r, *n)).collect();
+        for (why, count) in pending {
+            if count == 0 {
+                continue;
+            }
+            let total = self.reported_total.get(why).copied().unwrap_or(0) + count;
+            let event = self.stamper.stamp(boot_now_ns(), Kind::Loss(Loss { reason: why.to_owned(), count, total }));
+            match self.tx.try_send(event) {
+                Ok(()) => {
+                    self.metrics.events.get_or_create(&KindLabel { kind: "loss" }).inc();
+                    self.unreported.insert(why, 0);
+                    self.reported_total.insert(why, total);
+                }
+                Err(_) => break,
+            }
         }
     }
 
     fn push(&mut self, event: Event) {
         let kind = event.kind_name();
-        self.metrics.events.get_or_create(&crate::metrics::KindLabel { kind }).inc();
+        self.metrics.events.get_or_create(&KindLabel { kind }).inc();
         match self.tx.try_send(event) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.drop_event(reason::QUEUE_FULL, 1),
+            Err(mpsc::error::TrySendError::Full(_)) => self.lose(reason::QUEUE_FULL, 1),
             // The sender is gone only during shutdown; what remains cannot be delivered.
             Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.drop_event(reason::COLLECTOR_UNAVAILABLE, 1),
         }

@@ -8,6 +8,7 @@ mod drain;
 mod kernel;
 mod metrics;
 mod pipeline;
+mod process;
 mod sender;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
@@ -18,7 +19,14 @@ use peregrine_service::config::Layers;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 
-use crate::{config::AgentConfig, drain::Drain, kernel::Sensor, metrics::Metrics, sender::Sender};
+use crate::{
+    config::AgentConfig,
+    drain::{Drain, DrainConfig},
+    kernel::Sensor,
+    metrics::Metrics,
+    process::{CacheConfig, Tracker},
+    sender::Sender,
+};
 
 /// Peregrine node agent.
 ///
@@ -82,14 +90,31 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
 
     let stamper = drain::Stamper::new(config.node_name.clone(), config.cluster_name.clone());
     tracing::info!(node = %stamper.node, cluster = %stamper.cluster, run = %stamper.agent_run, "agent started");
+    // Seed after attaching: a process started in between is in the ring, and its record,
+    // applied after the seed, is the newer truth.
+    let mut tracker = Tracker::new(
+        config.node_name.clone(),
+        CacheConfig {
+            capacity: config.process.cache_capacity,
+            grace_ns: config.process.exit_grace_ms.saturating_mul(1_000_000),
+            ancestry_depth: config.process.ancestry_depth,
+            tick_ns: process::procfs::tick_ns(),
+        },
+    );
+    let seeded = tracker.seed();
+    tracing::info!(processes = seeded, "process cache seeded from /proc");
     let drain = Drain::new(
         sensor,
         ring,
+        tracker,
         stamper,
         tx,
         metrics,
-        Duration::from_millis(config.ebpf.drain_interval_ms),
-        Duration::from_millis(config.pipeline.heartbeat_interval_ms),
+        DrainConfig {
+            drain_interval: Duration::from_millis(config.ebpf.drain_interval_ms),
+            heartbeat_interval: Duration::from_millis(config.pipeline.heartbeat_interval_ms),
+            pause_file: config.ebpf.drain_pause_file.clone(),
+        },
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let draining = tokio::spawn(drain.run(stop_rx));

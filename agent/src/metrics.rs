@@ -27,6 +27,9 @@ pub mod reason {
     pub const UNACKNOWLEDGED: &str = "unacknowledged";
     /// A ring-buffer record that could not be decoded.
     pub const DECODE: &str = "decode_error";
+    /// Loss event reasons for what the kernel counted (their metrics are the kernel_* ones).
+    pub const KERNEL_RING_FULL: &str = "kernel_ring_full";
+    pub const KERNEL_READ_FAILED: &str = "kernel_read_failed";
 }
 
 #[derive(Clone, Debug, Default)]
@@ -39,6 +42,8 @@ pub struct Metrics {
     pub batches_acked: Counter,
     pub reconnects: Counter,
     pub collector_connected: Gauge,
+    pub process_cache_entries: Gauge,
+    pub process_cache_evicted: Counter,
 }
 
 impl Metrics {
@@ -52,6 +57,12 @@ impl Metrics {
         r.register("batches_acked", "Batches acknowledged by the collector", self.batches_acked.clone());
         r.register("collector_reconnects", "Connections opened to the collector after the first", self.reconnects.clone());
         r.register("collector_connected", "1 while a collector stream is open", self.collector_connected.clone());
+        r.register("process_cache_entries", "Processes in the process cache", self.process_cache_entries.clone());
+        r.register(
+            "process_cache_evicted",
+            "Processes evicted from the cache before their exit grace ended (cache full)",
+            self.process_cache_evicted.clone(),
+        );
     }
 
     pub fn drop_event(&self, reason: &'static str, n: u64) {

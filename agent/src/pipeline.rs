@@ -1,13 +1,8 @@
-//! The stages an event passes between decode and send, in order. Each is a pass-through until
-//! its issue lands; they are named here so the order is fixed and visible
-//! (docs/ARCHITECTURE.md draws the same path).
+//! The stages an event passes between the process cache (in the drain, `process/`) and send,
+//! in order. Each is a pass-through until its issue lands; they are named here so the order is
+//! fixed and visible (docs/ARCHITECTURE.md draws the same path).
 
 use peregrine_proto::Event;
-
-/// Process cache: will attach lineage and the stable exec id (process record issue).
-fn process_cache(event: Event) -> Event {
-    event
-}
 
 /// Enrichment: will attach container and Kubernetes context (context issue).
 fn enrich(event: Event) -> Event {
@@ -21,5 +16,5 @@ fn rules(event: Event) -> Event {
 
 /// Runs every stage on one event.
 pub fn process(event: Event) -> Event {
-    rules(enrich(process_cache(event)))
+    rules(enrich(event))
 }

@@ -39,7 +39,7 @@ impl Probe {
     }
 
     fn matches(&self, e: &Value) -> bool {
-        e["kind"]["exec"]["filename"].as_str() == Some(self.path.to_str().unwrap())
+        e["kind"]["exec"]["process"]["filename"].as_str() == Some(self.path.to_str().unwrap())
     }
 }
 
@@ -56,17 +56,18 @@ fn exec_reaches_the_collector_with_exact_fields() {
     let (pid, before, after) = probe.run();
 
     let event = collector.wait_event(WAIT, "the probe's exec event", |e| probe.matches(e));
-    let exec = &event["kind"]["exec"];
+    let exec = &event["kind"]["exec"]["process"];
     assert_eq!(exec["pid"], pid);
-    assert_eq!(exec["tgid"], pid);
-    assert_eq!(exec["parent_tgid"], std::process::id());
-    assert_eq!(exec["uid"], 0);
-    assert_eq!(exec["gid"], 0);
+    assert_eq!(exec["tid"], pid);
+    assert_eq!(exec["ppid"], std::process::id());
+    assert_eq!(exec["creds"]["uid"], 0);
+    assert_eq!(exec["creds"]["gid"], 0);
+    // The executable as the kernel resolved it (mm->exe_file), here the same file.
+    assert_eq!(exec["exe"], probe.path.to_str().unwrap());
     let mut argv = vec![probe.path.to_str().unwrap().to_owned()];
     argv.extend(probe.args.iter().cloned());
     assert_eq!(exec["argv"], serde_json::json!(argv));
-    assert_eq!(exec["argv_truncated"], false);
-    assert_eq!(exec["lossy_utf8"], false);
+    assert_eq!(exec["partial"], serde_json::json!([]));
     // The kernel's comm: the file name cut to 15 bytes.
     assert_eq!(exec["comm"].as_str().unwrap(), &probe.name()[..probe.name().len().min(15)]);
     assert_eq!(exec["cgroup_id"], own_cgroup_id());
@@ -88,7 +89,14 @@ fn exec_reaches_the_collector_with_exact_fields() {
 
     // The started status lists the hook; the metrics count what was sent.
     let started = events.iter().find(|e| e["kind"]["status"]["phase"] == 1).expect("a started status");
-    assert_eq!(started["kind"]["status"]["hooks"], serde_json::json!(["tracepoint/sched/sched_process_exec"]));
+    assert_eq!(
+        started["kind"]["status"]["hooks"],
+        serde_json::json!([
+            "tracepoint/sched/sched_process_exec",
+            "raw_tracepoint/sched_process_fork",
+            "tracepoint/sched/sched_process_exit"
+        ])
+    );
     let metrics = wait_for(WAIT, "metrics to count sent events", || {
         let m = agent.metrics();
         (metric(&m, "peregrine_agent_events_sent_total").unwrap_or(0.0) >= 1.0).then_some(m)
@@ -104,14 +112,20 @@ fn exec_not_attached_sees_nothing() {
     let collector = Collector::start(dir.path());
     let _agent = Agent::start(dir.path(), &collector.address(), &["ebpf.programs.exec=false"]);
     let probe = Probe::new(&dir);
-    probe.run();
+    let (pid, _, _) = probe.run();
     let after = boot_now_ns();
     collector.wait_drained_past(after, WAIT);
     let events = collector.events();
     assert!(!events.iter().any(|e| probe.matches(e)), "exec seen without the program attached");
     assert!(!events.iter().any(|e| e["kind"]["exec"].is_object()), "no exec events at all");
+    // The rest of the pipeline was live: the probe's fork and exit arrived.
+    assert!(events.iter().any(|e| e["kind"]["fork"]["process"]["pid"] == pid), "the probe's fork");
+    assert!(events.iter().any(|e| e["kind"]["exit"]["process"]["pid"] == pid), "the probe's exit");
     let started = events.iter().find(|e| e["kind"]["status"]["phase"] == 1).expect("a started status");
-    assert_eq!(started["kind"]["status"]["hooks"], serde_json::json!([]));
+    assert_eq!(
+        started["kind"]["status"]["hooks"],
+        serde_json::json!(["raw_tracepoint/sched_process_fork", "tracepoint/sched/sched_process_exit"])
+    );
 }
 
 #[test]

@@ -84,7 +84,7 @@ fn collector_unreachable_is_counted_and_recovered() {
     let marker = unique("after-");
     wait_for(WAIT, "an exec delivered after the collector came up", || {
         let _ = Command::new(&true_bin).arg(&marker).status();
-        collector.events().into_iter().find(|e| e["kind"]["exec"]["argv"][1] == marker.as_str())
+        collector.events().into_iter().find(|e| e["kind"]["exec"]["process"]["argv"][1] == marker.as_str())
     });
     assert!(metric(&agent.metrics(), "peregrine_agent_collector_reconnects_total").is_some());
 }
@@ -108,7 +108,7 @@ fn garbage_on_the_ingest_port_is_rejected() {
     let true_bin = tool("true");
     wait_for(WAIT, "events still delivered after the garbage", || {
         let _ = Command::new(&true_bin).arg(&marker).status();
-        collector.events().into_iter().find(|e| e["kind"]["exec"]["argv"][1] == marker.as_str())
+        collector.events().into_iter().find(|e| e["kind"]["exec"]["process"]["argv"][1] == marker.as_str())
     });
     drop(agent);
 }

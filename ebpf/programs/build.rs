@@ -7,6 +7,7 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default());
     let clang = env::var("PEREGRINE_CLANG").unwrap_or_else(|_| "clang-22".to_owned());
     println!("cargo::rerun-if-changed=c/getters.c");
+    println!("cargo::rerun-if-changed=c/task_info.h");
     println!("cargo::rerun-if-env-changed=PEREGRINE_CLANG");
     println!("cargo::rerun-if-env-changed=PEREGRINE_EBPF_ABI_OVERRIDE");
 

@@ -5,7 +5,10 @@ pub mod v1 {
     tonic::include_proto!("peregrine.v1");
 }
 
-pub use v1::{Ack, AgentStatus, Event, EventBatch, ProcessExec, event::Kind};
+pub use v1::{
+    Ack, AgentStatus, Ancestor, Credentials, Event, EventBatch, Loss, Namespaces, Process, ProcessExec, ProcessExit,
+    ProcessFork, event::Kind,
+};
 
 impl Event {
     /// Short name of the event's kind, used as a metric label and in logs.
@@ -13,6 +16,9 @@ impl Event {
         match &self.kind {
             Some(Kind::Exec(_)) => "exec",
             Some(Kind::Status(_)) => "status",
+            Some(Kind::Fork(_)) => "fork",
+            Some(Kind::Exit(_)) => "exit",
+            Some(Kind::Loss(_)) => "loss",
             None => "unknown",
         }
     }

@@ -9,7 +9,7 @@ mod tracefs;
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint},
 };
 pub use error::KernelError;
 use peregrine_common::counter;
@@ -19,11 +19,34 @@ use crate::config::EbpfConfig;
 /// One attachable program and where it goes.
 struct Hook {
     program: &'static str,
+    kind: HookKind,
     category: &'static str,
-    tracepoint: &'static str,
+    name: &'static str,
 }
 
-const EXEC_HOOK: Hook = Hook { program: "sched_process_exec", category: "sched", tracepoint: "sched_process_exec" };
+#[derive(Clone, Copy)]
+enum HookKind {
+    /// `tracepoint/<category>/<name>`: stable record layout, in every kernel.
+    TracePoint,
+    /// `raw_tracepoint/<name>`: the tracepoint's C arguments (task pointers); kernels >= 4.17.
+    RawTracePoint,
+}
+
+impl Hook {
+    fn label(&self) -> String {
+        match self.kind {
+            HookKind::TracePoint => format!("tracepoint/{}/{}", self.category, self.name),
+            HookKind::RawTracePoint => format!("raw_tracepoint/{}", self.name),
+        }
+    }
+}
+
+const EXEC_HOOK: Hook =
+    Hook { program: "sched_process_exec", kind: HookKind::TracePoint, category: "sched", name: "sched_process_exec" };
+const FORK_HOOK: Hook =
+    Hook { program: "sched_process_fork", kind: HookKind::RawTracePoint, category: "sched", name: "sched_process_fork" };
+const EXIT_HOOK: Hook =
+    Hook { program: "sched_process_exit", kind: HookKind::TracePoint, category: "sched", name: "sched_process_exit" };
 
 /// Programs loaded and attached; dropping it detaches them.
 pub struct Sensor {
@@ -64,11 +87,18 @@ impl Sensor {
             .map_err(|e| KernelError::Load { path: config.object.clone(), message: error_chain(&e) })?;
 
         let mut hooks = Vec::new();
-        // Every program is loaded (so the verifier checks it) even when not attached.
-        load_program(&mut ebpf, &EXEC_HOOK)?;
-        if config.programs.exec {
-            attach(&mut ebpf, &EXEC_HOOK)?;
-            hooks.push(format!("tracepoint/{}/{}", EXEC_HOOK.category, EXEC_HOOK.tracepoint));
+        let wanted = [
+            (&EXEC_HOOK, config.programs.exec),
+            (&FORK_HOOK, config.programs.fork),
+            (&EXIT_HOOK, config.programs.exit),
+        ];
+        for (hook, enabled) in wanted {
+            // Every program is loaded (so the verifier checks it) even when not attached.
+            load_program(&mut ebpf, hook)?;
+            if enabled {
+                attach(&mut ebpf, hook)?;
+                hooks.push(hook.label());
+            }
         }
 
         let ring = take_map(&mut ebpf, "EVENTS")?;
@@ -105,29 +135,46 @@ where
     T::try_from(map).map_err(|e| KernelError::Map { map: name, message: e.to_string() })
 }
 
-fn tracepoint<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut TracePoint, KernelError> {
-    let program = ebpf.program_mut(hook.program).ok_or_else(|| KernelError::Attach {
+fn program<'a>(ebpf: &'a mut Ebpf, hook: &Hook) -> Result<&'a mut aya::programs::Program, KernelError> {
+    ebpf.program_mut(hook.program).ok_or_else(|| KernelError::Attach {
         program: hook.program.into(),
-        hook: hook.tracepoint.into(),
+        hook: hook.label(),
         message: "program not found in the object".into(),
-    })?;
-    program.try_into().map_err(|e: ProgramError| KernelError::Attach {
-        program: hook.program.into(),
-        hook: hook.tracepoint.into(),
-        message: e.to_string(),
     })
+}
+
+fn wrong_type(hook: &Hook, e: ProgramError) -> KernelError {
+    KernelError::Attach { program: hook.program.into(), hook: hook.label(), message: e.to_string() }
 }
 
 fn load_program(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), KernelError> {
-    tracepoint(ebpf, hook)?.load().map_err(|e| rejected(hook.program, e))
+    let program = program(ebpf, hook)?;
+    let loaded = match hook.kind {
+        HookKind::TracePoint => {
+            let p: &mut TracePoint = program.try_into().map_err(|e| wrong_type(hook, e))?;
+            p.load()
+        }
+        HookKind::RawTracePoint => {
+            let p: &mut RawTracePoint = program.try_into().map_err(|e| wrong_type(hook, e))?;
+            p.load()
+        }
+    };
+    loaded.map_err(|e| rejected(hook.program, e))
 }
 
 fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), KernelError> {
-    tracepoint(ebpf, hook)?.attach(hook.category, hook.tracepoint).map(|_| ()).map_err(|e| KernelError::Attach {
-        program: hook.program.into(),
-        hook: format!("tracepoint/{}/{}", hook.category, hook.tracepoint),
-        message: error_chain(&e),
-    })
+    let program = program(ebpf, hook)?;
+    let attached = match hook.kind {
+        HookKind::TracePoint => {
+            let p: &mut TracePoint = program.try_into().map_err(|e| wrong_type(hook, e))?;
+            p.attach(hook.category, hook.name).map(|_| ())
+        }
+        HookKind::RawTracePoint => {
+            let p: &mut RawTracePoint = program.try_into().map_err(|e| wrong_type(hook, e))?;
+            p.attach(hook.name).map(|_| ())
+        }
+    };
+    attached.map_err(|e| KernelError::Attach { program: hook.program.into(), hook: hook.label(), message: error_chain(&e) })
 }
 
 fn rejected(program: &str, e: ProgramError) -> KernelError {

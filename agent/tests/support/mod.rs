@@ -280,18 +280,55 @@ pub fn agent_fails(cmd: Command, dir: &Path) -> (i32, String) {
     (status.code().unwrap_or(-1), proc.stderr_text())
 }
 
-/// Inode of this process's cgroup2 directory: what `bpf_get_current_cgroup_id()` returns.
-pub fn own_cgroup_id() -> u64 {
-    use std::os::unix::fs::MetadataExt;
+/// Where cgroup2 is mounted (`/sys/fs/cgroup/unified` on hybrid hosts, `/sys/fs/cgroup` on v2-only).
+pub fn cgroup2_mount() -> PathBuf {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mount = mountinfo
+    mountinfo
         .lines()
         .find_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).map(str::to_owned))?
+            (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
         })
-        .expect("a cgroup2 mount");
+        .expect("a cgroup2 mount in /proc/self/mountinfo")
+}
+
+/// Inode of this process's cgroup2 directory: what `bpf_get_current_cgroup_id()` returns.
+pub fn own_cgroup_id() -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
     let rel = cgroup.lines().find_map(|l| l.strip_prefix("0::")).expect("a cgroup2 line in /proc/self/cgroup");
-    std::fs::metadata(format!("{mount}{rel}")).unwrap().ino()
+    std::fs::metadata(format!("{}{rel}", cgroup2_mount().display())).unwrap().ino()
+}
+
+/// A cgroup2 directory made for one test, removed (after its processes are gone) on drop.
+pub struct TestCgroup(pub PathBuf);
+
+impl TestCgroup {
+    pub fn new() -> Self {
+        let p = cgroup2_mount().join(unique("peregrine-test-"));
+        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", p.display()));
+        Self(p)
+    }
+
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&self.0).unwrap().ino()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Bounded: the test waited for its processes; give stragglers a moment to be reaped.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The `kind` objects (e.g. the `exec` of `{"kind":{"exec":{...}}}`) matching `pred`, in order.
+pub fn of_kind<'a>(events: &'a [Value], kind: &str, pred: impl Fn(&Value) -> bool) -> Vec<&'a Value> {
+    events.iter().map(|e| &e["kind"][kind]).filter(|k| k.is_object() && pred(k)).collect()
 }

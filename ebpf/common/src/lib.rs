@@ -5,11 +5,13 @@
 //! layout, because a silent mismatch would decode garbage into plausible-looking events.
 //!
 //! Layouts are `#[repr(C)]` with explicit padding so that the BPF target and x86_64 agree;
-//! the `const` asserts below pin every size and offset the decoder relies on.
+//! the `const` asserts below pin every size and offset the decoder relies on. [`TaskInfo`],
+//! [`PathBuf`], [`ForkInfo`] and [`ExitInfo`] are filled by the C getters and mirror
+//! `ebpf/programs/c/task_info.h`, which asserts the same sizes.
 #![no_std]
 
 /// Bump on any change to a record layout, a record kind's meaning, or a global the agent sets.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Name of the object-file symbol holding the ABI version the programs were built with.
 pub const ABI_SYMBOL: &str = "PEREGRINE_ABI_VERSION";
@@ -17,20 +19,27 @@ pub const ABI_SYMBOL: &str = "PEREGRINE_ABI_VERSION";
 /// Bytes of the executed file name kept in an exec record (the kernel limit is `PATH_MAX`).
 pub const FILENAME_CAP: usize = 512;
 /// Bytes of the argument area kept in an exec record. A power of two: the programs mask with it.
-pub const ARGV_CAP: usize = 4096;
+pub const ARGV_CAP: usize = 16384;
 pub const COMM_LEN: usize = 16;
+/// Bytes of path components kept per walked path (`PEREGRINE_PATH_CAP`).
+pub const PATH_CAP: usize = 1024;
+pub const TTY_NAME_LEN: usize = 32;
 
 /// Kinds of record; the value is [`RecordHeader::kind`].
 #[repr(u16)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
     Exec = 1,
+    Fork = 2,
+    Exit = 3,
 }
 
 impl RecordKind {
     pub fn from_u16(value: u16) -> Option<Self> {
         match value {
             1 => Some(Self::Exec),
+            2 => Some(Self::Fork),
+            3 => Some(Self::Exit),
             _ => None,
         }
     }
@@ -59,6 +68,58 @@ pub mod exec_flags {
     pub const FILENAME_TRUNCATED: u16 = 1 << 2;
 }
 
+/// [`PathBuf::flags`] bits (`PEREGRINE_PATH_*`).
+pub mod path_flags {
+    /// Depth or byte bound hit, or a component unreadable: the path lacks its top.
+    pub const TRUNCATED: u16 = 1;
+    /// The walk reached the process's root: the path is absolute (relative to that root).
+    pub const ABSOLUTE: u16 = 2;
+}
+
+/// A path walked in the kernel: NUL-terminated components, leaf first.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PathBuf {
+    pub len: u16,
+    pub depth: u16,
+    pub flags: u16,
+    pub _pad: u16,
+    pub buf: [u8; PATH_CAP],
+}
+
+/// What an exec record says about the process beyond argv and the executed file name.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TaskInfo {
+    /// Process (thread group leader) start, boot-time ns: with the tgid, the process's identity.
+    pub start_ns: u64,
+    pub parent_start_ns: u64,
+    pub cap_effective: u64,
+    pub cap_permitted: u64,
+    pub parent_tgid: u32,
+    /// The pid as seen inside the task's own pid namespace.
+    pub vpid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub euid: u32,
+    pub egid: u32,
+    /// `u32::MAX` when unset (no login session).
+    pub loginuid: u32,
+    pub sessionid: u32,
+    pub ns_pid: u32,
+    pub ns_mnt: u32,
+    pub ns_net: u32,
+    pub ns_uts: u32,
+    pub ns_ipc: u32,
+    pub ns_user: u32,
+    pub ns_cgroup: u32,
+    /// `/proc/<pid>/stat`'s tty_nr encoding; 0 without a controlling terminal.
+    pub tty_nr: u32,
+    pub tty_name: [u8; TTY_NAME_LEN],
+    pub exe: PathBuf,
+    pub cwd: PathBuf,
+}
+
 /// One `sched:sched_process_exec`. Written with `argv_len` bytes of `argv`; the unused tail of
 /// `argv` is not sent, so readers must use [`ExecRecord::ARGV_OFFSET`] + `argv_len`.
 #[repr(C)]
@@ -67,22 +128,64 @@ pub struct ExecRecord {
     pub header: RecordHeader,
     pub pid: u32,
     pub tgid: u32,
-    /// `current->real_parent->tgid`, read through a CO-RE getter.
-    pub parent_tgid: u32,
-    pub uid: u32,
-    pub gid: u32,
     /// Bytes of `filename` used, without the terminating NUL.
     pub filename_len: u16,
     /// Bytes of `argv` used: NUL-separated arguments as they sit in the new process's memory.
     pub argv_len: u16,
+    pub _pad: u32,
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
+    pub task: TaskInfo,
     pub filename: [u8; FILENAME_CAP],
     pub argv: [u8; ARGV_CAP],
 }
 
 impl ExecRecord {
     pub const ARGV_OFFSET: usize = core::mem::offset_of!(ExecRecord, argv);
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkInfo {
+    pub child_start_ns: u64,
+    pub parent_start_ns: u64,
+    pub child_tgid: u32,
+    /// The child's real parent (differs from the forker with CLONE_PARENT).
+    pub parent_tgid: u32,
+    pub forker_tgid: u32,
+    pub _pad: u32,
+}
+
+/// A new process (not thread), from `sched_process_fork`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkRecord {
+    pub header: RecordHeader,
+    pub info: ForkInfo,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitInfo {
+    pub start_ns: u64,
+    pub tgid: u32,
+    /// Wait status: exit status << 8, 0x80 when a core was dumped, the signal in the low 7 bits.
+    pub exit_code: i32,
+}
+
+/// A process ended: `sched_process_exit` of its last thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitRecord {
+    pub header: RecordHeader,
+    pub info: ExitInfo,
+    /// Thread id of the last thread (the leader may have exited before it).
+    pub pid: u32,
+    pub _pad: u32,
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
 }
 
 /// Indices into the per-CPU counter map `COUNTERS`.
@@ -95,11 +198,22 @@ pub mod counter {
 }
 
 const _: () = {
-    assert!(core::mem::size_of::<RecordHeader>() == 24);
-    assert!(core::mem::size_of::<ExecRecord>() == 24 + 24 + 8 + 16 + FILENAME_CAP + ARGV_CAP);
-    assert!(ExecRecord::ARGV_OFFSET == 24 + 24 + 8 + 16 + FILENAME_CAP);
-    assert!(core::mem::offset_of!(ExecRecord, cgroup_id) % 8 == 0);
-    assert!(ARGV_CAP.is_power_of_two());
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<RecordHeader>() == 24);
+    assert!(size_of::<PathBuf>() == 8 + PATH_CAP);
+    assert!(size_of::<TaskInfo>() == 32 + 16 * 4 + TTY_NAME_LEN + 2 * (8 + PATH_CAP));
+    assert!(offset_of!(TaskInfo, exe) == 32 + 16 * 4 + TTY_NAME_LEN);
+    assert!(size_of::<ForkInfo>() == 32);
+    assert!(size_of::<ExitInfo>() == 16);
+    assert!(offset_of!(ExecRecord, cgroup_id) == 40);
+    assert!(offset_of!(ExecRecord, task) == 64);
+    assert!(ExecRecord::ARGV_OFFSET == 64 + size_of::<TaskInfo>() + FILENAME_CAP);
+    assert!(size_of::<ExecRecord>() == ExecRecord::ARGV_OFFSET + ARGV_CAP);
+    assert!(size_of::<ForkRecord>() == 24 + 32 + 8 + 16);
+    assert!(size_of::<ExitRecord>() == 24 + 16 + 8 + 8 + 16);
+    assert!(ARGV_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
     // argv_len and filename_len are u16.
     assert!(ARGV_CAP <= u16::MAX as usize && FILENAME_CAP <= u16::MAX as usize);
+    // Per-CPU array values are limited to 32 KiB.
+    assert!(size_of::<ExecRecord>() <= 32768);
 };

@@ -14,13 +14,14 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns, bpf_probe_read_kernel_str,
         bpf_probe_read_user,
     },
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
-    macros::{map, tracepoint},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use peregrine_common::{
-    ARGV_CAP, ExecRecord, FILENAME_CAP, RecordHeader, RecordKind, counter, exec_flags,
+    ARGV_CAP, ExecRecord, ExitInfo, ExitRecord, FILENAME_CAP, ForkInfo, ForkRecord, RecordHeader,
+    RecordKind, TaskInfo, counter, exec_flags,
 };
 
 mod abi {
@@ -50,8 +51,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 static EXEC_SCRATCH: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(1, 0);
 
 unsafe extern "C" {
-    fn peregrine_current_parent_tgid() -> i32;
     fn peregrine_current_arg_area(start: *mut u64, end: *mut u64) -> i32;
+    fn peregrine_exec_task_info(info: *mut TaskInfo) -> i32;
+    fn peregrine_fork_info(parent: *const u8, child: *const u8, out: *mut ForkInfo) -> i32;
+    fn peregrine_exit_info(out: *mut ExitInfo) -> i32;
 }
 
 #[inline(always)]
@@ -93,18 +96,15 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
         None => return Err(-1),
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
     let mut flags = 0u16;
 
     rec.pid = pid_tgid as u32;
     rec.tgid = (pid_tgid >> 32) as u32;
-    rec.uid = uid_gid as u32;
-    rec.gid = (uid_gid >> 32) as u32;
-    // SAFETY: CO-RE getter; reads current->real_parent->tgid with probe reads.
-    rec.parent_tgid = unsafe { peregrine_current_parent_tgid() } as u32;
     // SAFETY: helper without arguments.
     rec.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     rec.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: CO-RE getter filling the record's task info (a map value) with probe reads.
+    unsafe { peregrine_exec_task_info(&mut rec.task) };
 
     // Filename: a __data_loc field, low 16 bits = offset in the record, high 16 = length with NUL.
     // SAFETY: reading the tracepoint record through bpf_probe_read_kernel.
@@ -145,16 +145,61 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
     }
 
     let size = ExecRecord::ARGV_OFFSET + rec.argv_len as usize;
-    rec.header = RecordHeader {
+    rec.header = header(RecordKind::Exec, flags, size);
+    output(rec as *const ExecRecord as *const u8, size, ExecRecord::ARGV_OFFSET + ARGV_CAP)
+}
+
+#[inline(always)]
+fn header(kind: RecordKind, flags: u16, size: usize) -> RecordHeader {
+    RecordHeader {
         abi_version: global(&PEREGRINE_ABI_VERSION),
-        kind: RecordKind::Exec as u16,
+        kind: kind as u16,
         flags,
         size: size as u32,
         _pad: 0,
         // SAFETY: helper without arguments.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+    }
+}
+
+/// New processes (threads are skipped in the getter). A raw tracepoint: the plain one carries
+/// no child task, and the child's start time is needed to key it.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let parent: *const u8 = ctx.arg(0);
+    let child: *const u8 = ctx.arg(1);
+    let mut rec = ForkRecord {
+        header: header(RecordKind::Fork, 0, size_of::<ForkRecord>()),
+        info: ForkInfo { child_start_ns: 0, parent_start_ns: 0, child_tgid: 0, parent_tgid: 0, forker_tgid: 0, _pad: 0 },
+        // SAFETY: helper without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    output(rec as *const ExecRecord as *const u8, size, ExecRecord::ARGV_OFFSET + ARGV_CAP)
+    // SAFETY: the tracepoint's task pointers, read by the CO-RE getter with probe reads.
+    if unsafe { peregrine_fork_info(parent, child, &mut rec.info) } == 1 {
+        let _ = EVENTS.output::<ForkRecord>(&rec, submit_flags()).map_err(|_| count(counter::RING_FULL));
+    }
+    0
+}
+
+/// Process ends: only the last thread's exit is recorded.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut rec = ExitRecord {
+        header: header(RecordKind::Exit, 0, size_of::<ExitRecord>()),
+        info: ExitInfo { start_ns: 0, tgid: 0, exit_code: 0 },
+        pid: pid_tgid as u32,
+        _pad: 0,
+        // SAFETY: helper without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    // SAFETY: CO-RE getter reading the current task with probe reads.
+    if unsafe { peregrine_exit_info(&mut rec.info) } == 1 {
+        let _ = EVENTS.output::<ExitRecord>(&rec, submit_flags()).map_err(|_| count(counter::RING_FULL));
+    }
+    0
 }
 
 /// Copies `len` bytes (at most `cap`, the staging record's size) of a staged record to the ring.

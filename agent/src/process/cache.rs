@@ -1,0 +1,408 @@
+//! The process cache: every live process (and recently exited one) by (tgid, start time).
+//!
+//! Keyed by start time as well as tgid so a reused pid can never be mistaken for the process
+//! that had it before. Kernel records carry the start in boot-time nanoseconds; /proc gives it
+//! in clock ticks. Seeded entries are stored at tick precision and marked coarse; a lookup that
+//! misses exactly retries at tick precision, which is how a kernel record finds the seeded
+//! entry of a process older than the agent.
+//!
+//! Records from one ring are not in causal order (a child can exec on another CPU before the
+//! parent's fork tracepoint runs), so every operation tolerates its predecessors being absent
+//! or arriving later: a late fork never overwrites what an exec already recorded.
+
+use std::collections::{HashMap, VecDeque};
+
+use peregrine_proto::{Ancestor, Credentials, Namespaces, Process};
+
+use crate::decode::{Exec, Exit, Fork};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub tgid: u32,
+    pub start_ns: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    process: Process,
+    parent: Option<Key>,
+    /// Start time known only to clock-tick precision (seeded from /proc).
+    coarse: bool,
+    exited_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    pub capacity: usize,
+    /// How long an exited process stays for late events, in boot-time ns.
+    pub grace_ns: u64,
+    pub ancestry_depth: usize,
+    /// Nanoseconds per /proc clock tick (10 ms with USER_HZ = 100).
+    pub tick_ns: u64,
+}
+
+#[derive(Debug)]
+pub struct ProcessCache {
+    node: String,
+    config: CacheConfig,
+    entries: HashMap<Key, Entry>,
+    exited: VecDeque<(u64, Key)>,
+    pub evicted_early: u64,
+}
+
+/// Exit status decoded from a wait status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub code: i32,
+    pub signal: i32,
+    pub core_dumped: bool,
+}
+
+impl ExitStatus {
+    pub fn from_wait_status(status: i32) -> Self {
+        let signal = status & 0x7f;
+        if signal == 0 {
+            Self { code: (status >> 8) & 0xff, signal: 0, core_dumped: false }
+        } else {
+            Self { code: 0, signal, core_dumped: status & 0x80 != 0 }
+        }
+    }
+}
+
+pub fn exec_id(node: &str, tgid: u32, start_ns: u64, exec_ns: u64) -> String {
+    format!("{node}:{tgid}:{start_ns}:{exec_ns}")
+}
+
+impl ProcessCache {
+    pub fn new(node: String, config: CacheConfig) -> Self {
+        Self { node, config, entries: HashMap::new(), exited: VecDeque::new(), evicted_early: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn coarse_key(&self, key: Key) -> Key {
+        let tick = self.config.tick_ns.max(1);
+        Key { tgid: key.tgid, start_ns: key.start_ns / tick * tick }
+    }
+
+    /// The stored key for `key`: exact, or the coarse (seeded) entry of the same process.
+    fn resolve(&self, key: Key) -> Option<Key> {
+        if self.entries.contains_key(&key) {
+            return Some(key);
+        }
+        let coarse = self.coarse_key(key);
+        self.entries.get(&coarse).filter(|e| e.coarse).map(|_| coarse)
+    }
+
+    pub fn get(&self, key: Key) -> Option<&Process> {
+        self.resolve(key).and_then(|k| self.entries.get(&k)).map(|e| &e.process)
+    }
+
+    /// A process seen in /proc at start-up. Its key's start must be at tick precision.
+    pub fn seed(&mut self, key: Key, parent: Option<Key>, process: Process) {
+        self.entries.insert(key, Entry { process, parent, coarse: true, exited_ns: None });
+    }
+
+    /// Ancestors from the parent upwards, bounded by the configured depth.
+    pub fn ancestors(&self, parent: Option<Key>) -> Vec<Ancestor> {
+        let mut out = Vec::new();
+        let mut next = parent.and_then(|k| self.resolve(k));
+        while let Some(key) = next {
+            if out.len() >= self.config.ancestry_depth {
+                break;
+            }
+            let Some(entry) = self.entries.get(&key) else { break };
+            let p = &entry.process;
+            out.push(Ancestor {
+                pid: p.pid,
+                exec_id: p.exec_id.clone(),
+                comm: p.comm.clone(),
+                exe: p.exe.clone(),
+                argv: p.argv.clone(),
+            });
+            next = entry.parent.and_then(|k| self.resolve(k));
+        }
+        out
+    }
+
+    fn parent_exec_id(&self, parent: Key) -> String {
+        self.get(parent).map(|p| p.exec_id.clone()).unwrap_or_default()
+    }
+
+    pub fn exec(&mut self, e: &Exec) -> (Process, Vec<Ancestor>) {
+        let key = Key { tgid: e.tgid, start_ns: e.start_ns };
+        let parent = Key { tgid: e.parent_tgid, start_ns: e.parent_start_ns };
+        let process = Process {
+            exec_id: exec_id(&self.node, e.tgid, e.start_ns, e.boot_ns),
+            parent_exec_id: self.parent_exec_id(parent),
+            pid: e.tgid,
+            tid: e.pid,
+            ppid: e.parent_tgid,
+            vpid: e.vpid,
+            start_boot_ns: e.start_ns,
+            exec_boot_ns: e.boot_ns,
+            comm: e.comm.clone(),
+            exe: e.exe.clone(),
+            filename: e.filename.clone(),
+            argv: e.argv.clone(),
+            cwd: e.cwd.clone(),
+            creds: Some(Credentials {
+                uid: e.uid,
+                gid: e.gid,
+                euid: e.euid,
+                egid: e.egid,
+                loginuid: e.loginuid,
+                sessionid: e.sessionid,
+                cap_effective: e.cap_effective,
+                cap_permitted: e.cap_permitted,
+            }),
+            ns: Some(Namespaces {
+                pid: e.ns[0],
+                mnt: e.ns[1],
+                net: e.ns[2],
+                uts: e.ns[3],
+                ipc: e.ns[4],
+                user: e.ns[5],
+                cgroup: e.ns[6],
+            }),
+            cgroup_id: e.cgroup_id,
+            tty: e.tty.clone(),
+            tty_nr: e.tty_nr,
+            partial: e.partial.iter().map(|s| (*s).to_owned()).collect(),
+            source: "exec".into(),
+        };
+        let ancestors = self.ancestors(Some(parent));
+        // A process that exits right after exec may already have its exit recorded.
+        let exited_ns = self.resolve(key).and_then(|k| self.entries.get(&k)).and_then(|e| e.exited_ns);
+        if let Some(old) = self.resolve(key).filter(|k| *k != key) {
+            self.entries.remove(&old);
+        }
+        self.entries.insert(key, Entry { process: process.clone(), parent: Some(parent), coarse: false, exited_ns });
+        self.enforce_capacity();
+        (process, ancestors)
+    }
+
+    pub fn fork(&mut self, f: &Fork) -> (Process, Vec<Ancestor>) {
+        let key = Key { tgid: f.child_tgid, start_ns: f.child_start_ns };
+        let parent = Key { tgid: f.parent_tgid, start_ns: f.parent_start_ns };
+        let mut process = match self.get(parent) {
+            Some(p) => {
+                let mut child = p.clone();
+                child.partial.retain(|s| s != "parent_unknown");
+                child
+            }
+            None => Process { comm: f.comm.clone(), partial: vec!["parent_unknown".into()], ..Process::default() },
+        };
+        process.exec_id = exec_id(&self.node, f.child_tgid, f.child_start_ns, process.exec_boot_ns);
+        process.parent_exec_id = self.parent_exec_id(parent);
+        process.pid = f.child_tgid;
+        process.tid = f.child_tgid;
+        process.ppid = f.parent_tgid;
+        process.start_boot_ns = f.child_start_ns;
+        process.cgroup_id = f.cgroup_id;
+        process.source = "fork".into();
+        let ancestors = self.ancestors(Some(parent));
+        // The child may have exec'd (or exited) before this record arrived: keep what it has.
+        if self.resolve(key).is_none() {
+            self.entries.insert(key, Entry { process: process.clone(), parent: Some(parent), coarse: false, exited_ns: None });
+            self.enforce_capacity();
+        }
+        (process, ancestors)
+    }
+
+    /// Marks the process exited (kept for the grace period); returns its record and status.
+    pub fn exit(&mut self, x: &Exit) -> (Process, ExitStatus, u64) {
+        let key = Key { tgid: x.tgid, start_ns: x.start_ns };
+        let status = ExitStatus::from_wait_status(x.exit_code);
+        let duration = x.boot_ns.saturating_sub(x.start_ns);
+        let process = match self.resolve(key) {
+            Some(k) => {
+                let entry = self.entries.get_mut(&k);
+                match entry {
+                    Some(entry) => {
+                        entry.exited_ns = Some(x.boot_ns);
+                        self.exited.push_back((x.boot_ns, k));
+                        entry.process.clone()
+                    }
+                    None => Process::default(),
+                }
+            }
+            None => {
+                // Exit before any other record of this process (or the cache evicted it):
+                // remember the exit so a late exec or fork does not resurrect it.
+                let process = Process {
+                    exec_id: exec_id(&self.node, x.tgid, x.start_ns, 0),
+                    pid: x.tgid,
+                    tid: x.tid,
+                    start_boot_ns: x.start_ns,
+                    comm: x.comm.clone(),
+                    cgroup_id: x.cgroup_id,
+                    partial: vec!["unknown_process".into()],
+                    source: "exit".into(),
+                    ..Process::default()
+                };
+                self.entries.insert(key, Entry { process: process.clone(), parent: None, coarse: false, exited_ns: Some(x.boot_ns) });
+                self.exited.push_back((x.boot_ns, key));
+                process
+            }
+        };
+        let mut process = process;
+        process.tid = x.tid;
+        (process, status, duration)
+    }
+
+    /// Forgets processes that exited more than the grace period before `now_ns`.
+    pub fn sweep(&mut self, now_ns: u64) {
+        while let Some(&(at, key)) = self.exited.front() {
+            if now_ns.saturating_sub(at) < self.config.grace_ns {
+                break;
+            }
+            self.exited.pop_front();
+            if self.entries.get(&key).is_some_and(|e| e.exited_ns == Some(at)) {
+                self.entries.remove(&key);
+            }
+        }
+    }
+
+    /// Keeps the cache bounded: exited entries go first (oldest exit first), then, if the node
+    /// really runs more processes than the capacity, the oldest-started live ones.
+    fn enforce_capacity(&mut self) {
+        while self.entries.len() > self.config.capacity {
+            if let Some((at, key)) = self.exited.pop_front() {
+                if self.entries.get(&key).is_some_and(|e| e.exited_ns == Some(at)) {
+                    self.entries.remove(&key);
+                    self.evicted_early += 1;
+                }
+                continue;
+            }
+            let oldest = self.entries.iter().min_by_key(|(k, _)| k.start_ns).map(|(k, _)| *k);
+            match oldest {
+                Some(k) => {
+                    self.entries.remove(&k);
+                    self.evicted_early += 1;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: u64 = 10_000_000;
+
+    fn cache() -> ProcessCache {
+        ProcessCache::new("n1".into(), CacheConfig { capacity: 100, grace_ns: 1_000, ancestry_depth: 5, tick_ns: TICK })
+    }
+
+    fn exec(tgid: u32, start: u64, ptgid: u32, pstart: u64, at: u64, argv: &[&str]) -> Exec {
+        Exec {
+            boot_ns: at,
+            pid: tgid,
+            tgid,
+            start_ns: start,
+            parent_tgid: ptgid,
+            parent_start_ns: pstart,
+            exe: format!("/bin/{}", argv[0]),
+            comm: argv[0].into(),
+            argv: argv.iter().map(|s| (*s).to_owned()).collect(),
+            ..Exec::default()
+        }
+    }
+
+    #[test]
+    fn chain_has_exact_ancestry() {
+        let mut c = cache();
+        c.exec(&exec(10, 100, 1, 5, 110, &["a", "1"]));
+        c.exec(&exec(11, 200, 10, 100, 210, &["b", "2"]));
+        c.exec(&exec(12, 300, 11, 200, 310, &["c", "3"]));
+        let (p, anc) = c.exec(&exec(13, 400, 12, 300, 410, &["d", "4"]));
+        assert_eq!(p.exec_id, "n1:13:400:410");
+        assert_eq!(p.parent_exec_id, "n1:12:300:310");
+        let got: Vec<(u32, &str, Vec<String>)> = anc.iter().map(|a| (a.pid, a.exe.as_str(), a.argv.clone())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (12, "/bin/c", vec!["c".to_owned(), "3".to_owned()]),
+                (11, "/bin/b", vec!["b".to_owned(), "2".to_owned()]),
+                (10, "/bin/a", vec!["a".to_owned(), "1".to_owned()]),
+            ]
+        );
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        let mut c = cache();
+        for i in 1..20u32 {
+            c.exec(&exec(i + 1, u64::from(i + 1) * 10, i, u64::from(i) * 10, 1000 + u64::from(i), &["x"]));
+        }
+        let (_, anc) = c.exec(&exec(100, 5000, 20, 200, 6000, &["y"]));
+        assert_eq!(anc.len(), 5);
+        assert_eq!(anc.iter().map(|a| a.pid).collect::<Vec<_>>(), vec![20, 19, 18, 17, 16]);
+    }
+
+    #[test]
+    fn pid_reuse_keeps_processes_apart() {
+        let mut c = cache();
+        c.exec(&exec(50, 1_000, 1, 5, 1_001, &["old"]));
+        c.exit(&Exit { boot_ns: 1_500, tgid: 50, tid: 50, start_ns: 1_000, exit_code: 0, cgroup_id: 0, comm: "old".into() });
+        // Same pid, started later within the same clock tick.
+        c.exec(&exec(50, 1_600, 1, 5, 1_601, &["new"]));
+        let (child, anc) = c.exec(&exec(60, 2_000, 50, 1_600, 2_001, &["child"]));
+        assert_eq!(anc[0].argv, vec!["new"]);
+        assert_eq!(child.parent_exec_id, "n1:50:1600:1601");
+        let (_, anc) = c.exec(&exec(61, 2_100, 50, 1_000, 2_101, &["late-child-of-old"]));
+        assert_eq!(anc[0].argv, vec!["old"]);
+    }
+
+    #[test]
+    fn exec_before_fork_is_not_overwritten() {
+        let mut c = cache();
+        c.exec(&exec(10, 100, 1, 5, 110, &["parent"]));
+        c.exec(&exec(11, 200, 10, 100, 210, &["child-image"]));
+        let (forked, anc) =
+            c.fork(&Fork { boot_ns: 205, child_tgid: 11, child_start_ns: 200, parent_tgid: 10, parent_start_ns: 100, cgroup_id: 0, comm: "parent".into() });
+        assert_eq!(forked.argv, vec!["parent"], "the fork event describes the inherited image");
+        assert_eq!(anc[0].pid, 10);
+        assert_eq!(c.get(Key { tgid: 11, start_ns: 200 }).unwrap().argv, vec!["child-image"]);
+    }
+
+    #[test]
+    fn seeded_entries_match_kernel_start_times() {
+        let mut c = cache();
+        // /proc says start 123 ticks; the kernel says 1_234_567_891 ns.
+        c.seed(Key { tgid: 7, start_ns: 123 * TICK }, None, Process { pid: 7, exec_id: "n1:7:seeded".into(), ..Process::default() });
+        let (p, anc) = c.exec(&exec(8, 2_000_000_000, 7, 1_234_567_891, 2_000_000_001, &["x"]));
+        assert_eq!(p.parent_exec_id, "n1:7:seeded");
+        assert_eq!(anc[0].pid, 7);
+    }
+
+    #[test]
+    fn exit_status_and_grace() {
+        let mut c = cache();
+        c.exec(&exec(10, 100, 1, 5, 110, &["a"]));
+        let (p, st, dur) =
+            c.exit(&Exit { boot_ns: 600, tgid: 10, tid: 12, start_ns: 100, exit_code: 3 << 8, cgroup_id: 0, comm: "a".into() });
+        assert_eq!((p.pid, p.tid, st, dur), (10, 12, ExitStatus { code: 3, signal: 0, core_dumped: false }, 500));
+        assert_eq!(ExitStatus::from_wait_status(9), ExitStatus { code: 0, signal: 9, core_dumped: false });
+        assert_eq!(ExitStatus::from_wait_status(0x80 | 11), ExitStatus { code: 0, signal: 11, core_dumped: true });
+        c.sweep(1_000);
+        assert!(c.get(Key { tgid: 10, start_ns: 100 }).is_some(), "kept during grace");
+        c.sweep(1_601);
+        assert!(c.get(Key { tgid: 10, start_ns: 100 }).is_none(), "evicted after grace");
+    }
+
+    #[test]
+    fn capacity_is_enforced() {
+        let mut c = ProcessCache::new("n".into(), CacheConfig { capacity: 10, grace_ns: u64::MAX, ancestry_depth: 5, tick_ns: TICK });
+        for i in 0..50u32 {
+            c.exec(&exec(i + 2, u64::from(i) + 1, 1, 0, u64::from(i) + 1, &["p"]));
+        }
+        assert_eq!(c.len(), 10);
+        assert_eq!(c.evicted_early, 40);
+    }
+}

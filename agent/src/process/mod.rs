@@ -1,0 +1,63 @@
+//! Process lifecycle: turns exec, fork and exit records into events that carry the complete
+//! process record and its ancestry, through the process cache.
+
+mod cache;
+pub mod procfs;
+
+pub use cache::CacheConfig;
+use cache::ProcessCache;
+use peregrine_proto::{Kind, ProcessExec, ProcessExit, ProcessFork};
+
+use crate::decode::Record;
+
+pub struct Tracker {
+    cache: ProcessCache,
+    node: String,
+}
+
+impl Tracker {
+    pub fn new(node: String, config: CacheConfig) -> Self {
+        Self { cache: ProcessCache::new(node.clone(), config), node }
+    }
+
+    /// Seeds from /proc; returns the number of processes found.
+    pub fn seed(&mut self) -> usize {
+        procfs::seed(&mut self.cache, &self.node)
+    }
+
+    pub fn apply(&mut self, record: &Record) -> Kind {
+        match record {
+            Record::Exec(e) => {
+                let (process, ancestors) = self.cache.exec(e);
+                Kind::Exec(ProcessExec { process: Some(process), ancestors })
+            }
+            Record::Fork(f) => {
+                let (process, ancestors) = self.cache.fork(f);
+                Kind::Fork(ProcessFork { process: Some(process), ancestors })
+            }
+            Record::Exit(x) => {
+                let (process, status, duration_ns) = self.cache.exit(x);
+                Kind::Exit(ProcessExit {
+                    process: Some(process),
+                    exit_code: status.code,
+                    signal: status.signal,
+                    core_dumped: status.core_dumped,
+                    duration_ns,
+                })
+            }
+        }
+    }
+
+    pub fn sweep(&mut self, now_ns: u64) {
+        self.cache.sweep(now_ns);
+    }
+
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Live processes evicted before their exit because the cache was full.
+    pub fn evicted_early(&self) -> u64 {
+        self.cache.evicted_early
+    }
+}
