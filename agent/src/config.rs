@@ -33,7 +33,7 @@ pub struct ProcessConfig {
 
 impl Default for ProcessConfig {
     fn default() -> Self {
-        Self { cache_capacity: 65536, exit_grace_ms: 30_000, ancestry_depth: 8 }
+        Self { cache_capacity: 65536, exit_grace_ms: 30_000, ancestry_depth: 5 }
     }
 }
 

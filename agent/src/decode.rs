@@ -280,12 +280,12 @@ mod tests {
     }
 
     fn zero_task() -> TaskInfo {
-        // SAFETY (test): TaskInfo is plain old data; all-zero is a valid value.
+        // SAFETY: test-only; TaskInfo is plain old data; all-zero is a valid value.
         unsafe { std::mem::zeroed() }
     }
 
     fn record(argv: &[u8], name: &[u8], flags: u16) -> Vec<u8> {
-        // SAFETY (test): ExecRecord is plain old data; all-zero is a valid value.
+        // SAFETY: test-only; ExecRecord is plain old data; all-zero is a valid value.
         let mut rec: Box<ExecRecord> = Box::new(unsafe { std::mem::zeroed() });
         rec.header = RecordHeader { abi_version: ABI_VERSION, kind: RecordKind::Exec as u16, flags, size: 0, _pad: 0, boot_ns: 77 };
         rec.pid = 10;
@@ -312,7 +312,7 @@ mod tests {
         rec.argv[..argv.len()].copy_from_slice(argv);
         let size = ExecRecord::ARGV_OFFSET + argv.len();
         rec.header.size = size as u32;
-        // SAFETY (test): viewing a repr(C) value as bytes.
+        // SAFETY: test-only; viewing a repr(C) value as bytes.
         let all = unsafe { std::slice::from_raw_parts((&*rec as *const ExecRecord).cast::<u8>(), size_of::<ExecRecord>()) };
         all[..size].to_vec()
     }

@@ -25,13 +25,27 @@ pub struct Stamper {
     pub node: String,
     pub cluster: String,
     pub agent_run: String,
+    /// The run's random bits: event ids are these plus the sequence number, unique without a
+    /// random-number syscall per event.
+    run_bits: [u8; 8],
     seq: u64,
     clock: BootClock,
 }
 
 impl Stamper {
     pub fn new(node: String, cluster: String) -> Self {
-        Self { node, cluster, agent_run: Uuid::now_v7().to_string(), seq: 0, clock: BootClock::sample() }
+        let run = Uuid::now_v7();
+        let mut run_bits = [0u8; 8];
+        run_bits.copy_from_slice(&run.as_bytes()[8..]);
+        Self { node, cluster, agent_run: run.to_string(), run_bits, seq: 0, clock: BootClock::sample() }
+    }
+
+    /// A UUIDv8: the run's random bits, then the sequence number.
+    fn event_id(&self) -> String {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.run_bits);
+        bytes[8..].copy_from_slice(&self.seq.to_be_bytes());
+        Uuid::new_v8(bytes).to_string()
     }
 
     pub fn resample_clock(&mut self) {
@@ -41,7 +55,7 @@ impl Stamper {
     pub fn stamp(&mut self, boot_ns: u64, kind: Kind) -> Event {
         self.seq += 1;
         Event {
-            id: Uuid::now_v7().to_string(),
+            id: self.event_id(),
             seq: self.seq,
             time_unix_nano: self.clock.to_unix_nanos(boot_ns),
             boot_ns,

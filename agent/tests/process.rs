@@ -1,5 +1,6 @@
 //! The process record on the real kernel: lineage, pre-existing processes, pid reuse, exit
 //! status, login uid, loss accounting, and hostile paths and arguments.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
@@ -42,7 +43,7 @@ fn settle(collector: &Collector) -> Vec<Value> {
 fn forked_chain_has_exact_ancestry_back_to_a_process_older_than_the_agent() {
     let dir = TempDir::new("chain");
     let collector = Collector::start(dir.path());
-    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let _agent = Agent::start(dir.path(), &collector.address(), &["process.ancestry_depth=6"]);
     let leaf = copy_of(dir.path(), "true", "leaf");
     let leaf_arg = unique("leafarg-");
     // lvl1.sh -> lvl2.sh -> ... -> lvl5.sh -> leaf: each level records its pid, then runs the
@@ -66,7 +67,7 @@ fn forked_chain_has_exact_ancestry_back_to_a_process_older_than_the_agent() {
         .map(|i| std::fs::read_to_string(dir.path().join(format!("pid{i}"))).unwrap().trim().parse().unwrap())
         .collect();
     let ancestors = leaf_exec["ancestors"].as_array().unwrap();
-    assert!(ancestors.len() >= 6, "ancestry: {ancestors:#?}");
+    assert_eq!(ancestors.len(), 6, "ancestry bounded by process.ancestry_depth: {ancestors:#?}");
     for (n, level) in (0..5).rev().enumerate() {
         let a = &ancestors[n];
         assert_eq!(a["pid"], pids[level], "ancestor {n}");

@@ -3,6 +3,7 @@
 //! Everything a fresh machine of the project's kind needs is installed from here
 //! (`xtask/tools.toml`), idempotently: a second run checks and installs nothing.
 
+mod bench;
 mod manifest;
 mod run;
 mod setup;
@@ -41,6 +42,28 @@ enum Cmd {
         #[arg(long = "agent-set")]
         agent_sets: Vec<String>,
     },
+    /// Benchmarks (never part of `test`): `exec` measures the agent against an exec storm.
+    Bench {
+        /// What to measure: exec.
+        what: String,
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Seconds per condition per round.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Storm workers; repeat for several (default: 1 and 2).
+        #[arg(long = "workers")]
+        workers: Vec<usize>,
+        /// The agent's CPU limit in millicores, as in the DaemonSet.
+        #[arg(long, default_value_t = 500)]
+        cpu_millis: u32,
+        /// Peers to measure after the agent rounds (auditd).
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// Run this many execs through one agent and report its memory instead of rounds.
+        #[arg(long)]
+        soak: Option<u64>,
+    },
     /// Set up, build, and run every test.
     Test {
         /// Arguments passed to `cargo test` after `--` (e.g. a test name filter).
@@ -73,6 +96,17 @@ fn real_main() -> Result<()> {
             stages.report();
             run::run(&bins, &cluster, &agent_sets)?;
             return Ok(());
+        }
+        Cmd::Bench { what, rounds, seconds, workers, cpu_millis, peers, soak } => {
+            setup::run(&mut stages)?;
+            let bins = build_all(&mut stages, true)?;
+            let workers = if workers.is_empty() { vec![1, 2] } else { workers };
+            match what.as_str() {
+                "exec" => stages.run("bench exec", || {
+                    bench::exec(&bins, &bench::ExecBench { rounds, seconds, workers, cpu_millis, peers, soak })
+                })?,
+                other => bail!("unknown benchmark `{other}` (known: exec)"),
+            }
         }
         Cmd::Test { rest } => {
             setup::run(&mut stages)?;
@@ -178,6 +212,11 @@ const WRONG_ABI: u32 = 999;
 
 fn test(stages: &mut Stages, rest: &[String]) -> Result<()> {
     let bins = build_all(stages, false)?;
+    // The lint policy (no unwrap/expect/panic on outside input, SAFETY comments) is enforced,
+    // not advisory.
+    stages.run("clippy (lint policy)", || {
+        sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))
+    })?;
     let wrong = stages.run("build kernel object with a foreign ABI", || {
         build_ebpf(&root().join("target/ebpf-wrong-abi"), Some(WRONG_ABI))
     })?;

@@ -184,7 +184,7 @@ impl ProcessCache {
         (process, ancestors)
     }
 
-    pub fn fork(&mut self, f: &Fork) -> (Process, Vec<Ancestor>) {
+    pub fn fork(&mut self, f: &Fork) -> Process {
         let key = Key { tgid: f.child_tgid, start_ns: f.child_start_ns };
         let parent = Key { tgid: f.parent_tgid, start_ns: f.parent_start_ns };
         let mut process = match self.get(parent) {
@@ -203,13 +203,12 @@ impl ProcessCache {
         process.start_boot_ns = f.child_start_ns;
         process.cgroup_id = f.cgroup_id;
         process.source = "fork".into();
-        let ancestors = self.ancestors(Some(parent));
         // The child may have exec'd (or exited) before this record arrived: keep what it has.
         if self.resolve(key).is_none() {
             self.entries.insert(key, Entry { process: process.clone(), parent: Some(parent), coarse: false, exited_ns: None });
             self.enforce_capacity();
         }
-        (process, ancestors)
+        process
     }
 
     /// Marks the process exited (kept for the grace period); returns its record and status.
@@ -364,10 +363,10 @@ mod tests {
         let mut c = cache();
         c.exec(&exec(10, 100, 1, 5, 110, &["parent"]));
         c.exec(&exec(11, 200, 10, 100, 210, &["child-image"]));
-        let (forked, anc) =
+        let forked =
             c.fork(&Fork { boot_ns: 205, child_tgid: 11, child_start_ns: 200, parent_tgid: 10, parent_start_ns: 100, cgroup_id: 0, comm: "parent".into() });
         assert_eq!(forked.argv, vec!["parent"], "the fork event describes the inherited image");
-        assert_eq!(anc[0].pid, 10);
+        assert_eq!(forked.ppid, 10);
         assert_eq!(c.get(Key { tgid: 11, start_ns: 200 }).unwrap().argv, vec!["child-image"]);
     }
 

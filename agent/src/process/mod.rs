@@ -31,10 +31,9 @@ impl Tracker {
                 let (process, ancestors) = self.cache.exec(e);
                 Kind::Exec(ProcessExec { process: Some(process), ancestors })
             }
-            Record::Fork(f) => {
-                let (process, ancestors) = self.cache.fork(f);
-                Kind::Fork(ProcessFork { process: Some(process), ancestors })
-            }
+            // Ancestry travels on exec events only: a fork's lineage is its parent's exec's,
+            // and copying it onto every fork would double the agent's work per process.
+            Record::Fork(f) => Kind::Fork(ProcessFork { process: Some(self.cache.fork(f)), ancestors: Vec::new() }),
             Record::Exit(x) => {
                 let (process, status, duration_ns) = self.cache.exit(x);
                 Kind::Exit(ProcessExit {

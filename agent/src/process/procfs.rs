@@ -14,7 +14,7 @@ use super::cache::{Key, ProcessCache, exec_id};
 /// Nanoseconds per clock tick of /proc/<pid>/stat's starttime.
 pub fn tick_ns() -> u64 {
     let hz = procfs::ticks_per_second();
-    if hz == 0 { 10_000_000 } else { 1_000_000_000 / hz }
+    1_000_000_000u64.checked_div(hz).unwrap_or(10_000_000)
 }
 
 fn ns_inode(pid: i32, name: &str) -> u32 {

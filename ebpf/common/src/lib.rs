@@ -213,7 +213,8 @@ const _: () = {
     assert!(size_of::<ExitRecord>() == 24 + 16 + 8 + 8 + 16);
     assert!(ARGV_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
     // argv_len and filename_len are u16.
-    assert!(ARGV_CAP <= u16::MAX as usize && FILENAME_CAP <= u16::MAX as usize);
+    assert!(ARGV_CAP <= u16::MAX as usize);
+    assert!(FILENAME_CAP <= u16::MAX as usize);
     // Per-CPU array values are limited to 32 KiB.
     assert!(size_of::<ExecRecord>() <= 32768);
 };

@@ -1,0 +1,433 @@
+//! `cargo xtask bench exec`: what the agent costs a node that execs as fast as it can.
+//!
+//! Method: a compiled fork+exec+wait loop of /bin/true (`execstorm`), run with no agent and
+//! with the full agent (capture + cache + streaming to a local collector) under a CPU limit,
+//! conditions interleaved and rotated every round, with an A/A pair (no agent twice) in every
+//! round to show the noise floor. Reported as paired ratios (agent / none of the same round)
+//! with a bootstrap confidence interval; never as absolute times, which mean nothing on a
+//! shared machine. Optional peers (auditd) run after the main rounds and are cleaned up.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{Binaries, root, sh};
+
+#[derive(Debug, Clone)]
+pub struct ExecBench {
+    pub rounds: usize,
+    pub seconds: f64,
+    pub workers: Vec<usize>,
+    /// The agent's CPU limit in millicores (the DaemonSet's limit).
+    pub cpu_millis: u32,
+    pub peers: Vec<String>,
+    /// Instead of rounds: run this many execs through one agent and report its memory.
+    pub soak: Option<u64>,
+}
+
+/// Kills and reaps a child when dropped (by PID, never by name).
+struct Owned(Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn storm_bin() -> PathBuf {
+    root().join("target/release/execstorm")
+}
+
+fn storm(workers: usize, seconds: f64) -> Result<u64> {
+    let out = Command::new(storm_bin())
+        .args([workers.to_string(), seconds.to_string(), "/bin/true".to_owned()])
+        .output()
+        .context("running execstorm")?;
+    if !out.status.success() {
+        bail!("execstorm failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().context("execstorm output")
+}
+
+/// A CPU-limited cgroup for the agent: cgroup v2 `cpu.max` where the cpu controller is on
+/// v2, else the v1 cpu controller's CFS quota (this machine's hybrid layout).
+struct CpuCgroup {
+    dir: PathBuf,
+    procs: PathBuf,
+}
+
+impl CpuCgroup {
+    fn new(millis: u32) -> Result<Self> {
+        let name = format!("peregrine-bench-{}", std::process::id());
+        let v1 = Path::new("/sys/fs/cgroup/cpu");
+        if v1.join("cpu.cfs_quota_us").exists() {
+            let dir = v1.join(&name);
+            fs::create_dir_all(&dir)?;
+            fs::write(dir.join("cpu.cfs_period_us"), "100000")?;
+            fs::write(dir.join("cpu.cfs_quota_us"), (u64::from(millis) * 100).to_string())?;
+            return Ok(Self { procs: dir.join("cgroup.procs"), dir });
+        }
+        let v2 = Path::new("/sys/fs/cgroup");
+        if fs::read_to_string(v2.join("cgroup.controllers")).unwrap_or_default().contains("cpu") {
+            let _ = fs::write(v2.join("cgroup.subtree_control"), "+cpu");
+            let dir = v2.join(&name);
+            fs::create_dir_all(&dir)?;
+            fs::write(dir.join("cpu.max"), format!("{} 100000", u64::from(millis) * 100))?;
+            return Ok(Self { procs: dir.join("cgroup.procs"), dir });
+        }
+        bail!("no cpu cgroup controller found to limit the agent's CPU")
+    }
+
+    fn add(&self, pid: u32) -> Result<()> {
+        fs::write(&self.procs, pid.to_string()).with_context(|| format!("moving {pid} into {}", self.dir.display()))
+    }
+}
+
+impl Drop for CpuCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// utime + stime of a process, in nanoseconds.
+fn cpu_ns(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+    ticks * 1_000_000_000 / hz
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Total (run_time_ns, run_cnt) over the BPF programs the process holds, from fdinfo
+/// (filled while kernel.bpf_stats_enabled = 1).
+fn bpf_stats(pid: u32) -> (u64, u64) {
+    let mut total = (0, 0);
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return total };
+    for fd in fds.flatten() {
+        let info = fs::read_to_string(fd.path()).unwrap_or_default();
+        if !info.contains("prog_id:") {
+            continue;
+        }
+        let get = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok()).unwrap_or(0);
+        total.0 += get("run_time_ns:");
+        total.1 += get("run_cnt:");
+    }
+    total
+}
+
+struct Stack {
+    _collector: Owned,
+    agent: Owned,
+    port: u16,
+    _dir: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_stack(bins: &Binaries, cgroup: &CpuCgroup) -> Result<Stack> {
+    let dir = TempDir(std::env::temp_dir().join(format!("peregrine-bench-{}", std::process::id())));
+    fs::create_dir_all(&dir.0)?;
+    let ingest = free_port()?;
+    let collector = Owned(
+        Command::new(&bins.collector)
+            .args(["--set", &format!("listen=127.0.0.1:{ingest}"), "--set", &format!("http.listen=127.0.0.1:{}", free_port()?)])
+            .args(["--set", "output.kind=file", "--set", &format!("output.path={}", dir.0.join("events.jsonl").display())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let port = free_port()?;
+    let agent = Owned(
+        Command::new(&bins.agent)
+            .args(["--set", "cluster_name=bench", "--set", &format!("collector.address=http://127.0.0.1:{ingest}")])
+            .args(["--set", &format!("ebpf.object={}", bins.ebpf.display()), "--set", &format!("http.listen=127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    cgroup.add(agent.0.id())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http_get(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200") || r.starts_with("HTTP/1.0 200")) {
+        if Instant::now() > deadline {
+            bail!("the agent did not become ready");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Stack { _collector: collector, agent, port, _dir: dir })
+}
+
+struct AgentSample {
+    rate: f64,
+    execs: u64,
+    events: f64,
+    cpu_ns: u64,
+    bpf_ns: u64,
+    dropped: f64,
+    lost: f64,
+}
+
+fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workers: usize, seconds: f64) -> Result<AgentSample> {
+    let stack = start_stack(bins, cgroup)?;
+    let pid = stack.agent.0.id();
+    let before = http_get(stack.port, "/metrics").unwrap_or_default();
+    let (cpu0, (bpf0, _)) = (cpu_ns(pid), bpf_stats(pid));
+    let execs = storm(workers, seconds)?;
+    // The window ends when the agent has sent every exec it saw (bounded).
+    let exec_series = "peregrine_agent_events_total{kind=\"exec\"}";
+    let target = metric(&before, exec_series) + execs as f64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut after = String::new();
+    while Instant::now() < deadline {
+        after = http_get(stack.port, "/metrics").unwrap_or_default();
+        let lost = metric(&after, "peregrine_agent_kernel_records_lost_total");
+        if metric(&after, exec_series) + lost >= target {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (cpu1, (bpf1, _)) = (cpu_ns(pid), bpf_stats(pid));
+    let dropped_series = |m: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("peregrine_agent_events_dropped_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    Ok(AgentSample {
+        rate: execs as f64 / seconds,
+        execs,
+        events: metric(&after, exec_series) - metric(&before, exec_series),
+        cpu_ns: cpu1 - cpu0,
+        bpf_ns: bpf1 - bpf0,
+        dropped: dropped_series(&after) - dropped_series(&before),
+        lost: metric(&after, "peregrine_agent_kernel_records_lost_total") - metric(&before, "peregrine_agent_kernel_records_lost_total"),
+    })
+}
+
+/// Median and a 95% bootstrap interval of the median (seeded, so reruns of the same samples agree).
+fn median_ci(values: &[f64]) -> (f64, f64, f64) {
+    fn median(v: &mut [f64]) -> f64 {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            return f64::NAN;
+        }
+        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut medians: Vec<f64> = (0..2000)
+        .map(|_| {
+            let mut sample: Vec<f64> = (0..values.len()).map(|_| values[(next() % values.len() as u64) as usize]).collect();
+            median(&mut sample)
+        })
+        .collect();
+    medians.sort_by(f64::total_cmp);
+    let lo = medians[(medians.len() as f64 * 0.025) as usize];
+    let hi = medians[(medians.len() as f64 * 0.975) as usize - 1];
+    (median(&mut values.to_vec()), lo, hi)
+}
+
+fn set_bpf_stats(on: bool) -> Option<String> {
+    let path = "/proc/sys/kernel/bpf_stats_enabled";
+    let old = fs::read_to_string(path).ok();
+    let _ = fs::write(path, if on { "1" } else { "0" });
+    old
+}
+
+pub fn exec(bins: &Binaries, args: &ExecBench) -> Result<()> {
+    sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .args(["build", "--release", "-p", "xtask", "--bin", "execstorm"]))?;
+    let cgroup = CpuCgroup::new(args.cpu_millis)?;
+    let old_stats = set_bpf_stats(true);
+    let result = if let Some(n) = args.soak { soak(bins, &cgroup, n) } else { rounds(bins, &cgroup, args) };
+    if let Some(old) = old_stats {
+        let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", old.trim());
+    }
+    let report = result?;
+    println!("{report}");
+    let out = root().join("target/bench");
+    fs::create_dir_all(&out)?;
+    fs::write(out.join(if args.soak.is_some() { "exec-soak.md" } else { "exec.md" }), &report)?;
+    Ok(())
+}
+
+fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &ExecBench) -> Result<String> {
+    let mut report = String::new();
+    let cmd = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let _ = writeln!(report, "### `cargo xtask {cmd}`\n");
+    let _ = writeln!(
+        report,
+        "{} rounds × {} s per condition, agent CPU limit {} m, conditions rotated each round.\n",
+        args.rounds, args.seconds, args.cpu_millis
+    );
+    let _ = writeln!(report, "| workers | pair | median ratio | 95% CI | agent CPU µs/exec | in-kernel ns/exec | drops | lost in kernel | execs/s (none, median) |");
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|");
+    for &workers in &args.workers {
+        let mut aa = Vec::new();
+        let mut ratio = Vec::new();
+        let mut none_rates = Vec::new();
+        let mut cpu_per = Vec::new();
+        let mut bpf_per = Vec::new();
+        let (mut drops, mut lost) = (0.0, 0.0);
+        for round in 0..args.rounds {
+            let mut conds = ["none-a", "agent", "none-b"];
+            conds.rotate_left(round % 3);
+            let mut rates = BTreeMap::new();
+            for cond in conds {
+                if cond == "agent" {
+                    let s = run_with_agent(bins, cgroup, workers, args.seconds)?;
+                    cpu_per.push(s.cpu_ns as f64 / s.events.max(1.0) / 1000.0);
+                    bpf_per.push(s.bpf_ns as f64 / s.execs.max(1) as f64);
+                    drops += s.dropped;
+                    lost += s.lost;
+                    rates.insert(cond, s.rate);
+                } else {
+                    rates.insert(cond, storm(workers, args.seconds)? as f64 / args.seconds);
+                }
+            }
+            let (a, b, g) = (rates["none-a"], rates["none-b"], rates["agent"]);
+            eprintln!("    workers={workers} round={round}: none-a {a:.0}/s none-b {b:.0}/s agent {g:.0}/s");
+            aa.push(b / a);
+            ratio.push(g / ((a + b) / 2.0));
+            none_rates.push((a + b) / 2.0);
+        }
+        let (am, alo, ahi) = median_ci(&aa);
+        let (rm, rlo, rhi) = median_ci(&ratio);
+        let (cm, _, _) = median_ci(&cpu_per);
+        let (bm, _, _) = median_ci(&bpf_per);
+        let (nm, _, _) = median_ci(&none_rates);
+        let _ = writeln!(report, "| {workers} | A/A (none/none) | {am:.3} | [{alo:.3}, {ahi:.3}] | | | | | {nm:.0} |");
+        let _ = writeln!(
+            report,
+            "| {workers} | agent/none | {rm:.3} | [{rlo:.3}, {rhi:.3}] | {cm:.2} | {bm:.0} | {drops:.0} | {lost:.0} | |"
+        );
+    }
+    for peer in &args.peers {
+        match peer.as_str() {
+            "auditd" => auditd_rounds(args, &mut report)?,
+            other => bail!("unknown peer `{other}` (known: auditd)"),
+        }
+    }
+    Ok(report)
+}
+
+fn soak(bins: &Binaries, cgroup: &CpuCgroup, target: u64) -> Result<String> {
+    let stack = start_stack(bins, cgroup)?;
+    let pid = stack.agent.0.id();
+    let started = Instant::now();
+    let mut total = 0;
+    while total < target {
+        total += storm(2, 10.0)?;
+        eprintln!("    soak: {total} execs, agent RSS {} KiB", status_kib(pid, "VmRSS:"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let m = http_get(stack.port, "/metrics").unwrap_or_default();
+    let cmd = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    Ok(format!(
+        "### `cargo xtask {cmd}`\n\n| execs | seconds | agent RSS | agent peak RSS | exec events | lost in kernel | dropped | process cache entries |\n|---|---|---|---|---|---|---|---|\n| {total} | {:.0} | {:.1} MiB | {:.1} MiB | {} | {} | {} | {} |\n",
+        started.elapsed().as_secs_f64(),
+        status_kib(pid, "VmRSS:") as f64 / 1024.0,
+        status_kib(pid, "VmHWM:") as f64 / 1024.0,
+        metric(&m, "peregrine_agent_events_total{kind=\"exec\"}"),
+        metric(&m, "peregrine_agent_kernel_records_lost_total"),
+        m.lines()
+            .filter(|l| l.starts_with("peregrine_agent_events_dropped_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>(),
+        metric(&m, "peregrine_agent_process_cache_entries"),
+    ))
+}
+
+/// auditd with an execve rule, the peer users know; installed here if missing, cleaned up
+/// (`auditctl -D`, `-e 0`, auditd stopped by PID) whatever happens.
+fn auditd_rounds(args: &ExecBench, report: &mut String) -> Result<()> {
+    if !Path::new("/sbin/auditctl").exists() {
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", "auditd"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let dir = TempDir(std::env::temp_dir().join(format!("peregrine-auditd-{}", std::process::id())));
+    fs::create_dir_all(&dir.0)?;
+    let conf = dir.0.join("auditd.conf");
+    fs::write(&conf, format!("log_file = {}\nlog_format = RAW\nflush = NONE\nmax_log_file = 100\nmax_log_file_action = ROTATE\nspace_left = 100\nadmin_space_left = 50\ndisk_full_action = IGNORE\ndisk_error_action = IGNORE\n", dir.0.join("audit.log").display()))?;
+    let daemon = Owned(Command::new("/sbin/auditd").args(["-n", "-c"]).arg(&dir.0).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    std::thread::sleep(Duration::from_millis(500));
+    let result = (|| -> Result<()> {
+        sh(Command::new("/sbin/auditctl").args(["-e", "1"]).stdout(Stdio::null()))?;
+        sh(Command::new("/sbin/auditctl").args(["-a", "always,exit", "-F", "arch=b64", "-S", "execve", "-k", "peregrine-bench"]).stdout(Stdio::null()))?;
+        for &workers in &args.workers {
+            let mut ratio = Vec::new();
+            let mut cpu_per = Vec::new();
+            for round in 0..args.rounds {
+                let none = storm(workers, args.seconds)? as f64 / args.seconds;
+                let cpu0 = cpu_ns(daemon.0.id());
+                let n = storm(workers, args.seconds)?;
+                cpu_per.push((cpu_ns(daemon.0.id()) - cpu0) as f64 / n.max(1) as f64 / 1000.0);
+                let with = n as f64 / args.seconds;
+                eprintln!("    auditd workers={workers} round={round}: none {none:.0}/s auditd {with:.0}/s");
+                ratio.push(with / none);
+            }
+            let (rm, rlo, rhi) = median_ci(&ratio);
+            let (cm, _, _) = median_ci(&cpu_per);
+            let _ = writeln!(report, "| {workers} | auditd/none (peer) | {rm:.3} | [{rlo:.3}, {rhi:.3}] | {cm:.2} (auditd) | | | | |");
+        }
+        Ok(())
+    })();
+    let _ = Command::new("/sbin/auditctl").arg("-D").stdout(Stdio::null()).status();
+    let _ = Command::new("/sbin/auditctl").args(["-e", "0"]).stdout(Stdio::null()).status();
+    drop(daemon);
+    result
+}
