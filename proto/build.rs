@@ -3,6 +3,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .type_attribute(".peregrine.v1", "#[derive(serde::Serialize)]")
         .type_attribute(".peregrine.v1", "#[serde(rename_all = \"snake_case\")]")
+        .btree_map(".peregrine.v1.Alert.fields")
         .compile_protos(&["proto/peregrine.proto"], &["proto"])?;
     Ok(())
 }

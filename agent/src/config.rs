@@ -17,7 +17,59 @@ pub struct AgentConfig {
     pub ebpf: EbpfConfig,
     pub pipeline: PipelineConfig,
     pub process: ProcessConfig,
+    pub rules: RulesConfig,
+    pub network: NetworkConfig,
     pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Leave connections to and from loopback addresses out (in the kernel).
+    pub exclude_loopback: bool,
+    /// A connect with no outcome after this long is reported as in_progress.
+    pub outcome_wait_ms: u64,
+    /// The cluster's pod and service ranges, so their destinations are classed as such.
+    pub pod_cidrs: Vec<String>,
+    pub service_cidrs: Vec<String>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self { exclude_loopback: true, outcome_wait_ms: 1000, pod_cidrs: Vec::new(), service_cidrs: Vec::new() }
+    }
+}
+
+fn cidrs(key: &str, list: &[String]) -> Result<Vec<crate::net::classify::Cidr>, (String, String)> {
+    list.iter().map(|s| s.parse().map_err(|message| (key.to_owned(), message))).collect()
+}
+
+impl NetworkConfig {
+    /// The pod ranges (validated when the configuration was built).
+    pub fn pod_cidrs(&self) -> Result<Vec<crate::net::classify::Cidr>, (String, String)> {
+        cidrs("network.pod_cidrs", &self.pod_cidrs)
+    }
+    pub fn service_cidrs(&self) -> Result<Vec<crate::net::classify::Cidr>, (String, String)> {
+        cidrs("network.service_cidrs", &self.service_cidrs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Falco rules files or directories of them (a ConfigMap mount works: the `..data` swap
+    /// kubelet does is seen). Empty: no rules, no alerts.
+    pub paths: Vec<PathBuf>,
+    /// How often the files are checked for changes.
+    pub reload_interval_ms: u64,
+    /// Repeats of one rule in one container within this window fold into one follow-up.
+    pub fold_window_ms: u64,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self { paths: Vec::new(), reload_interval_ms: 2000, fold_window_ms: 60_000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -27,7 +79,7 @@ pub struct ProcessConfig {
     pub cache_capacity: usize,
     /// How long an exited process stays for late events that refer to it.
     pub exit_grace_ms: u64,
-    /// Ancestors attached to each event (Falco's `proc.aname[N]` reaches N = 5 and beyond).
+    /// Ancestors attached to each exec event (Falco's `proc.aname[N]`).
     pub ancestry_depth: usize,
 }
 
@@ -74,6 +126,8 @@ pub struct ProgramsConfig {
     pub exec: bool,
     pub fork: bool,
     pub exit: bool,
+    /// TCP connects, accepts and listeners.
+    pub network: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -105,6 +159,8 @@ impl Default for AgentConfig {
             ebpf: EbpfConfig::default(),
             pipeline: PipelineConfig::default(),
             process: ProcessConfig::default(),
+            rules: RulesConfig::default(),
+            network: NetworkConfig::default(),
             http: HttpConfig::default(),
         }
     }
@@ -133,7 +189,7 @@ impl Default for EbpfConfig {
 
 impl Default for ProgramsConfig {
     fn default() -> Self {
-        Self { exec: true, fork: true, exit: true }
+        Self { exec: true, fork: true, exit: true, network: true }
     }
 }
 
@@ -189,6 +245,11 @@ impl Validate for AgentConfig {
         }
         if !(1..=64).contains(&self.process.ancestry_depth) {
             return err("process.ancestry_depth", "must be between 1 and 64");
+        }
+        self.network.pod_cidrs()?;
+        self.network.service_cidrs()?;
+        if self.rules.reload_interval_ms < 100 {
+            return err("rules.reload_interval_ms", "must be at least 100");
         }
         if self.pipeline.heartbeat_interval_ms < 10 {
             return err("pipeline.heartbeat_interval_ms", "must be at least 10");

@@ -1,9 +1,11 @@
 //! Ring-buffer records to typed records. Everything here treats the bytes as untrusted: a
 //! short, oversized or foreign record is an error value, never a panic.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use peregrine_common::{
-    ABI_VERSION, COMM_LEN, ExecRecord, ExitRecord, FILENAME_CAP, ForkRecord, PATH_CAP, PathBuf, RecordHeader,
-    RecordKind, TaskInfo, exec_flags, path_flags,
+    ABI_VERSION, COMM_LEN, ConnRecord, ExecRecord, ExitRecord, FILENAME_CAP, ForkRecord, PATH_CAP, PathBuf,
+    RecordHeader, RecordKind, TaskInfo, conn_flags, exec_flags, outcome, path_flags,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -35,6 +37,44 @@ pub enum Record {
     Exec(Box<Exec>),
     Fork(Fork),
     Exit(Exit),
+    Conn(Conn),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    /// A connect: the attempt (`outcome == None`) or how it ended.
+    Connect,
+    Accept,
+    Listen,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnOutcome {
+    Established,
+    /// Closed before establishing, with the socket's errno (0: closed by the caller).
+    Failed(i32),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conn {
+    pub boot_ns: u64,
+    pub kind: ConnKind,
+    /// None for the attempt record of a connect.
+    pub outcome: Option<ConnOutcome>,
+    /// The process, or None when the kernel could not attribute the socket.
+    pub owner: Option<Owner>,
+    pub sock: u64,
+    pub local: (IpAddr, u16),
+    pub remote: (IpAddr, u16),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Owner {
+    pub tgid: u32,
+    pub pid: u32,
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -97,6 +137,7 @@ impl Record {
             Self::Exec(e) => e.boot_ns,
             Self::Fork(f) => f.boot_ns,
             Self::Exit(e) => e.boot_ns,
+            Self::Conn(c) => c.boot_ns,
         }
     }
 }
@@ -143,7 +184,49 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 comm: text(until_nul(&r.comm), &mut lossy),
             }))
         }
+        Some(kind @ (RecordKind::Connect | RecordKind::Accept | RecordKind::Listen)) => {
+            let r: ConnRecord = fixed(bytes, "connection")?;
+            Ok(Record::Conn(decode_conn(&header, kind, &r)))
+        }
         None => Err(DecodeError::Kind(header.kind)),
+    }
+}
+
+fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
+    if family == 10 {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+fn decode_conn(header: &RecordHeader, kind: RecordKind, r: &ConnRecord) -> Conn {
+    let mut lossy = false;
+    let owner = (header.flags & conn_flags::OWNER_UNKNOWN == 0).then(|| Owner {
+        tgid: r.owner.tgid,
+        pid: r.owner.pid,
+        start_ns: r.owner.start_ns,
+        cgroup_id: r.owner.cgroup_id,
+        comm: text(until_nul(&r.owner.comm), &mut lossy),
+    });
+    let kind = match kind {
+        RecordKind::Accept => ConnKind::Accept,
+        RecordKind::Listen => ConnKind::Listen,
+        _ => ConnKind::Connect,
+    };
+    let result = match (kind, r.outcome) {
+        (ConnKind::Connect, outcome::ESTABLISHED) => Some(ConnOutcome::Established),
+        (ConnKind::Connect, outcome::FAILED) => Some(ConnOutcome::Failed(r.tuple.error)),
+        _ => None,
+    };
+    Conn {
+        boot_ns: header.boot_ns,
+        kind,
+        outcome: result,
+        owner,
+        sock: r.sock,
+        local: (ip(r.tuple.family, &r.tuple.saddr), r.tuple.sport),
+        remote: (ip(r.tuple.family, &r.tuple.daddr), r.tuple.dport),
     }
 }
 

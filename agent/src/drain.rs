@@ -17,7 +17,10 @@ use crate::{
     decode,
     kernel::Sensor,
     metrics::{KindLabel, Metrics, reason},
+    pipeline,
+    net::ConnTracker,
     process::Tracker,
+    rules::{self, RulesStage},
 };
 
 /// Identity every event carries, and the agent-wide sequence.
@@ -67,6 +70,13 @@ impl Stamper {
     }
 }
 
+/// The stages a record passes in the drain, in order after decoding.
+pub struct Stages {
+    pub tracker: Tracker,
+    pub net: ConnTracker,
+    pub rules: Option<RulesStage>,
+}
+
 pub struct DrainConfig {
     pub drain_interval: Duration,
     pub heartbeat_interval: Duration,
@@ -77,6 +87,9 @@ pub struct Drain {
     sensor: Sensor,
     ring: Option<RingBuf<MapData>>,
     tracker: Tracker,
+    net: ConnTracker,
+    rules: Option<RulesStage>,
+    alerts: Vec<peregrine_rules::Alert>,
     stamper: Stamper,
     tx: mpsc::Sender<Event>,
     metrics: Metrics,
@@ -93,7 +106,7 @@ impl Drain {
     pub fn new(
         sensor: Sensor,
         ring: RingBuf<MapData>,
-        tracker: Tracker,
+        stages: Stages,
         stamper: Stamper,
         tx: mpsc::Sender<Event>,
         metrics: Metrics,
@@ -102,7 +115,10 @@ impl Drain {
         Self {
             sensor,
             ring: Some(ring),
-            tracker,
+            tracker: stages.tracker,
+            net: stages.net,
+            rules: stages.rules,
+            alerts: Vec::new(),
             stamper,
             tx,
             metrics,
@@ -126,6 +142,9 @@ impl Drain {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.tick().await;
+        // Connects without an outcome are reported after about a second: check 4 times a second.
+        let mut expiry = tokio::time::interval(Duration::from_millis(250));
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
@@ -135,6 +154,13 @@ impl Drain {
                     }
                 }
                 _ = tick.tick() => self.drain_once(ring.get_mut()),
+                _ = expiry.tick() => {
+                    let now = boot_now_ns();
+                    for kind in self.net.expire(now, &self.tracker) {
+                        self.emit(now, kind);
+                    }
+                    self.metrics.connects_pending.set(i64::try_from(self.net.pending()).unwrap_or(i64::MAX));
+                }
                 _ = heartbeat.tick() => {
                     self.drain_once(ring.get_mut());
                     self.stamper.resample_clock();
@@ -143,6 +169,10 @@ impl Drain {
                     self.metrics.process_cache_evicted.inc_by(
                         self.tracker.evicted_early().saturating_sub(self.metrics.process_cache_evicted.get()),
                     );
+                    if let Some(rules) = &mut self.rules {
+                        rules.flush(boot_now_ns(), &mut self.alerts);
+                    }
+                    self.send_alerts(None);
                     self.status(Phase::Heartbeat);
                 }
                 _ = shutdown.changed() => break,
@@ -150,6 +180,10 @@ impl Drain {
         }
         self.config.pause_file = None;
         self.drain_once(ring.get_mut());
+        if let Some(rules) = &mut self.rules {
+            rules.drain(&mut self.alerts);
+        }
+        self.send_alerts(None);
         self.status(Phase::Stopping);
         Ok(())
     }
@@ -169,10 +203,16 @@ impl Drain {
                 None => break,
             };
             match decoded {
+                Ok(decode::Record::Conn(conn)) => {
+                    let boot_ns = conn.boot_ns;
+                    for kind in self.net.apply(conn, &self.tracker) {
+                        self.emit(boot_ns, kind);
+                    }
+                }
                 Ok(record) => {
-                    let kind = self.tracker.apply(&record);
-                    let event = self.stamper.stamp(record.boot_ns(), kind);
-                    self.push(event);
+                    if let Some(kind) = self.tracker.apply(&record) {
+                        self.emit(record.boot_ns(), kind);
+                    }
                 }
                 Err(e) => {
                     self.lose(reason::DECODE, 1);
@@ -183,6 +223,17 @@ impl Drain {
         self.drained_until = started;
         self.sync_kernel_counters();
         self.report_losses();
+    }
+
+    /// The stages after the process cache: enrichment, stamping, rules; then the queue.
+    fn emit(&mut self, boot_ns: u64, kind: Kind) {
+        let event = self.stamper.stamp(boot_ns, pipeline::enrich(kind));
+        if let Some(rules) = &mut self.rules {
+            rules.evaluate(&event, &mut self.alerts);
+        }
+        let trigger = (!self.alerts.is_empty()).then(|| (event.id.clone(), process_of(&event)));
+        self.push(event);
+        self.send_alerts(trigger);
     }
 
     fn sync_kernel_counters(&mut self) {
@@ -241,6 +292,21 @@ impl Drain {
         }
     }
 
+    /// Stamps and queues pending alerts, right behind the event that triggered them. Folded
+    /// follow-ups (no trigger at hand) carry the rule's context fields only.
+    fn send_alerts(&mut self, trigger: Option<(String, Option<peregrine_proto::Process>)>) {
+        if self.alerts.is_empty() {
+            return;
+        }
+        let (event_id, process) = trigger.unwrap_or_default();
+        for alert in std::mem::take(&mut self.alerts) {
+            let process = if alert.folded { None } else { process.clone() };
+            let proto = rules::to_proto(alert, &event_id, process);
+            let event = self.stamper.stamp(boot_now_ns(), Kind::Alert(proto));
+            self.push(event);
+        }
+    }
+
     fn status(&mut self, phase: Phase) {
         let status = AgentStatus {
             phase: phase as i32,
@@ -253,5 +319,12 @@ impl Drain {
         };
         let event = self.stamper.stamp(boot_now_ns(), Kind::Status(status));
         self.push(event);
+    }
+}
+
+fn process_of(event: &Event) -> Option<peregrine_proto::Process> {
+    match &event.kind {
+        Some(Kind::Exec(e)) => e.process.clone(),
+        _ => None,
     }
 }

@@ -7,8 +7,10 @@ mod decode;
 mod drain;
 mod kernel;
 mod metrics;
+mod net;
 mod pipeline;
 mod process;
+mod rules;
 mod sender;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
@@ -26,7 +28,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use crate::{
     config::AgentConfig,
-    drain::{Drain, DrainConfig},
+    drain::{Drain, DrainConfig, Stages},
     kernel::Sensor,
     metrics::Metrics,
     process::{CacheConfig, Tracker},
@@ -79,7 +81,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {
-    let (sensor, ring) = Sensor::load(&config.ebpf)?;
+    let rules = rules::RulesStage::start(&config.rules)?;
+    let (sensor, ring) = Sensor::load(&config.ebpf, config.network.exclude_loopback)?;
     tracing::info!(hooks = ?sensor.hooks, object = %config.ebpf.object.display(), "kernel programs loaded");
 
     let metrics = Metrics::default();
@@ -108,10 +111,16 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     );
     let seeded = tracker.seed();
     tracing::info!(processes = seeded, "process cache seeded from /proc");
+    let net = net::ConnTracker::new(net::NetConfig {
+        outcome_wait_ns: config.network.outcome_wait_ms.saturating_mul(1_000_000),
+        // Both parsed in validation already.
+        pod_cidrs: config.network.pod_cidrs().unwrap_or_default(),
+        service_cidrs: config.network.service_cidrs().unwrap_or_default(),
+    });
     let drain = Drain::new(
         sensor,
         ring,
-        tracker,
+        Stages { tracker, net, rules },
         stamper,
         tx,
         metrics,

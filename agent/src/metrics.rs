@@ -44,6 +44,7 @@ pub struct Metrics {
     pub collector_connected: Gauge,
     pub process_cache_entries: Gauge,
     pub process_cache_evicted: Counter,
+    pub connects_pending: Gauge,
 }
 
 impl Metrics {
@@ -58,6 +59,7 @@ impl Metrics {
         r.register("collector_reconnects", "Connections opened to the collector after the first", self.reconnects.clone());
         r.register("collector_connected", "1 while a collector stream is open", self.collector_connected.clone());
         r.register("process_cache_entries", "Processes in the process cache", self.process_cache_entries.clone());
+        r.register("connects_pending", "TCP connects awaiting their outcome", self.connects_pending.clone());
         r.register(
             "process_cache_evicted",
             "Processes evicted from the cache before their exit grace ended (cache full)",

@@ -14,7 +14,6 @@ use tonic::transport::{Channel, Endpoint};
 use crate::{
     config::{CollectorConfig, PipelineConfig},
     metrics::{Metrics, reason},
-    pipeline,
 };
 
 pub struct Sender {
@@ -117,7 +116,7 @@ impl Sender {
             tokio::select! {
                 next = rx.recv(), if queue_open => match next {
                     Some(event) => {
-                        batch.push(pipeline::process(event));
+                        batch.push(event);
                         if flush_at.is_none() {
                             flush_at = Some(tokio::time::Instant::now() + delay);
                         }

@@ -95,7 +95,10 @@ fn exec_reaches_the_collector_with_exact_fields() {
         serde_json::json!([
             "tracepoint/sched/sched_process_exec",
             "raw_tracepoint/sched_process_fork",
-            "tracepoint/sched/sched_process_exit"
+            "tracepoint/sched/sched_process_exit",
+            "tracepoint/sock/inet_sock_set_state",
+            "tracepoint/syscalls/sys_exit_accept4",
+            "tracepoint/syscalls/sys_exit_accept"
         ])
     );
     let metrics = wait_for(WAIT, "metrics to count sent events", || {
@@ -125,7 +128,13 @@ fn exec_not_attached_sees_nothing() {
     let started = events.iter().find(|e| e["kind"]["status"]["phase"] == 1).expect("a started status");
     assert_eq!(
         started["kind"]["status"]["hooks"],
-        serde_json::json!(["raw_tracepoint/sched_process_fork", "tracepoint/sched/sched_process_exit"])
+        serde_json::json!([
+            "raw_tracepoint/sched_process_fork",
+            "tracepoint/sched/sched_process_exit",
+            "tracepoint/sock/inet_sock_set_state",
+            "tracepoint/syscalls/sys_exit_accept4",
+            "tracepoint/syscalls/sys_exit_accept"
+        ])
     );
 }
 

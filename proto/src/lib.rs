@@ -6,7 +6,7 @@ pub mod v1 {
 }
 
 pub use v1::{
-    Ack, AgentStatus, Ancestor, Credentials, Event, EventBatch, Loss, Namespaces, Process, ProcessExec, ProcessExit,
+    Ack, AgentStatus, Ancestor, Connection, Credentials, Event, EventBatch, Loss, Namespaces, Process, ProcessExec, ProcessExit,
     ProcessFork, event::Kind,
 };
 
@@ -19,6 +19,8 @@ impl Event {
             Some(Kind::Fork(_)) => "fork",
             Some(Kind::Exit(_)) => "exit",
             Some(Kind::Loss(_)) => "loss",
+            Some(Kind::Alert(_)) => "alert",
+            Some(Kind::Connection(_)) => "connection",
             None => "unknown",
         }
     }

@@ -1,6 +1,8 @@
-//! `cargo xtask bench exec`: what the agent costs a node that execs as fast as it can.
+//! `cargo xtask bench exec|connect`: what the agent costs a node that execs (or connects) as
+//! fast as it can.
 //!
-//! Method: a compiled fork+exec+wait loop of /bin/true (`execstorm`), run with no agent and
+//! Method: a compiled fork+exec+wait loop of /bin/true (`execstorm`), or a connect+close loop
+//! to a peer across a veth pair (`connstorm`), run with no agent and
 //! with the full agent (capture + cache + streaming to a local collector) under a CPU limit,
 //! conditions interleaved and rotated every round, with an A/A pair (no agent twice) in every
 //! round to show the noise floor. Reported as paired ratios (agent / none of the same round)
@@ -21,7 +23,8 @@ use anyhow::{Context, Result, bail};
 use crate::{Binaries, root, sh};
 
 #[derive(Debug, Clone)]
-pub struct ExecBench {
+pub struct Bench {
+    pub workload: Workload,
     pub rounds: usize,
     pub seconds: f64,
     pub workers: Vec<usize>,
@@ -42,19 +45,94 @@ impl Drop for Owned {
     }
 }
 
-fn storm_bin() -> PathBuf {
-    root().join("target/release/execstorm")
+/// What the storm does; the agent's cost is measured against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// fork + exec + wait of /bin/true.
+    Exec,
+    /// connect + close to a peer across a veth pair.
+    Connect,
 }
 
-fn storm(workers: usize, seconds: f64) -> Result<u64> {
-    let out = Command::new(storm_bin())
-        .args([workers.to_string(), seconds.to_string(), "/bin/true".to_owned()])
-        .output()
-        .context("running execstorm")?;
-    if !out.status.success() {
-        bail!("execstorm failed: {}", String::from_utf8_lossy(&out.stderr));
+/// The peer namespace of the connect storm (198.18.0.0/30; routes checked), its server, and
+/// cleanup by PID and by the names this run created.
+struct ConnectPeer {
+    server: Option<Owned>,
+}
+
+const PEER_NS: &str = "pgb-peer";
+const PEER_ADDR: &str = "198.18.0.2:9000";
+
+impl ConnectPeer {
+    fn new() -> Result<Self> {
+        let ip = |args: &[&str]| sh(Command::new("ip").args(args));
+        let _ = Command::new("ip").args(["netns", "del", PEER_NS]).status();
+        let _ = Command::new("ip").args(["link", "del", "pgb-veth-h"]).status();
+        ip(&["netns", "add", PEER_NS])?;
+        let peer = Self { server: None };
+        ip(&["link", "add", "pgb-veth-h", "type", "veth", "peer", "name", "pgb-veth-p"])?;
+        ip(&["link", "set", "pgb-veth-p", "netns", PEER_NS])?;
+        ip(&["addr", "add", "198.18.0.1/30", "dev", "pgb-veth-h"])?;
+        ip(&["link", "set", "pgb-veth-h", "up"])?;
+        ip(&["-n", PEER_NS, "addr", "add", "198.18.0.2/30", "dev", "pgb-veth-p"])?;
+        ip(&["-n", PEER_NS, "link", "set", "pgb-veth-p", "up"])?;
+        ip(&["-n", PEER_NS, "link", "set", "lo", "up"])?;
+        let route = Command::new("ip").args(["route", "get", "198.18.0.2"]).output()?;
+        if !String::from_utf8_lossy(&route.stdout).contains("dev pgb-veth-h") {
+            bail!("the route to 198.18.0.2 does not use the bench veth; refusing to send traffic");
+        }
+        let server = Command::new("ip")
+            .args(["netns", "exec", PEER_NS])
+            .arg(root().join("target/release/connstorm"))
+            .args(["server", PEER_ADDR])
+            .spawn()?;
+        let mut peer = peer;
+        peer.server = Some(Owned(server));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect_timeout(&"198.18.0.2:9000".parse()?, Duration::from_millis(200)).is_err() {
+            if Instant::now() > deadline {
+                bail!("the bench peer's server did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(peer)
     }
-    String::from_utf8_lossy(&out.stdout).trim().parse().context("execstorm output")
+}
+
+impl Drop for ConnectPeer {
+    fn drop(&mut self) {
+        self.server = None;
+        let _ = Command::new("ip").args(["link", "del", "pgb-veth-h"]).status();
+        let _ = Command::new("ip").args(["netns", "del", PEER_NS]).status();
+    }
+}
+
+impl Workload {
+    fn run(self, workers: usize, seconds: f64) -> Result<u64> {
+        let (bin, args): (&str, Vec<String>) = match self {
+            Self::Exec => ("execstorm", vec![workers.to_string(), seconds.to_string(), "/bin/true".to_owned()]),
+            Self::Connect => ("connstorm", vec!["client".into(), workers.to_string(), seconds.to_string(), PEER_ADDR.into()]),
+        };
+        let out = Command::new(root().join("target/release").join(bin)).args(&args).output().with_context(|| format!("running {bin}"))?;
+        if !out.status.success() {
+            bail!("{bin} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().with_context(|| format!("{bin} output"))
+    }
+
+    fn event_series(self) -> &'static str {
+        match self {
+            Self::Exec => "peregrine_agent_events_total{kind=\"exec\"}",
+            Self::Connect => "peregrine_agent_events_total{kind=\"connection\"}",
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        match self {
+            Self::Exec => "exec",
+            Self::Connect => "connect",
+        }
+    }
 }
 
 /// A CPU-limited cgroup for the agent: cgroup v2 `cpu.max` where the cpu controller is on
@@ -114,6 +192,15 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 
 fn metric(text: &str, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Events dropped in user space, all reasons.
+fn dropped_total(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("peregrine_agent_events_dropped_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// utime + stime of a process, in nanoseconds.
@@ -213,14 +300,14 @@ struct AgentSample {
     lost: f64,
 }
 
-fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workers: usize, seconds: f64) -> Result<AgentSample> {
+fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, workers: usize, seconds: f64) -> Result<AgentSample> {
     let stack = start_stack(bins, cgroup)?;
     let pid = stack.agent.0.id();
     let before = http_get(stack.port, "/metrics").unwrap_or_default();
     let (cpu0, (bpf0, _)) = (cpu_ns(pid), bpf_stats(pid));
-    let execs = storm(workers, seconds)?;
-    // The window ends when the agent has sent every exec it saw (bounded).
-    let exec_series = "peregrine_agent_events_total{kind=\"exec\"}";
+    let execs = workload.run(workers, seconds)?;
+    // The window ends when the agent has sent every event it saw (bounded).
+    let exec_series = workload.event_series();
     let target = metric(&before, exec_series) + execs as f64;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut after = String::new();
@@ -233,19 +320,13 @@ fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workers: usize, seconds: 
         std::thread::sleep(Duration::from_millis(20));
     }
     let (cpu1, (bpf1, _)) = (cpu_ns(pid), bpf_stats(pid));
-    let dropped_series = |m: &str| {
-        m.lines()
-            .filter(|l| l.starts_with("peregrine_agent_events_dropped_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
     Ok(AgentSample {
         rate: execs as f64 / seconds,
         execs,
         events: metric(&after, exec_series) - metric(&before, exec_series),
         cpu_ns: cpu1 - cpu0,
         bpf_ns: bpf1 - bpf0,
-        dropped: dropped_series(&after) - dropped_series(&before),
+        dropped: dropped_total(&after) - dropped_total(&before),
         lost: metric(&after, "peregrine_agent_kernel_records_lost_total") - metric(&before, "peregrine_agent_kernel_records_lost_total"),
     })
 }
@@ -286,13 +367,14 @@ fn set_bpf_stats(on: bool) -> Option<String> {
     old
 }
 
-pub fn exec(bins: &Binaries, args: &ExecBench) -> Result<()> {
+pub fn run(bins: &Binaries, args: &Bench) -> Result<()> {
     sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
-        .args(["build", "--release", "-p", "xtask", "--bin", "execstorm"]))?;
+        .args(["build", "--release", "-p", "xtask", "--bin", "execstorm", "--bin", "connstorm"]))?;
     let cgroup = CpuCgroup::new(args.cpu_millis)?;
+    let _peer = if args.workload == Workload::Connect { Some(ConnectPeer::new()?) } else { None };
     let old_stats = set_bpf_stats(true);
-    let result = if let Some(n) = args.soak { soak(bins, &cgroup, n) } else { rounds(bins, &cgroup, args) };
+    let result = if let Some(n) = args.soak { soak(bins, &cgroup, args.workload, n) } else { rounds(bins, &cgroup, args) };
     if let Some(old) = old_stats {
         let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", old.trim());
     }
@@ -300,11 +382,12 @@ pub fn exec(bins: &Binaries, args: &ExecBench) -> Result<()> {
     println!("{report}");
     let out = root().join("target/bench");
     fs::create_dir_all(&out)?;
-    fs::write(out.join(if args.soak.is_some() { "exec-soak.md" } else { "exec.md" }), &report)?;
+    let name = format!("{}{}.md", args.workload.unit(), if args.soak.is_some() { "-soak" } else { "" });
+    fs::write(out.join(name), &report)?;
     Ok(())
 }
 
-fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &ExecBench) -> Result<String> {
+fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench) -> Result<String> {
     let mut report = String::new();
     let cmd = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     let _ = writeln!(report, "### `cargo xtask {cmd}`\n");
@@ -313,7 +396,8 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &ExecBench) -> Result<Strin
         "{} rounds × {} s per condition, agent CPU limit {} m, conditions rotated each round.\n",
         args.rounds, args.seconds, args.cpu_millis
     );
-    let _ = writeln!(report, "| workers | pair | median ratio | 95% CI | agent CPU µs/exec | in-kernel ns/exec | drops | lost in kernel | execs/s (none, median) |");
+    let u = args.workload.unit();
+    let _ = writeln!(report, "| workers | pair | median ratio | 95% CI | agent CPU µs/{u} | in-kernel ns/{u} | drops | lost in kernel | {u}s/s (none, median) |");
     let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|");
     for &workers in &args.workers {
         let mut aa = Vec::new();
@@ -328,14 +412,14 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &ExecBench) -> Result<Strin
             let mut rates = BTreeMap::new();
             for cond in conds {
                 if cond == "agent" {
-                    let s = run_with_agent(bins, cgroup, workers, args.seconds)?;
+                    let s = run_with_agent(bins, cgroup, args.workload, workers, args.seconds)?;
                     cpu_per.push(s.cpu_ns as f64 / s.events.max(1.0) / 1000.0);
                     bpf_per.push(s.bpf_ns as f64 / s.execs.max(1) as f64);
                     drops += s.dropped;
                     lost += s.lost;
                     rates.insert(cond, s.rate);
                 } else {
-                    rates.insert(cond, storm(workers, args.seconds)? as f64 / args.seconds);
+                    rates.insert(cond, args.workload.run(workers, args.seconds)? as f64 / args.seconds);
                 }
             }
             let (a, b, g) = (rates["none-a"], rates["none-b"], rates["agent"]);
@@ -364,13 +448,13 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &ExecBench) -> Result<Strin
     Ok(report)
 }
 
-fn soak(bins: &Binaries, cgroup: &CpuCgroup, target: u64) -> Result<String> {
+fn soak(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, target: u64) -> Result<String> {
     let stack = start_stack(bins, cgroup)?;
     let pid = stack.agent.0.id();
     let started = Instant::now();
     let mut total = 0;
     while total < target {
-        total += storm(2, 10.0)?;
+        total += workload.run(2, 10.0)?;
         eprintln!("    soak: {total} execs, agent RSS {} KiB", status_kib(pid, "VmRSS:"));
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -383,17 +467,14 @@ fn soak(bins: &Binaries, cgroup: &CpuCgroup, target: u64) -> Result<String> {
         status_kib(pid, "VmHWM:") as f64 / 1024.0,
         metric(&m, "peregrine_agent_events_total{kind=\"exec\"}"),
         metric(&m, "peregrine_agent_kernel_records_lost_total"),
-        m.lines()
-            .filter(|l| l.starts_with("peregrine_agent_events_dropped_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>(),
+        dropped_total(&m),
         metric(&m, "peregrine_agent_process_cache_entries"),
     ))
 }
 
 /// auditd with an execve rule, the peer users know; installed here if missing, cleaned up
 /// (`auditctl -D`, `-e 0`, auditd stopped by PID) whatever happens.
-fn auditd_rounds(args: &ExecBench, report: &mut String) -> Result<()> {
+fn auditd_rounds(args: &Bench, report: &mut String) -> Result<()> {
     if !Path::new("/sbin/auditctl").exists() {
         sh(Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends", "auditd"])
@@ -407,14 +488,15 @@ fn auditd_rounds(args: &ExecBench, report: &mut String) -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let result = (|| -> Result<()> {
         sh(Command::new("/sbin/auditctl").args(["-e", "1"]).stdout(Stdio::null()))?;
-        sh(Command::new("/sbin/auditctl").args(["-a", "always,exit", "-F", "arch=b64", "-S", "execve", "-k", "peregrine-bench"]).stdout(Stdio::null()))?;
+        let syscall = if args.workload == Workload::Exec { "execve" } else { "connect" };
+        sh(Command::new("/sbin/auditctl").args(["-a", "always,exit", "-F", "arch=b64", "-S", syscall, "-k", "peregrine-bench"]).stdout(Stdio::null()))?;
         for &workers in &args.workers {
             let mut ratio = Vec::new();
             let mut cpu_per = Vec::new();
             for round in 0..args.rounds {
-                let none = storm(workers, args.seconds)? as f64 / args.seconds;
+                let none = args.workload.run(workers, args.seconds)? as f64 / args.seconds;
                 let cpu0 = cpu_ns(daemon.0.id());
-                let n = storm(workers, args.seconds)?;
+                let n = args.workload.run(workers, args.seconds)?;
                 cpu_per.push((cpu_ns(daemon.0.id()) - cpu0) as f64 / n.max(1) as f64 / 1000.0);
                 let with = n as f64 / args.seconds;
                 eprintln!("    auditd workers={workers} round={round}: none {none:.0}/s auditd {with:.0}/s");

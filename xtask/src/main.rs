@@ -44,7 +44,7 @@ enum Cmd {
     },
     /// Benchmarks (never part of `test`): `exec` measures the agent against an exec storm.
     Bench {
-        /// What to measure: exec.
+        /// What to measure: exec or connect.
         what: String,
         #[arg(long, default_value_t = 10)]
         rounds: usize,
@@ -101,12 +101,14 @@ fn real_main() -> Result<()> {
             setup::run(&mut stages)?;
             let bins = build_all(&mut stages, true)?;
             let workers = if workers.is_empty() { vec![1, 2] } else { workers };
-            match what.as_str() {
-                "exec" => stages.run("bench exec", || {
-                    bench::exec(&bins, &bench::ExecBench { rounds, seconds, workers, cpu_millis, peers, soak })
-                })?,
-                other => bail!("unknown benchmark `{other}` (known: exec)"),
-            }
+            let workload = match what.as_str() {
+                "exec" => bench::Workload::Exec,
+                "connect" => bench::Workload::Connect,
+                other => bail!("unknown benchmark `{other}` (known: exec, connect)"),
+            };
+            stages.run(&format!("bench {what}"), || {
+                bench::run(&bins, &bench::Bench { workload, rounds, seconds, workers, cpu_millis, peers, soak })
+            })?;
         }
         Cmd::Test { rest } => {
             setup::run(&mut stages)?;

@@ -47,6 +47,11 @@ const FORK_HOOK: Hook =
     Hook { program: "sched_process_fork", kind: HookKind::RawTracePoint, category: "sched", name: "sched_process_fork" };
 const EXIT_HOOK: Hook =
     Hook { program: "sched_process_exit", kind: HookKind::TracePoint, category: "sched", name: "sched_process_exit" };
+const NETWORK_HOOKS: [Hook; 3] = [
+    Hook { program: "inet_sock_set_state", kind: HookKind::TracePoint, category: "sock", name: "inet_sock_set_state" },
+    Hook { program: "sys_exit_accept4", kind: HookKind::TracePoint, category: "syscalls", name: "sys_exit_accept4" },
+    Hook { program: "sys_exit_accept", kind: HookKind::TracePoint, category: "syscalls", name: "sys_exit_accept" },
+];
 
 /// Programs loaded and attached; dropping it detaches them.
 pub struct Sensor {
@@ -59,14 +64,20 @@ pub struct Sensor {
 
 impl Sensor {
     /// Loads and attaches; returns the sensor and the ring buffer the programs write to.
-    pub fn load(config: &EbpfConfig) -> Result<(Self, RingBuf<MapData>), KernelError> {
+    pub fn load(config: &EbpfConfig, exclude_loopback: bool) -> Result<(Self, RingBuf<MapData>), KernelError> {
         preflight::check_caps()?;
         preflight::check_btf(&config.btf_path)?;
         let btf = Btf::parse_file(&config.btf_path, Endianness::default())
             .map_err(|e| KernelError::BadBtf { path: config.btf_path.clone(), message: e.to_string() })?;
         preflight::ensure_tracefs(&config.tracefs_path)?;
         let bytes = object::read_checked(&config.object)?;
-        let filename_loc = tracefs::read_field_offset(&config.tracefs_path, "sched", "sched_process_exec", "filename")?;
+        let tracefs = &config.tracefs_path;
+        let filename_loc = tracefs::read_field_offset(tracefs, "sched", "sched_process_exec", "filename")?;
+        let sock = |field| tracefs::read_field_offset(tracefs, "sock", "inet_sock_set_state", field);
+        let (skaddr, oldstate, newstate, protocol) =
+            (sock("skaddr")?, sock("oldstate")?, sock("newstate")?, sock("protocol")?);
+        let accept_ret = tracefs::read_field_offset(tracefs, "syscalls", "sys_exit_accept4", "ret")?;
+        let exclude_loopback = u32::from(exclude_loopback);
 
         // Kernels >= 5.11 charge BPF memory to the cgroup; raising the limit is only needed on
         // older ones and is refused without CAP_SYS_RESOURCE, which is fine.
@@ -82,6 +93,12 @@ impl Sensor {
             .btf(Some(&btf))
             .override_global("EXEC_FILENAME_LOC_OFFSET", &filename_loc, true)
             .override_global("WAKEUP_WATERMARK_BYTES", &config.wakeup_watermark_bytes, true)
+            .override_global("SOCK_SKADDR_OFFSET", &skaddr, true)
+            .override_global("SOCK_OLDSTATE_OFFSET", &oldstate, true)
+            .override_global("SOCK_NEWSTATE_OFFSET", &newstate, true)
+            .override_global("SOCK_PROTOCOL_OFFSET", &protocol, true)
+            .override_global("ACCEPT_RET_OFFSET", &accept_ret, true)
+            .override_global("EXCLUDE_LOOPBACK", &exclude_loopback, true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(&bytes)
             .map_err(|e| KernelError::Load { path: config.object.clone(), message: error_chain(&e) })?;
@@ -91,6 +108,9 @@ impl Sensor {
             (&EXEC_HOOK, config.programs.exec),
             (&FORK_HOOK, config.programs.fork),
             (&EXIT_HOOK, config.programs.exit),
+            (&NETWORK_HOOKS[0], config.programs.network),
+            (&NETWORK_HOOKS[1], config.programs.network),
+            (&NETWORK_HOOKS[2], config.programs.network),
         ];
         for (hook, enabled) in wanted {
             // Every program is loaded (so the verifier checks it) even when not attached.

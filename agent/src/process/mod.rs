@@ -1,7 +1,7 @@
 //! Process lifecycle: turns exec, fork and exit records into events that carry the complete
 //! process record and its ancestry, through the process cache.
 
-mod cache;
+pub mod cache;
 pub mod procfs;
 
 pub use cache::CacheConfig;
@@ -25,8 +25,9 @@ impl Tracker {
         procfs::seed(&mut self.cache, &self.node)
     }
 
-    pub fn apply(&mut self, record: &Record) -> Kind {
-        match record {
+    /// The event for a process record; None for records that are not about processes.
+    pub fn apply(&mut self, record: &Record) -> Option<Kind> {
+        Some(match record {
             Record::Exec(e) => {
                 let (process, ancestors) = self.cache.exec(e);
                 Kind::Exec(ProcessExec { process: Some(process), ancestors })
@@ -34,6 +35,7 @@ impl Tracker {
             // Ancestry travels on exec events only: a fork's lineage is its parent's exec's,
             // and copying it onto every fork would double the agent's work per process.
             Record::Fork(f) => Kind::Fork(ProcessFork { process: Some(self.cache.fork(f)), ancestors: Vec::new() }),
+            Record::Conn(_) => return None,
             Record::Exit(x) => {
                 let (process, status, duration_ns) = self.cache.exit(x);
                 Kind::Exit(ProcessExit {
@@ -44,6 +46,28 @@ impl Tracker {
                     duration_ns,
                 })
             }
+        })
+    }
+
+    /// The process record of (tgid, start), or a minimal one marked partial when the cache
+    /// does not know it.
+    pub fn process_of(&self, tgid: u32, start_ns: u64, tid: u32, comm: &str, cgroup_id: u64) -> peregrine_proto::Process {
+        match self.cache.get(cache::Key { tgid, start_ns }) {
+            Some(p) => {
+                let mut p = p.clone();
+                p.tid = tid;
+                p
+            }
+            None => peregrine_proto::Process {
+                pid: tgid,
+                tid,
+                start_boot_ns: start_ns,
+                comm: comm.to_owned(),
+                cgroup_id,
+                partial: vec!["unknown_process".into()],
+                source: "socket".into(),
+                ..peregrine_proto::Process::default()
+            },
         }
     }
 
@@ -60,3 +84,4 @@ impl Tracker {
         self.cache.evicted_early
     }
 }
+

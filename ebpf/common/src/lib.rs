@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Bump on any change to a record layout, a record kind's meaning, or a global the agent sets.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Name of the object-file symbol holding the ABI version the programs were built with.
 pub const ABI_SYMBOL: &str = "PEREGRINE_ABI_VERSION";
@@ -32,6 +32,10 @@ pub enum RecordKind {
     Exec = 1,
     Fork = 2,
     Exit = 3,
+    /// A TCP connect: the attempt (at SYN_SENT) or its outcome.
+    Connect = 4,
+    Accept = 5,
+    Listen = 6,
 }
 
 impl RecordKind {
@@ -40,6 +44,9 @@ impl RecordKind {
             1 => Some(Self::Exec),
             2 => Some(Self::Fork),
             3 => Some(Self::Exit),
+            4 => Some(Self::Connect),
+            5 => Some(Self::Accept),
+            6 => Some(Self::Listen),
             _ => None,
         }
     }
@@ -188,13 +195,81 @@ pub struct ExitRecord {
     pub comm: [u8; COMM_LEN],
 }
 
+/// The process behind a socket, recorded in process context (connect, accept, listen).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockOwner {
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// [`ConnRecord::outcome`] values.
+pub mod outcome {
+    /// The SYN is out; no answer yet.
+    pub const ATTEMPT: u16 = 0;
+    pub const ESTABLISHED: u16 = 1;
+    /// Closed before establishing; `error` (the socket's sk_err) tells why.
+    pub const FAILED: u16 = 2;
+}
+
+/// [`RecordHeader::flags`] bits for connection records.
+pub mod conn_flags {
+    /// No owner was recorded for the socket (evicted, or connecting before the agent started):
+    /// the record is not attributed rather than attributed to whatever ran in softirq.
+    pub const OWNER_UNKNOWN: u16 = 1;
+}
+
+/// TCP states (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: i32 = 1;
+    pub const SYN_SENT: i32 = 2;
+    pub const CLOSE: i32 = 7;
+    pub const LISTEN: i32 = 10;
+}
+
+/// A socket's endpoints (`struct peregrine_tuple`). Ports in host order; addresses in network
+/// order, IPv4 in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tuple {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub protocol: u16,
+    /// The socket's pending error (errno), meaningful when a connect failed.
+    pub error: i32,
+    pub _pad: u32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// A TCP connection record: a connect attempt or outcome, an accept, a new listener.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnRecord {
+    pub header: RecordHeader,
+    pub owner: SockOwner,
+    /// The socket's kernel address: joins an attempt to its outcome.
+    pub sock: u64,
+    pub tuple: Tuple,
+    /// [`outcome`] for connects; 0 otherwise.
+    pub outcome: u16,
+    pub _pad: [u16; 3],
+}
+
 /// Indices into the per-CPU counter map `COUNTERS`.
 pub mod counter {
     /// Records the ring buffer had no room for.
     pub const RING_FULL: u32 = 0;
     /// Records dropped because a kernel read failed so badly nothing useful remained.
     pub const READ_FAILED: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Connect outcomes whose owner was not in the map.
+    pub const CONN_OWNER_MISSING: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 const _: () = {
@@ -211,6 +286,9 @@ const _: () = {
     assert!(size_of::<ExecRecord>() == ExecRecord::ARGV_OFFSET + ARGV_CAP);
     assert!(size_of::<ForkRecord>() == 24 + 32 + 8 + 16);
     assert!(size_of::<ExitRecord>() == 24 + 16 + 8 + 8 + 16);
+    assert!(size_of::<SockOwner>() == 40);
+    assert!(size_of::<Tuple>() == 48);
+    assert!(size_of::<ConnRecord>() == 24 + 40 + 8 + 48 + 8);
     assert!(ARGV_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
     // argv_len and filename_len are u16.
     assert!(ARGV_CAP <= u16::MAX as usize);

@@ -352,3 +352,98 @@ int peregrine_exit_info(struct peregrine_exit_info *out)
 	out->exit_code = code;
 	return 1;
 }
+
+// ---- sockets ----
+
+struct in6_addr {
+	__u8 in6_u[16];
+} __attribute__((preserve_access_index));
+
+struct sock_common {
+	__be32 skc_daddr;
+	__be32 skc_rcv_saddr;
+	__be16 skc_dport;
+	__u16 skc_num;
+	unsigned short skc_family;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	int sk_err;
+	__u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+struct socket {
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+
+// `struct file` again, under CO-RE's "___" flavour naming: only private_data is read here.
+struct file___sock {
+	void *private_data;
+} __attribute__((preserve_access_index));
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct task_struct___files {
+	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
+// Start time (boot ns) of the current process: with the tgid, the key of the process cache.
+__u64 peregrine_current_start_ns(void)
+{
+	return process_start(current_task());
+}
+
+// The socket's addresses, ports (host order) and protocol; its pending error (errno).
+// Returns the address family (AF_INET 2, AF_INET6 10), or 0 when unreadable.
+int peregrine_sock_tuple(__u64 skaddr, struct peregrine_tuple *out)
+{
+	struct sock *sk = (struct sock *)skaddr;
+	if (!sk)
+		return 0;
+	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	out->family = family;
+	out->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	out->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	out->protocol = BPF_CORE_READ(sk, sk_protocol);
+	out->error = BPF_CORE_READ(sk, sk_err);
+	if (family == 2) {
+		__be32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__be32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(out->saddr, &s, 4);
+		__builtin_memcpy(out->daddr, &d, 4);
+	} else if (family == 10) {
+		bpf_core_read(out->saddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(out->daddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+	return family;
+}
+
+// The `struct sock *` behind file descriptor `fd` of the current task (accept's new socket),
+// or 0. Bounded by the fd table's size.
+__u64 peregrine_fd_sock(int fd)
+{
+	struct task_struct___files *task = (struct task_struct___files *)bpf_get_current_task();
+	struct files_struct *files = BPF_CORE_READ(task, files);
+	struct fdtable *fdt = BPF_CORE_READ(files, fdt);
+	unsigned int max = BPF_CORE_READ(fdt, max_fds);
+	if (fd < 0 || (unsigned int)fd >= max)
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file___sock *f = 0;
+	if (bpf_core_read(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	if (!sock)
+		return 0;
+	return (__u64)BPF_CORE_READ(sock, sk);
+}

@@ -51,6 +51,20 @@ struct peregrine_exit_info {
 	__s32 exit_code;  // wait status: exit status << 8 | core flag 0x80 | signal
 };
 
+// A socket's endpoints, filled by peregrine_sock_tuple. Ports in host order; addresses in
+// network order, IPv4 in the first 4 bytes.
+struct peregrine_tuple {
+	__u16 family;
+	__u16 sport;
+	__u16 dport;
+	__u16 protocol;
+	__s32 error;
+	__u32 _pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+_Static_assert(sizeof(struct peregrine_tuple) == 48, "tuple");
 _Static_assert(sizeof(struct peregrine_path) == 8 + PEREGRINE_PATH_CAP, "peregrine_path");
 _Static_assert(sizeof(struct peregrine_task_info) == 32 + 16 * 4 + 32 + 2 * (8 + PEREGRINE_PATH_CAP), "task_info");
 _Static_assert(sizeof(struct peregrine_fork_info) == 32, "fork_info");

@@ -16,12 +16,13 @@ use aya_ebpf::{
     },
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{PerCpuArray, RingBuf},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 use peregrine_common::{
-    ARGV_CAP, ExecRecord, ExitInfo, ExitRecord, FILENAME_CAP, ForkInfo, ForkRecord, RecordHeader,
-    RecordKind, TaskInfo, counter, exec_flags,
+    ARGV_CAP, ConnRecord, ExecRecord, ExitInfo, ExitRecord, FILENAME_CAP, ForkInfo, ForkRecord,
+    RecordHeader, RecordKind, SockOwner, TaskInfo, Tuple, conn_flags, counter, exec_flags, outcome,
+    tcp_state,
 };
 
 mod abi {
@@ -36,6 +37,22 @@ static PEREGRINE_ABI_VERSION: u32 = abi::OBJECT_ABI_VERSION;
 #[unsafe(no_mangle)]
 static EXEC_FILENAME_LOC_OFFSET: u32 = 8;
 
+/// Offsets in `sock:inet_sock_set_state`'s record (from tracefs).
+#[unsafe(no_mangle)]
+static SOCK_SKADDR_OFFSET: u32 = 8;
+#[unsafe(no_mangle)]
+static SOCK_OLDSTATE_OFFSET: u32 = 16;
+#[unsafe(no_mangle)]
+static SOCK_NEWSTATE_OFFSET: u32 = 20;
+#[unsafe(no_mangle)]
+static SOCK_PROTOCOL_OFFSET: u32 = 30;
+/// Offset of `ret` in `syscalls:sys_exit_accept{,4}`'s record.
+#[unsafe(no_mangle)]
+static ACCEPT_RET_OFFSET: u32 = 16;
+/// 1: connections to and from loopback addresses are not reported (the default).
+#[unsafe(no_mangle)]
+static EXCLUDE_LOOPBACK: u32 = 1;
+
 /// Ring fill level above which a submit wakes the agent at once.
 #[unsafe(no_mangle)]
 static WAKEUP_WATERMARK_BYTES: u64 = 1 << 20;
@@ -46,6 +63,14 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// Who started each connecting socket, recorded at SYN_SENT (process context) for the outcome,
+/// which the kernel reports in softirq where `current` is an unrelated task.
+#[map]
+static CONNECTING: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+static CONN_SCRATCH: PerCpuArray<ConnRecord> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU staging area: an exec record is too large for the 512-byte BPF stack.
 #[map]
 static EXEC_SCRATCH: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -55,6 +80,9 @@ unsafe extern "C" {
     fn peregrine_exec_task_info(info: *mut TaskInfo) -> i32;
     fn peregrine_fork_info(parent: *const u8, child: *const u8, out: *mut ForkInfo) -> i32;
     fn peregrine_exit_info(out: *mut ExitInfo) -> i32;
+    fn peregrine_current_start_ns() -> u64;
+    fn peregrine_sock_tuple(sk: u64, out: *mut Tuple) -> i32;
+    fn peregrine_fd_sock(fd: i32) -> u64;
 }
 
 #[inline(always)]
@@ -199,6 +227,140 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if unsafe { peregrine_exit_info(&mut rec.info) } == 1 {
         let _ = EVENTS.output::<ExitRecord>(&rec, submit_flags()).map_err(|_| count(counter::RING_FULL));
     }
+    0
+}
+
+const IPPROTO_TCP: u16 = 6;
+
+fn fill_current_owner(owner: &mut SockOwner) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: CO-RE getter reading the current task with probe reads.
+    owner.start_ns = unsafe { peregrine_current_start_ns() };
+    // SAFETY: helper without arguments.
+    owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    owner.pid = pid_tgid as u32;
+    owner.tgid = (pid_tgid >> 32) as u32;
+    owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+#[inline(always)]
+fn is_loopback(t: &Tuple) -> bool {
+    match t.family {
+        2 => t.daddr[0] == 127 || t.saddr[0] == 127,
+        10 => {
+            let v6_loop = |a: &[u8; 16]| a[..15].iter().all(|b| *b == 0) && a[15] == 1;
+            let mapped_loop =
+                |a: &[u8; 16]| a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff && a[12] == 127;
+            v6_loop(&t.daddr) || v6_loop(&t.saddr) || mapped_loop(&t.daddr) || mapped_loop(&t.saddr)
+        }
+        _ => false,
+    }
+}
+
+/// The per-CPU connection record being built (the BPF stack is too small for copies of it).
+#[inline(always)]
+fn conn_scratch() -> Option<&'static mut ConnRecord> {
+    // SAFETY: the map value is valid, per-CPU, and not shared with another program run.
+    CONN_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// Emits the staged connection record unless loopback is excluded and it is loopback.
+#[inline(always)]
+fn emit_conn(rec: &mut ConnRecord, kind: RecordKind, flags: u16, sock: u64, result: u16) {
+    if global(&EXCLUDE_LOOPBACK) != 0 && is_loopback(&rec.tuple) {
+        return;
+    }
+    rec.header = header(kind, flags, size_of::<ConnRecord>());
+    rec.sock = sock;
+    rec.outcome = result;
+    rec._pad = [0; 3];
+    if EVENTS.output::<ConnRecord>(rec, submit_flags()).is_err() {
+        count(counter::RING_FULL);
+    }
+}
+
+/// TCP state changes: CLOSE->SYN_SENT (a connect, in the caller's context: remember who),
+/// SYN_SENT->ESTABLISHED or ->CLOSE (the outcome, usually in softirq: attribute from the map,
+/// never from `current`), CLOSE->LISTEN (a new listener, in the caller's context).
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads of the tracepoint record through bpf_probe_read_kernel.
+    let field = |off: &'static u32| unsafe { ctx.read_at::<i32>(global(off) as usize) }.unwrap_or(-1);
+    // SAFETY: as above.
+    let protocol = unsafe { ctx.read_at::<u16>(global(&SOCK_PROTOCOL_OFFSET) as usize) }.unwrap_or(0);
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let (old, new) = (field(&SOCK_OLDSTATE_OFFSET), field(&SOCK_NEWSTATE_OFFSET));
+    let interesting = matches!(
+        (old, new),
+        (tcp_state::CLOSE, tcp_state::SYN_SENT)
+            | (tcp_state::SYN_SENT, tcp_state::ESTABLISHED)
+            | (tcp_state::SYN_SENT, tcp_state::CLOSE)
+            | (tcp_state::CLOSE, tcp_state::LISTEN)
+    );
+    if !interesting {
+        return 0;
+    }
+    // SAFETY: as above.
+    let sk = unsafe { ctx.read_at::<u64>(global(&SOCK_SKADDR_OFFSET) as usize) }.unwrap_or(0);
+    let Some(rec) = conn_scratch() else { return 0 };
+    // SAFETY: CO-RE getter reading the socket with probe reads into the staged record.
+    if unsafe { peregrine_sock_tuple(sk, &mut rec.tuple) } == 0 {
+        return 0;
+    }
+    if new == tcp_state::SYN_SENT {
+        fill_current_owner(&mut rec.owner);
+        let _ = CONNECTING.insert(&sk, &rec.owner, 0);
+        emit_conn(rec, RecordKind::Connect, 0, sk, outcome::ATTEMPT);
+    } else if new == tcp_state::LISTEN {
+        fill_current_owner(&mut rec.owner);
+        emit_conn(rec, RecordKind::Listen, 0, sk, 0);
+    } else {
+        let mut flags = 0;
+        // SAFETY: the map value is copied into the record before the entry is removed.
+        match unsafe { CONNECTING.get(&sk) } {
+            Some(owner) => rec.owner = *owner,
+            None => {
+                count(counter::CONN_OWNER_MISSING);
+                rec.owner = SockOwner::default();
+                flags = conn_flags::OWNER_UNKNOWN;
+            }
+        }
+        let _ = CONNECTING.remove(&sk);
+        let result = if new == tcp_state::ESTABLISHED { outcome::ESTABLISHED } else { outcome::FAILED };
+        emit_conn(rec, RecordKind::Connect, flags, sk, result);
+    }
+    0
+}
+
+fn on_accept(ctx: &TracePointContext) {
+    // SAFETY: reading the tracepoint record through bpf_probe_read_kernel.
+    let ret = unsafe { ctx.read_at::<i64>(global(&ACCEPT_RET_OFFSET) as usize) }.unwrap_or(-1);
+    if ret < 0 || ret > i64::from(i32::MAX) {
+        return;
+    }
+    // SAFETY: CO-RE getter walking the current task's fd table with probe reads.
+    let sk = unsafe { peregrine_fd_sock(ret as i32) };
+    let Some(rec) = conn_scratch() else { return };
+    // SAFETY: CO-RE getter reading the socket with probe reads into the staged record.
+    if sk == 0 || unsafe { peregrine_sock_tuple(sk, &mut rec.tuple) } == 0 || rec.tuple.protocol != IPPROTO_TCP {
+        return;
+    }
+    fill_current_owner(&mut rec.owner);
+    emit_conn(rec, RecordKind::Accept, 0, sk, 0);
+}
+
+/// Inbound connections, in the accepting process's context.
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    on_accept(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    on_accept(&ctx);
     0
 }
 

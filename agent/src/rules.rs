@@ -1,0 +1,274 @@
+//! The rules stage: Falco-language rules (peregrine-rules) evaluated on each event in the
+//! drain, so alerts are stamped in order right behind the event that triggered them.
+//!
+//! The engine reads fields through [`EventView`]; [`RuleEvent`] answers from the proto event
+//! with values borrowed from it, plus the few strings Falco defines as joins (`proc.cmdline`,
+//! `proc.args`, ancestors' command lines), computed once per event, only for exec events.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use peregrine_proto::{Event, Kind, Process};
+use peregrine_rules::{
+    Alert, EventType, EventView, FieldArg, FieldId, FoldConfig, Folder, PollOutcome, RulesHandle, RulesWatcher,
+    Value, WatcherThread,
+};
+
+use crate::config::RulesConfig;
+
+#[derive(Debug, thiserror::Error)]
+#[error("rules: {0} (fix the file, or the paths in rules.paths)")]
+pub struct RulesError(String);
+
+pub struct RulesStage {
+    handle: Arc<RulesHandle>,
+    folder: Folder,
+    users: HashMap<u32, String>,
+    _watcher: Option<WatcherThread>,
+}
+
+impl RulesStage {
+    /// Loads the rules (an error here stops the agent: it would run without its detections)
+    /// and starts the watcher that reloads them on change.
+    pub fn start(config: &RulesConfig) -> Result<Option<Self>, RulesError> {
+        if config.paths.is_empty() {
+            return Ok(None);
+        }
+        let (handle, watcher) =
+            RulesWatcher::start(config.paths.clone()).map_err(|e| RulesError(e.to_string()))?;
+        let current = handle.current();
+        let report = current.report();
+        let compiled = current.rules().len();
+        let skipped = report.skipped().count();
+        tracing::info!(compiled, skipped, paths = ?config.paths, "rules loaded");
+        for (name, reason) in report.skipped() {
+            tracing::debug!(rule = name, reason = %reason, "rule skipped");
+        }
+        let watcher = watcher
+            .spawn(Duration::from_millis(config.reload_interval_ms), |outcome| match outcome {
+                PollOutcome::Reloaded { compiled, skipped } => tracing::info!(compiled, skipped, "rules reloaded"),
+                PollOutcome::Failed(e) => tracing::error!(error = %e, "new rules do not load; the previous rules stay in force"),
+                PollOutcome::Unchanged | PollOutcome::StillFailing => {}
+            })
+            .map_err(|e| RulesError(format!("starting the rules watcher: {e}")))?;
+        Ok(Some(Self {
+            handle,
+            folder: Folder::new(FoldConfig { window: config.fold_window_ms.saturating_mul(1_000_000), max_keys: 10_000 }),
+            users: read_passwd("/etc/passwd"),
+            _watcher: Some(watcher),
+        }))
+    }
+
+    /// Evaluates one event; alerts to send now are appended to `out`.
+    pub fn evaluate(&mut self, event: &Event, out: &mut Vec<Alert>) {
+        let Some(view) = RuleEvent::new(event, &self.users) else { return };
+        let rules = self.handle.current();
+        let time = event.boot_ns;
+        let mut fired = Vec::new();
+        rules.evaluate(&view, |rule| fired.push(rule.alert(&view, time)));
+        for alert in fired {
+            self.folder.offer(alert, time, out);
+        }
+    }
+
+    /// Follow-ups of folding windows that ended by `now` (boot-time ns).
+    pub fn flush(&mut self, now: u64, out: &mut Vec<Alert>) {
+        self.folder.flush(now, out);
+    }
+
+    pub fn drain(&mut self, out: &mut Vec<Alert>) {
+        self.folder.drain(out);
+    }
+}
+
+fn read_passwd(path: &str) -> HashMap<u32, String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split(':');
+            let name = parts.next()?;
+            let uid = parts.nth(1)?.parse().ok()?;
+            Some((uid, name.to_owned()))
+        })
+        .collect()
+}
+
+/// Falco's `proc.cmdline`: the comm, then argv[1..], space-separated.
+fn cmdline(comm: &str, argv: &[String]) -> String {
+    let mut s = comm.to_owned();
+    for a in argv.iter().skip(1) {
+        s.push(' ');
+        s.push_str(a);
+    }
+    s
+}
+
+/// An exec event as the rules engine sees it.
+pub struct RuleEvent<'a> {
+    event: &'a Event,
+    process: &'a Process,
+    ancestors: &'a [peregrine_proto::Ancestor],
+    users: &'a HashMap<u32, String>,
+    cmdline: String,
+    args: String,
+    cwd: String,
+    ancestor_cmdlines: Vec<String>,
+}
+
+impl<'a> RuleEvent<'a> {
+    pub fn new(event: &'a Event, users: &'a HashMap<u32, String>) -> Option<Self> {
+        let Some(Kind::Exec(exec)) = &event.kind else { return None };
+        let process = exec.process.as_ref()?;
+        Some(Self {
+            event,
+            process,
+            ancestors: &exec.ancestors,
+            users,
+            cmdline: cmdline(&process.comm, &process.argv),
+            args: process.argv.get(1..).map(|a| a.join(" ")).unwrap_or_default(),
+            // Falco's directories end with a slash.
+            cwd: if process.cwd.ends_with('/') { process.cwd.clone() } else { format!("{}/", process.cwd) },
+            ancestor_cmdlines: exec.ancestors.iter().map(|a| cmdline(&a.comm, &a.argv)).collect(),
+        })
+    }
+
+    fn ancestor(&self, arg: FieldArg<'_>) -> Option<(usize, &'a peregrine_proto::Ancestor)> {
+        match arg {
+            FieldArg::Index(n) if n >= 1 => {
+                let i = usize::try_from(n - 1).ok()?;
+                self.ancestors.get(i).map(|a| (i, a))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn i64_of(v: u32) -> Value<'static> {
+    Value::I64(i64::from(v))
+}
+
+impl EventView for RuleEvent<'_> {
+    fn evt_type(&self) -> EventType {
+        EventType::Execve
+    }
+
+    fn field(&self, field: FieldId, arg: FieldArg<'_>) -> Value<'_> {
+        let p = self.process;
+        let creds = p.creds.as_ref();
+        match field {
+            FieldId::EvtTime => Value::U64(u64::try_from(self.event.time_unix_nano).unwrap_or(0)),
+            FieldId::EvtNum => Value::U64(self.event.seq),
+            FieldId::EvtRes => Value::Str("SUCCESS"),
+            FieldId::EvtRawres => Value::I64(0),
+            FieldId::EvtHostname => Value::Str(&self.event.node),
+            FieldId::ProcPid => i64_of(p.pid),
+            FieldId::ProcName => Value::Str(&p.comm),
+            FieldId::ProcExe => p.argv.first().map_or(Value::Absent, |a| Value::Str(a)),
+            FieldId::ProcExepath => Value::Str(&p.exe),
+            FieldId::ProcCmdline => Value::Str(&self.cmdline),
+            FieldId::ProcArgs => Value::Str(&self.args),
+            FieldId::ProcCwd => Value::Str(&self.cwd),
+            FieldId::ProcTty => Value::U64(u64::from(p.tty_nr)),
+            FieldId::ProcIsExeFromMemfd => Value::Bool(p.exe.starts_with("/memfd:")),
+            FieldId::ProcAname => self.ancestor(arg).map_or(Value::Absent, |(_, a)| Value::Str(&a.comm)),
+            FieldId::ProcApid => self.ancestor(arg).map_or(Value::Absent, |(_, a)| i64_of(a.pid)),
+            FieldId::ProcAexe => {
+                self.ancestor(arg).and_then(|(_, a)| a.argv.first()).map_or(Value::Absent, |s| Value::Str(s))
+            }
+            FieldId::ProcAexepath => self.ancestor(arg).map_or(Value::Absent, |(_, a)| Value::Str(&a.exe)),
+            FieldId::ProcAcmdline => self
+                .ancestor(arg)
+                .and_then(|(i, _)| self.ancestor_cmdlines.get(i))
+                .map_or(Value::Absent, |s| Value::Str(s)),
+            FieldId::UserUid => creds.map_or(Value::Absent, |c| Value::U64(u64::from(c.uid))),
+            FieldId::UserName => {
+                creds.and_then(|c| self.users.get(&c.uid)).map_or(Value::Absent, |n| Value::Str(n))
+            }
+            FieldId::UserLoginuid => creds.map_or(Value::Absent, |c| Value::I64(c.loginuid.map_or(-1, i64::from))),
+            FieldId::UserLoginname => creds
+                .and_then(|c| c.loginuid)
+                .and_then(|uid| self.users.get(&uid))
+                .map_or(Value::Absent, |n| Value::Str(n)),
+            FieldId::GroupGid => creds.map_or(Value::Absent, |c| Value::U64(u64::from(c.gid))),
+            // Host processes: Falco reports container.id `host`. Container context arrives with
+            // the enrichment stage; until then nothing else is claimed.
+            FieldId::ContainerId if p.cgroup_id == 1 => Value::Str("host"),
+            FieldId::PeregrineEnrichment => Value::Str("none"),
+            _ => Value::Absent,
+        }
+    }
+}
+
+/// Alert to proto, linked to the event that triggered it.
+pub fn to_proto(alert: Alert, event_id: &str, process: Option<Process>) -> peregrine_proto::v1::Alert {
+    peregrine_proto::v1::Alert {
+        rule: alert.rule.to_string(),
+        priority: alert.priority.name().to_owned(),
+        tags: alert.tags.to_vec(),
+        output: alert.output,
+        fields: alert.fields.into_iter().collect(),
+        container_id: alert.container_id,
+        count: alert.count,
+        folded: alert.folded,
+        event_id: event_id.to_owned(),
+        process,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peregrine_proto::{Ancestor, Credentials, ProcessExec};
+
+    fn exec_event() -> Event {
+        Event {
+            id: "e1".into(),
+            seq: 7,
+            node: "n1".into(),
+            kind: Some(Kind::Exec(ProcessExec {
+                process: Some(Process {
+                    pid: 42,
+                    comm: "nc".into(),
+                    exe: "/usr/bin/nc.openbsd".into(),
+                    argv: vec!["nc".into(), "-l".into(), "4444".into()],
+                    cwd: "/tmp".into(),
+                    cgroup_id: 1,
+                    creds: Some(Credentials { uid: 0, loginuid: None, ..Credentials::default() }),
+                    ..Process::default()
+                }),
+                ancestors: vec![
+                    Ancestor { pid: 41, comm: "bash".into(), argv: vec!["bash".into(), "-i".into()], ..Ancestor::default() },
+                    Ancestor { pid: 1, comm: "sshd".into(), argv: vec!["/usr/sbin/sshd".into()], ..Ancestor::default() },
+                ],
+            })),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn falco_semantics_of_process_fields() {
+        let e = exec_event();
+        let users = HashMap::from([(0, "root".to_owned())]);
+        let v = RuleEvent::new(&e, &users).unwrap();
+        assert_eq!(v.field(FieldId::ProcCmdline, FieldArg::None), Value::Str("nc -l 4444"));
+        assert_eq!(v.field(FieldId::ProcArgs, FieldArg::None), Value::Str("-l 4444"));
+        assert_eq!(v.field(FieldId::ProcExe, FieldArg::None), Value::Str("nc"));
+        assert_eq!(v.field(FieldId::ProcExepath, FieldArg::None), Value::Str("/usr/bin/nc.openbsd"));
+        assert_eq!(v.field(FieldId::ProcCwd, FieldArg::None), Value::Str("/tmp/"));
+        assert_eq!(v.field(FieldId::ProcAname, FieldArg::Index(1)), Value::Str("bash"));
+        assert_eq!(v.field(FieldId::ProcAname, FieldArg::Index(2)), Value::Str("sshd"));
+        assert_eq!(v.field(FieldId::ProcAname, FieldArg::Index(3)), Value::Absent);
+        assert_eq!(v.field(FieldId::ProcAcmdline, FieldArg::Index(1)), Value::Str("bash -i"));
+        assert_eq!(v.field(FieldId::ProcApid, FieldArg::Index(1)), Value::I64(41));
+        assert_eq!(v.field(FieldId::UserName, FieldArg::None), Value::Str("root"));
+        assert_eq!(v.field(FieldId::UserLoginuid, FieldArg::None), Value::I64(-1));
+        assert_eq!(v.field(FieldId::ContainerId, FieldArg::None), Value::Str("host"));
+        assert_eq!(v.field(FieldId::K8sPodName, FieldArg::None), Value::Absent);
+    }
+
+    #[test]
+    fn only_exec_events_are_viewed() {
+        let e = Event { kind: Some(Kind::Status(Default::default())), ..Event::default() };
+        assert!(RuleEvent::new(&e, &HashMap::new()).is_none());
+    }
+}

@@ -1,0 +1,285 @@
+//! Connections on the real kernel against peers in network namespaces the test creates:
+//! outcome, attribution, direction and destination class. Addresses: only 198.18.0.0/15,
+//! 203.0.113.0/24, fd00::/8 and 169.254.0.0/16 inside namespaces made here; every route is
+//! checked before traffic is sent.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::{
+    io::Read,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    process::Command,
+    sync::{Mutex, MutexGuard},
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+const HOST: &str = "198.18.0.1";
+const PEER: &str = "198.18.0.2";
+const REMOTE: &str = "203.0.113.10";
+const BLACKHOLE: &str = "203.0.113.99";
+const HOST6: &str = "fd00:18::1";
+const PEER6: &str = "fd00:18::2";
+
+/// Namespace tests share fixed names and addresses: one at a time.
+static NETNS: Mutex<()> = Mutex::new(());
+
+fn ip(args: &[&str]) {
+    let out = Command::new(tool("ip")).args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A peer namespace joined to the host by a veth pair; removed (with its links and routes)
+/// on drop.
+struct Peer {
+    name: String,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl Peer {
+    fn new() -> Self {
+        let lock = NETNS.lock().unwrap_or_else(|e| e.into_inner());
+        let name = "pg-peer".to_owned();
+        let _ = Command::new(tool("ip")).args(["netns", "del", &name]).status();
+        ip(&["netns", "add", &name]);
+        ip(&["link", "add", "pg-veth-h", "type", "veth", "peer", "name", "pg-veth-p"]);
+        ip(&["link", "set", "pg-veth-p", "netns", &name]);
+        ip(&["addr", "add", &format!("{HOST}/30"), "dev", "pg-veth-h"]);
+        ip(&["-6", "addr", "add", &format!("{HOST6}/64"), "dev", "pg-veth-h", "nodad"]);
+        ip(&["link", "set", "pg-veth-h", "up"]);
+        ip(&["-n", &name, "addr", "add", &format!("{PEER}/30"), "dev", "pg-veth-p"]);
+        ip(&["-n", &name, "-6", "addr", "add", &format!("{PEER6}/64"), "dev", "pg-veth-p", "nodad"]);
+        ip(&["-n", &name, "link", "set", "pg-veth-p", "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&["-n", &name, "addr", "add", &format!("{REMOTE}/32"), "dev", "lo"]);
+        ip(&["-n", &name, "route", "add", "default", "via", HOST]);
+        for dst in [REMOTE, BLACKHOLE] {
+            ip(&["route", "add", &format!("{dst}/32"), "via", PEER, "dev", "pg-veth-h"]);
+        }
+        let peer = Self { name, _lock: lock };
+        // Guard: traffic to the test addresses must go into the namespace, never the uplink.
+        for dst in [REMOTE, BLACKHOLE, PEER6] {
+            let out = Command::new(tool("ip")).args(["route", "get", dst]).output().unwrap();
+            let route = String::from_utf8_lossy(&out.stdout);
+            assert!(route.contains("dev pg-veth-h"), "route to {dst} does not use the test veth: {route}");
+        }
+        peer
+    }
+
+    /// Runs `f` on a thread that has joined the namespace's network stack.
+    fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on this thread only, with a namespace fd we hold open.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        for dst in [REMOTE, BLACKHOLE] {
+            let _ = Command::new(tool("ip")).args(["route", "del", &format!("{dst}/32")]).status();
+        }
+        let _ = Command::new(tool("ip")).args(["link", "del", "pg-veth-h"]).status();
+        let _ = Command::new(tool("ip")).args(["netns", "del", &self.name]).status();
+    }
+}
+
+fn connections(events: &[Value]) -> Vec<Value> {
+    events.iter().filter(|e| e["kind"]["connection"].is_object()).map(|e| e["kind"]["connection"].clone()).collect()
+}
+
+fn find_conn(collector: &Collector, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    wait_for(WAIT, what, || connections(&collector.events()).into_iter().find(|c| pred(c)))
+}
+
+/// A TCP connect with one SYN retry only (TCP_SYNCNT = 1), so a silent peer times out fast.
+fn connect_syncnt1(dst: SocketAddr) -> std::io::Result<TcpStream> {
+    // SAFETY: plain socket calls on a descriptor this function owns until returned.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, (&one as *const libc::c_int).cast(), 4);
+        let SocketAddr::V4(v4) = dst else { panic!("v4 only") };
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32);
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(<TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd))
+    }
+}
+
+#[test]
+fn outbound_connects_with_their_outcomes() {
+    let dir = TempDir::new("net-out");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let peer = Peer::new();
+    let listening = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let ready = listening.clone();
+    let server = peer.inside(move || {
+        let l = TcpListener::bind((REMOTE, 8080)).unwrap();
+        ready.wait();
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+    });
+    listening.wait();
+
+    // Established.
+    let s = TcpStream::connect((REMOTE, 8080)).unwrap();
+    let local = s.local_addr().unwrap();
+    drop(s);
+    server.join().unwrap();
+    let c = find_conn(&collector, "the established connect", |c| c["local_port"] == local.port() && c["evt_type"] == "connect");
+    assert_eq!(c["outcome"], "established");
+    assert_eq!(c["direction"], "outbound");
+    assert_eq!(c["local_ip"], HOST);
+    assert_eq!(c["remote_ip"], REMOTE);
+    assert_eq!(c["remote_port"], 8080);
+    assert_eq!(c["remote_class"], "public");
+    assert_eq!(c["family"], "ipv4");
+    assert_eq!(c["process"]["pid"], std::process::id());
+    assert_eq!(c["process"]["exe"], std::env::current_exe().unwrap().to_str().unwrap());
+    assert_eq!(c["owner_unknown"], false);
+
+    // Refused: nothing listens on 8081, the peer answers RST.
+    let err = TcpStream::connect((REMOTE, 8081)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+    let c = find_conn(&collector, "the refused connect", |c| c["remote_port"] == 8081);
+    assert_eq!(c["outcome"], "refused");
+    assert_eq!(c["error"], libc::ECONNREFUSED);
+    assert_eq!(c["process"]["pid"], std::process::id());
+
+    // Timed out: the peer silently drops the SYNs. The attempt is reported after about a
+    // second as in_progress, then updated with the outcome.
+    let err = connect_syncnt1(format!("{BLACKHOLE}:8082").parse().unwrap()).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT));
+    let all = wait_for(WAIT, "the timed-out connect's update", || {
+        let cs: Vec<Value> = connections(&collector.events()).into_iter().filter(|c| c["remote_ip"] == BLACKHOLE).collect();
+        cs.iter().any(|c| c["update"] == true).then_some(cs)
+    });
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(all[0]["outcome"], "in_progress");
+    assert_eq!(all[1]["outcome"], "timed_out");
+    assert_eq!(all[1]["process"]["pid"], std::process::id());
+}
+
+#[test]
+fn inbound_accept_listener_and_ipv6() {
+    let dir = TempDir::new("net-in");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let peer = Peer::new();
+    // A listener on the host; the peer connects to it.
+    let listener = TcpListener::bind((HOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = peer.inside(move || TcpStream::connect((HOST, port)).unwrap().local_addr().unwrap());
+    let (_conn, from) = listener.accept().unwrap();
+    let client_addr = client.join().unwrap();
+    assert_eq!(from, client_addr);
+    let l = find_conn(&collector, "the new listener", |c| c["evt_type"] == "listen" && c["local_port"] == port);
+    assert_eq!(l["direction"], "listen");
+    assert_eq!(l["process"]["pid"], std::process::id());
+    let a = find_conn(&collector, "the accept", |c| c["evt_type"] == "accept" && c["local_port"] == port);
+    assert_eq!(a["direction"], "inbound");
+    assert_eq!(a["local_ip"], HOST);
+    assert_eq!(a["remote_ip"], PEER);
+    assert_eq!(a["remote_port"], client_addr.port());
+    assert_eq!(a["remote_class"], "public");
+    assert_eq!(a["process"]["pid"], std::process::id());
+
+    // IPv6 (ULA inside the namespace), outbound.
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let r = ready.clone();
+    let server = peer.inside(move || {
+        let l = TcpListener::bind((PEER6, 8443)).unwrap();
+        r.wait();
+        let _ = l.accept().unwrap();
+    });
+    ready.wait();
+    let s = TcpStream::connect((PEER6, 8443)).unwrap();
+    let local = s.local_addr().unwrap();
+    server.join().unwrap();
+    let c = find_conn(&collector, "the IPv6 connect", |c| c["remote_port"] == 8443 && c["local_port"] == local.port());
+    assert_eq!(c["family"], "ipv6");
+    assert_eq!(c["remote_ip"], PEER6);
+    assert_eq!(c["local_ip"], HOST6);
+    assert_eq!(c["outcome"], "established");
+    assert_eq!(c["remote_class"], "private");
+}
+
+/// Cloud metadata: a client in a namespace with no default route, joined only to a namespace
+/// that holds 169.254.169.254, connects there; the event is classed IMDS.
+#[test]
+fn metadata_endpoint_is_classed_imds() {
+    let dir = TempDir::new("net-imds");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let _lock = NETNS.lock().unwrap_or_else(|e| e.into_inner());
+    struct Pair;
+    impl Drop for Pair {
+        fn drop(&mut self) {
+            for ns in ["pg-imds", "pg-cli"] {
+                let _ = Command::new(tool("ip")).args(["netns", "del", ns]).status();
+            }
+        }
+    }
+    drop(Pair);
+    let _pair = Pair;
+    ip(&["netns", "add", "pg-imds"]);
+    ip(&["netns", "add", "pg-cli"]);
+    ip(&["-n", "pg-cli", "link", "add", "pg-veth-c", "type", "veth", "peer", "name", "pg-veth-i", "netns", "pg-imds"]);
+    ip(&["-n", "pg-imds", "addr", "add", "169.254.169.254/16", "dev", "pg-veth-i"]);
+    ip(&["-n", "pg-imds", "link", "set", "pg-veth-i", "up"]);
+    ip(&["-n", "pg-cli", "addr", "add", "169.254.0.2/16", "dev", "pg-veth-c"]);
+    ip(&["-n", "pg-cli", "link", "set", "pg-veth-c", "up"]);
+    let routes = Command::new(tool("ip")).args(["-n", "pg-cli", "route", "show", "default"]).output().unwrap();
+    assert!(routes.stdout.is_empty(), "the client namespace must have no default route");
+    let path = "/run/netns/pg-cli";
+    let client = std::thread::spawn(move || {
+        let ns = std::fs::File::open(path).unwrap();
+        // SAFETY: setns on this thread only, with a namespace fd we hold open.
+        assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        // Nothing listens on 80 there: the metadata namespace answers with a reset.
+        TcpStream::connect_timeout(&"169.254.169.254:80".parse().unwrap(), Duration::from_secs(5)).unwrap_err().raw_os_error()
+    });
+    assert_eq!(client.join().unwrap(), Some(libc::ECONNREFUSED));
+    let c = find_conn(&collector, "the metadata connect", |c| c["remote_ip"] == "169.254.169.254");
+    assert_eq!(c["remote_class"], "imds");
+    assert_eq!(c["remote_port"], 80);
+    assert_eq!(c["outcome"], "refused");
+    assert_eq!(c["process"]["pid"], std::process::id());
+}
+
+/// Loopback is left out in the kernel by default.
+#[test]
+fn loopback_is_excluded_by_default() {
+    let dir = TempDir::new("net-lo");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let _s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = l.accept().unwrap();
+    collector.wait_drained_past(boot_now_ns(), WAIT);
+    assert!(connections(&collector.events()).iter().all(|c| c["local_port"] != port && c["remote_port"] != port));
+}
