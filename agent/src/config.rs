@@ -32,13 +32,30 @@ pub struct NetworkConfig {
     /// The cluster's pod and service ranges, so their destinations are classed as such.
     pub pod_cidrs: Vec<String>,
     pub service_cidrs: Vec<String>,
+    /// A UDP flow (process, cgroup, destination, port) is reported again after this long;
+    /// 0 reports every send.
+    pub udp_dedup_ms: u64,
+    /// Egress enforcement (off when empty): IPv4 CIDRs that connects and sends are refused
+    /// for, in the kernel, each refusal reported. E.g. ["169.254.169.254/32"] keeps pods away
+    /// from the metadata service.
+    pub deny_destinations: Vec<String>,
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { exclude_loopback: true, outcome_wait_ms: 1000, pod_cidrs: Vec::new(), service_cidrs: Vec::new() }
+        Self {
+            exclude_loopback: true,
+            outcome_wait_ms: 1000,
+            pod_cidrs: Vec::new(),
+            service_cidrs: Vec::new(),
+            udp_dedup_ms: 10_000,
+            deny_destinations: Vec::new(),
+        }
     }
 }
+
+/// An IPv4 address and prefix length, as the kernel's LPM trie takes them.
+pub type Ipv4Prefix = ([u8; 4], u32);
 
 fn cidrs(key: &str, list: &[String]) -> Result<Vec<crate::net::classify::Cidr>, (String, String)> {
     list.iter().map(|s| s.parse().map_err(|message| (key.to_owned(), message))).collect()
@@ -51,6 +68,25 @@ impl NetworkConfig {
     }
     pub fn service_cidrs(&self) -> Result<Vec<crate::net::classify::Cidr>, (String, String)> {
         cidrs("network.service_cidrs", &self.service_cidrs)
+    }
+
+    /// The enforcement list as (IPv4 address, prefix length) pairs.
+    pub fn deny4(&self) -> Result<Vec<Ipv4Prefix>, (String, String)> {
+        let key = "network.deny_destinations";
+        self.deny_destinations
+            .iter()
+            .map(|s| {
+                let (a, p) = s.split_once('/').unwrap_or((s.as_str(), "32"));
+                let addr: std::net::Ipv4Addr =
+                    a.parse().map_err(|_| (key.to_owned(), format!("`{s}` is not an IPv4 address or CIDR")))?;
+                let prefix: u32 = p
+                    .parse()
+                    .ok()
+                    .filter(|p| *p <= 32)
+                    .ok_or_else(|| (key.to_owned(), format!("`{s}`: the prefix must be 0..=32")))?;
+                Ok((addr.octets(), prefix))
+            })
+            .collect()
     }
 }
 
@@ -128,6 +164,8 @@ pub struct ProgramsConfig {
     pub exit: bool,
     /// TCP connects, accepts and listeners.
     pub network: bool,
+    /// cgroup connect4/6 and sendmsg4/6 hooks: UDP flows and egress enforcement.
+    pub sock_addr: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,7 +227,7 @@ impl Default for EbpfConfig {
 
 impl Default for ProgramsConfig {
     fn default() -> Self {
-        Self { exec: true, fork: true, exit: true, network: true }
+        Self { exec: true, fork: true, exit: true, network: true, sock_addr: true }
     }
 }
 
@@ -248,6 +286,7 @@ impl Validate for AgentConfig {
         }
         self.network.pod_cidrs()?;
         self.network.service_cidrs()?;
+        self.network.deny4()?;
         if self.rules.reload_interval_ms < 100 {
             return err("rules.reload_interval_ms", "must be at least 100");
         }

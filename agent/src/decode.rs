@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use peregrine_common::{
     ABI_VERSION, COMM_LEN, ConnRecord, ExecRecord, ExitRecord, FILENAME_CAP, ForkRecord, PATH_CAP, PathBuf,
-    RecordHeader, RecordKind, TaskInfo, conn_flags, exec_flags, outcome, path_flags,
+    RecordHeader, RecordKind, TaskInfo, conn_flags, exec_flags, outcome, path_flags, sockaddr_op,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -42,10 +42,21 @@ pub enum Record {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnKind {
-    /// A connect: the attempt (`outcome == None`) or how it ended.
+    /// A TCP connect: the attempt (`outcome == None`) or how it ended.
     Connect,
     Accept,
     Listen,
+    /// The first datagram of a UDP flow (or a UDP connect).
+    Udp,
+    /// A connect or send refused by the egress policy.
+    Denied,
+}
+
+/// The socket call a cgroup hook saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockOp {
+    Connect,
+    Send,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +75,10 @@ pub struct Conn {
     /// The process, or None when the kernel could not attribute the socket.
     pub owner: Option<Owner>,
     pub sock: u64,
+    /// IPPROTO_TCP (6) or IPPROTO_UDP (17).
+    pub protocol: u16,
+    /// For UDP and denials: which call.
+    pub op: Option<SockOp>,
     pub local: (IpAddr, u16),
     pub remote: (IpAddr, u16),
 }
@@ -184,7 +199,13 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 comm: text(until_nul(&r.comm), &mut lossy),
             }))
         }
-        Some(kind @ (RecordKind::Connect | RecordKind::Accept | RecordKind::Listen)) => {
+        Some(
+            kind @ (RecordKind::Connect
+            | RecordKind::Accept
+            | RecordKind::Listen
+            | RecordKind::Udp
+            | RecordKind::Denied),
+        ) => {
             let r: ConnRecord = fixed(bytes, "connection")?;
             Ok(Record::Conn(decode_conn(&header, kind, &r)))
         }
@@ -212,7 +233,16 @@ fn decode_conn(header: &RecordHeader, kind: RecordKind, r: &ConnRecord) -> Conn 
     let kind = match kind {
         RecordKind::Accept => ConnKind::Accept,
         RecordKind::Listen => ConnKind::Listen,
+        RecordKind::Udp => ConnKind::Udp,
+        RecordKind::Denied => ConnKind::Denied,
         _ => ConnKind::Connect,
+    };
+    let op = if header.flags & sockaddr_op::CONNECT != 0 {
+        Some(SockOp::Connect)
+    } else if header.flags & sockaddr_op::SENDMSG != 0 {
+        Some(SockOp::Send)
+    } else {
+        None
     };
     let result = match (kind, r.outcome) {
         (ConnKind::Connect, outcome::ESTABLISHED) => Some(ConnOutcome::Established),
@@ -225,6 +255,8 @@ fn decode_conn(header: &RecordHeader, kind: RecordKind, r: &ConnRecord) -> Conn 
         outcome: result,
         owner,
         sock: r.sock,
+        protocol: r.tuple.protocol,
+        op,
         local: (ip(r.tuple.family, &r.tuple.saddr), r.tuple.sport),
         remote: (ip(r.tuple.family, &r.tuple.daddr), r.tuple.dport),
     }

@@ -82,7 +82,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let rules = rules::RulesStage::start(&config.rules)?;
-    let (sensor, ring) = Sensor::load(&config.ebpf, config.network.exclude_loopback)?;
+    let policy = kernel::SocketPolicy {
+        exclude_loopback: config.network.exclude_loopback,
+        udp_dedup_ns: config.network.udp_dedup_ms.saturating_mul(1_000_000),
+        // Validated with the configuration.
+        deny4: config.network.deny4().unwrap_or_default(),
+    };
+    let (sensor, ring) = Sensor::load(&config.ebpf, &policy)?;
     tracing::info!(hooks = ?sensor.hooks, object = %config.ebpf.object.display(), "kernel programs loaded");
 
     let metrics = Metrics::default();

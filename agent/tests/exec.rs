@@ -98,7 +98,11 @@ fn exec_reaches_the_collector_with_exact_fields() {
             "tracepoint/sched/sched_process_exit",
             "tracepoint/sock/inet_sock_set_state",
             "tracepoint/syscalls/sys_exit_accept4",
-            "tracepoint/syscalls/sys_exit_accept"
+            "tracepoint/syscalls/sys_exit_accept",
+            "cgroup/connect4",
+            "cgroup/connect6",
+            "cgroup/sendmsg4",
+            "cgroup/sendmsg6"
         ])
     );
     let metrics = wait_for(WAIT, "metrics to count sent events", || {
@@ -133,7 +137,11 @@ fn exec_not_attached_sees_nothing() {
             "tracepoint/sched/sched_process_exit",
             "tracepoint/sock/inet_sock_set_state",
             "tracepoint/syscalls/sys_exit_accept4",
-            "tracepoint/syscalls/sys_exit_accept"
+            "tracepoint/syscalls/sys_exit_accept",
+            "cgroup/connect4",
+            "cgroup/connect6",
+            "cgroup/sendmsg4",
+            "cgroup/sendmsg6"
         ])
     );
 }

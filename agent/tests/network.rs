@@ -283,3 +283,71 @@ fn loopback_is_excluded_by_default() {
     collector.wait_drained_past(boot_now_ns(), WAIT);
     assert!(connections(&collector.events()).iter().all(|c| c["local_port"] != port && c["remote_port"] != port));
 }
+
+/// UDP through the cgroup hooks: the first datagram of a flow is reported (repeats within the
+/// dedup window are not), and the datagrams still arrive with the hooks attached.
+#[test]
+fn udp_first_contact_and_traffic_still_flows() {
+    let dir = TempDir::new("net-udp");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let peer = Peer::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let receiver = peer.inside(move || {
+        let sock = std::net::UdpSocket::bind((REMOTE, 5353)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        tx.send(()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        for _ in 0..3 {
+            let (n, _) = sock.recv_from(&mut buf).unwrap();
+            got.push(buf[..n].to_vec());
+        }
+        got
+    });
+    rx.recv_timeout(WAIT).unwrap();
+    let sock = std::net::UdpSocket::bind((HOST, 0)).unwrap();
+    for msg in [&b"one"[..], b"two", b"three"] {
+        sock.send_to(msg, (REMOTE, 5353)).unwrap();
+    }
+    let received = receiver.join().unwrap();
+    assert_eq!(received, vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()], "traffic flows with the hooks attached");
+    let c = find_conn(&collector, "the UDP flow", |c| c["protocol"] == "udp" && c["remote_port"] == 5353);
+    assert_eq!(c["evt_type"], "sendto");
+    assert_eq!(c["direction"], "outbound");
+    assert_eq!(c["remote_ip"], REMOTE);
+    assert_eq!(c["process"]["pid"], std::process::id());
+    collector.wait_drained_past(boot_now_ns(), WAIT);
+    let flows = connections(&collector.events()).into_iter().filter(|c| c["protocol"] == "udp" && c["remote_port"] == 5353).count();
+    assert_eq!(flows, 1, "three sends, one flow within the dedup window");
+}
+
+/// Egress enforcement: a connect to a denied destination fails with EPERM in the caller and
+/// is reported; other destinations are untouched.
+#[test]
+fn denied_destination_fails_with_eperm_and_is_reported() {
+    let dir = TempDir::new("net-deny");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(
+        dir.path(),
+        &collector.address(),
+        &[&format!("network.deny_destinations=[\"{REMOTE}/32\"]")],
+    );
+    let _peer = Peer::new();
+    let err = TcpStream::connect((REMOTE, 8080)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    let udp = std::net::UdpSocket::bind((HOST, 0)).unwrap();
+    assert_eq!(udp.send_to(b"x", (REMOTE, 53)).unwrap_err().raw_os_error(), Some(libc::EPERM));
+    let c = find_conn(&collector, "the TCP denial", |c| c["outcome"] == "denied" && c["protocol"] == "tcp");
+    assert_eq!(c["evt_type"], "connect");
+    assert_eq!(c["remote_ip"], REMOTE);
+    assert_eq!(c["remote_port"], 8080);
+    assert_eq!(c["error"], libc::EPERM);
+    assert_eq!(c["process"]["pid"], std::process::id());
+    let u = find_conn(&collector, "the UDP denial", |c| c["outcome"] == "denied" && c["protocol"] == "udp");
+    assert_eq!(u["evt_type"], "sendto");
+    assert_eq!(u["remote_port"], 53);
+    // Another destination still connects (refused by the peer: nothing listens, but not EPERM).
+    let err = TcpStream::connect((PEER, 9)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+}

@@ -9,7 +9,7 @@ mod tracefs;
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, TracePoint},
 };
 pub use error::KernelError;
 use peregrine_common::counter;
@@ -30,6 +30,9 @@ enum HookKind {
     TracePoint,
     /// `raw_tracepoint/<name>`: the tracepoint's C arguments (task pointers); kernels >= 4.17.
     RawTracePoint,
+    /// `cgroup/<name>`: a cgroup sock_addr hook on the cgroup2 root, attached alongside others
+    /// (Cilium uses the same hooks on AKS).
+    CgroupSockAddr,
 }
 
 impl Hook {
@@ -37,6 +40,7 @@ impl Hook {
         match self.kind {
             HookKind::TracePoint => format!("tracepoint/{}/{}", self.category, self.name),
             HookKind::RawTracePoint => format!("raw_tracepoint/{}", self.name),
+            HookKind::CgroupSockAddr => format!("cgroup/{}", self.name),
         }
     }
 }
@@ -52,6 +56,21 @@ const NETWORK_HOOKS: [Hook; 3] = [
     Hook { program: "sys_exit_accept4", kind: HookKind::TracePoint, category: "syscalls", name: "sys_exit_accept4" },
     Hook { program: "sys_exit_accept", kind: HookKind::TracePoint, category: "syscalls", name: "sys_exit_accept" },
 ];
+const SOCK_ADDR_HOOKS: [Hook; 4] = [
+    Hook { program: "sock_connect4", kind: HookKind::CgroupSockAddr, category: "", name: "connect4" },
+    Hook { program: "sock_connect6", kind: HookKind::CgroupSockAddr, category: "", name: "connect6" },
+    Hook { program: "sock_sendmsg4", kind: HookKind::CgroupSockAddr, category: "", name: "sendmsg4" },
+    Hook { program: "sock_sendmsg6", kind: HookKind::CgroupSockAddr, category: "", name: "sendmsg6" },
+];
+
+/// What the socket hooks need from the configuration.
+pub struct SocketPolicy {
+    pub exclude_loopback: bool,
+    /// Report a UDP flow again after this long (0: every send).
+    pub udp_dedup_ns: u64,
+    /// IPv4 destinations (address, prefix length) refused with EPERM; empty: no enforcement.
+    pub deny4: Vec<([u8; 4], u32)>,
+}
 
 /// Programs loaded and attached; dropping it detaches them.
 pub struct Sensor {
@@ -64,7 +83,7 @@ pub struct Sensor {
 
 impl Sensor {
     /// Loads and attaches; returns the sensor and the ring buffer the programs write to.
-    pub fn load(config: &EbpfConfig, exclude_loopback: bool) -> Result<(Self, RingBuf<MapData>), KernelError> {
+    pub fn load(config: &EbpfConfig, policy: &SocketPolicy) -> Result<(Self, RingBuf<MapData>), KernelError> {
         preflight::check_caps()?;
         preflight::check_btf(&config.btf_path)?;
         let btf = Btf::parse_file(&config.btf_path, Endianness::default())
@@ -77,7 +96,8 @@ impl Sensor {
         let (skaddr, oldstate, newstate, protocol) =
             (sock("skaddr")?, sock("oldstate")?, sock("newstate")?, sock("protocol")?);
         let accept_ret = tracefs::read_field_offset(tracefs, "syscalls", "sys_exit_accept4", "ret")?;
-        let exclude_loopback = u32::from(exclude_loopback);
+        let exclude_loopback = u32::from(policy.exclude_loopback);
+        let enforce = u32::from(!policy.deny4.is_empty());
 
         // Kernels >= 5.11 charge BPF memory to the cgroup; raising the limit is only needed on
         // older ones and is refused without CAP_SYS_RESOURCE, which is fine.
@@ -99,6 +119,8 @@ impl Sensor {
             .override_global("SOCK_PROTOCOL_OFFSET", &protocol, true)
             .override_global("ACCEPT_RET_OFFSET", &accept_ret, true)
             .override_global("EXCLUDE_LOOPBACK", &exclude_loopback, true)
+            .override_global("ENFORCE", &enforce, true)
+            .override_global("UDP_DEDUP_NS", &policy.udp_dedup_ns, true)
             .map_max_entries("EVENTS", config.ring_buffer_bytes)
             .load(&bytes)
             .map_err(|e| KernelError::Load { path: config.object.clone(), message: error_chain(&e) })?;
@@ -111,12 +133,27 @@ impl Sensor {
             (&NETWORK_HOOKS[0], config.programs.network),
             (&NETWORK_HOOKS[1], config.programs.network),
             (&NETWORK_HOOKS[2], config.programs.network),
+            (&SOCK_ADDR_HOOKS[0], config.programs.sock_addr),
+            (&SOCK_ADDR_HOOKS[1], config.programs.sock_addr),
+            (&SOCK_ADDR_HOOKS[2], config.programs.sock_addr),
+            (&SOCK_ADDR_HOOKS[3], config.programs.sock_addr),
         ];
+        if !policy.deny4.is_empty() {
+            // Borrowed, not taken: the programs refer to this map's fd, which must stay open.
+            let map = ebpf.map_mut("DENY4").ok_or(KernelError::Map { map: "DENY4", message: "not in the object".into() })?;
+            let mut deny: aya::maps::LpmTrie<_, [u8; 4], u8> =
+                aya::maps::LpmTrie::try_from(map).map_err(|e| KernelError::Map { map: "DENY4", message: e.to_string() })?;
+            for (addr, prefix) in &policy.deny4 {
+                deny.insert(&aya::maps::lpm_trie::Key::new(*prefix, *addr), 1, 0)
+                    .map_err(|e| KernelError::Map { map: "DENY4", message: e.to_string() })?;
+            }
+        }
+        let cgroup_root = cgroup2_root()?;
         for (hook, enabled) in wanted {
             // Every program is loaded (so the verifier checks it) even when not attached.
             load_program(&mut ebpf, hook)?;
             if enabled {
-                attach(&mut ebpf, hook)?;
+                attach(&mut ebpf, hook, &cgroup_root)?;
                 hooks.push(hook.label());
             }
         }
@@ -178,11 +215,33 @@ fn load_program(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), KernelError> {
             let p: &mut RawTracePoint = program.try_into().map_err(|e| wrong_type(hook, e))?;
             p.load()
         }
+        HookKind::CgroupSockAddr => {
+            let p: &mut CgroupSockAddr = program.try_into().map_err(|e| wrong_type(hook, e))?;
+            p.load()
+        }
     };
     loaded.map_err(|e| rejected(hook.program, e))
 }
 
-fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), KernelError> {
+/// The cgroup2 hierarchy's root (found in /proc/self/mountinfo: `/sys/fs/cgroup` on cgroup-v2
+/// hosts, `/sys/fs/cgroup/unified` on hybrid ones), opened for attaching socket hooks.
+fn cgroup2_root() -> Result<std::fs::File, KernelError> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| KernelError::Map { map: "cgroup2", message: format!("reading /proc/self/mountinfo: {e}") })?;
+    let path = mountinfo
+        .lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            (post.split_whitespace().next()? == "cgroup2").then(|| pre.split_whitespace().nth(4).map(str::to_owned))?
+        })
+        .ok_or_else(|| KernelError::Map {
+            map: "cgroup2",
+            message: "no cgroup2 mount: mount one (mount -t cgroup2 none /sys/fs/cgroup) or set ebpf.programs.sock_addr = false".into(),
+        })?;
+    std::fs::File::open(&path).map_err(|e| KernelError::Map { map: "cgroup2", message: format!("opening {path}: {e}") })
+}
+
+fn attach(ebpf: &mut Ebpf, hook: &Hook, cgroup_root: &std::fs::File) -> Result<(), KernelError> {
     let program = program(ebpf, hook)?;
     let attached = match hook.kind {
         HookKind::TracePoint => {
@@ -192,6 +251,15 @@ fn attach(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), KernelError> {
         HookKind::RawTracePoint => {
             let p: &mut RawTracePoint = program.try_into().map_err(|e| wrong_type(hook, e))?;
             p.attach(hook.name).map(|_| ())
+        }
+        HookKind::CgroupSockAddr => {
+            let p: &mut CgroupSockAddr = program.try_into().map_err(|e| wrong_type(hook, e))?;
+            // From 5.7 aya attaches through a bpf_link, which always coexists with other
+            // programs on the cgroup (and refuses the ALLOW_MULTI flag); before, the legacy
+            // attach needs ALLOW_MULTI to leave Cilium's (or anyone's) programs in place.
+            let links = aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(5, 7, 0));
+            let mode = if links { CgroupAttachMode::Single } else { CgroupAttachMode::AllowMultiple };
+            p.attach(cgroup_root, mode).map(|_| ())
         }
     };
     attached.map_err(|e| KernelError::Attach { program: hook.program.into(), hook: hook.label(), message: error_chain(&e) })

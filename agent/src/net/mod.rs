@@ -14,7 +14,7 @@ use classify::Cidr;
 use peregrine_proto::{Connection, Kind};
 
 use crate::{
-    decode::{Conn, ConnKind, ConnOutcome},
+    decode::{Conn, ConnKind, ConnOutcome, SockOp},
     process::Tracker,
 };
 
@@ -60,29 +60,34 @@ impl ConnTracker {
     }
 
     fn event(&self, c: &Conn, outcome: Option<ConnOutcome>, update: bool, processes: &Tracker) -> Kind {
-        let (evt_type, direction) = match c.kind {
-            ConnKind::Connect => ("connect", "outbound"),
-            ConnKind::Accept => ("accept", "inbound"),
-            ConnKind::Listen => ("listen", "listen"),
+        let (evt_type, direction) = match (c.kind, c.op) {
+            (ConnKind::Accept, _) => ("accept", "inbound"),
+            (ConnKind::Listen, _) => ("listen", "listen"),
+            // Falco names a datagram send `sendto`.
+            (ConnKind::Udp | ConnKind::Denied, Some(SockOp::Send)) => ("sendto", "outbound"),
+            _ => ("connect", "outbound"),
         };
         let process = c.owner.as_ref().map(|o| processes.process_of(o.tgid, o.start_ns, o.pid, &o.comm, o.cgroup_id));
         let outcome_text = match (c.kind, outcome) {
             (ConnKind::Connect, Some(o)) => outcome_name(o),
             (ConnKind::Connect, None) => "in_progress",
+            (ConnKind::Denied, _) => "denied",
             _ => "",
         };
         Kind::Connection(Connection {
             evt_type: evt_type.into(),
             direction: direction.into(),
-            protocol: "tcp".into(),
-            family: family(c.local.0).into(),
+            protocol: if c.protocol == 17 { "udp" } else { "tcp" }.into(),
+            family: family(c.remote.0).into(),
             local_ip: c.local.0.to_string(),
             local_port: u32::from(c.local.1),
             remote_ip: c.remote.0.to_string(),
             remote_port: u32::from(c.remote.1),
             outcome: outcome_text.into(),
-            error: match outcome {
-                Some(ConnOutcome::Failed(e)) => e,
+            error: match (c.kind, outcome) {
+                (_, Some(ConnOutcome::Failed(e))) => e,
+                // What the caller's connect()/sendmsg() returned.
+                (ConnKind::Denied, _) => 1, // EPERM
                 _ => 0,
             },
             remote_class: if c.kind == ConnKind::Listen {

@@ -46,6 +46,8 @@ pub struct ProcessCache {
     node: String,
     config: CacheConfig,
     entries: HashMap<Key, Entry>,
+    /// The newest process per tgid, for hooks that know the tgid but not the start time.
+    by_tgid: HashMap<u32, Key>,
     exited: VecDeque<(u64, Key)>,
     pub evicted_early: u64,
 }
@@ -75,7 +77,7 @@ pub fn exec_id(node: &str, tgid: u32, start_ns: u64, exec_ns: u64) -> String {
 
 impl ProcessCache {
     pub fn new(node: String, config: CacheConfig) -> Self {
-        Self { node, config, entries: HashMap::new(), exited: VecDeque::new(), evicted_early: 0 }
+        Self { node, config, entries: HashMap::new(), by_tgid: HashMap::new(), exited: VecDeque::new(), evicted_early: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -100,9 +102,30 @@ impl ProcessCache {
         self.resolve(key).and_then(|k| self.entries.get(&k)).map(|e| &e.process)
     }
 
+    /// The newest live process with this tgid.
+    pub fn live_by_tgid(&self, tgid: u32) -> Option<&Process> {
+        let key = self.by_tgid.get(&tgid)?;
+        self.entries.get(key).filter(|e| e.exited_ns.is_none()).map(|e| &e.process)
+    }
+
+    fn index(&mut self, key: Key) {
+        let newer = self.by_tgid.get(&key.tgid).is_none_or(|k| k.start_ns <= key.start_ns);
+        if newer {
+            self.by_tgid.insert(key.tgid, key);
+        }
+    }
+
+    fn forget(&mut self, key: Key) {
+        self.entries.remove(&key);
+        if self.by_tgid.get(&key.tgid) == Some(&key) {
+            self.by_tgid.remove(&key.tgid);
+        }
+    }
+
     /// A process seen in /proc at start-up. Its key's start must be at tick precision.
     pub fn seed(&mut self, key: Key, parent: Option<Key>, process: Process) {
         self.entries.insert(key, Entry { process, parent, coarse: true, exited_ns: None });
+        self.index(key);
     }
 
     /// Ancestors from the parent upwards, bounded by the configured depth.
@@ -177,9 +200,10 @@ impl ProcessCache {
         // A process that exits right after exec may already have its exit recorded.
         let exited_ns = self.resolve(key).and_then(|k| self.entries.get(&k)).and_then(|e| e.exited_ns);
         if let Some(old) = self.resolve(key).filter(|k| *k != key) {
-            self.entries.remove(&old);
+            self.forget(old);
         }
         self.entries.insert(key, Entry { process: process.clone(), parent: Some(parent), coarse: false, exited_ns });
+        self.index(key);
         self.enforce_capacity();
         (process, ancestors)
     }
@@ -206,6 +230,7 @@ impl ProcessCache {
         // The child may have exec'd (or exited) before this record arrived: keep what it has.
         if self.resolve(key).is_none() {
             self.entries.insert(key, Entry { process: process.clone(), parent: Some(parent), coarse: false, exited_ns: None });
+            self.index(key);
             self.enforce_capacity();
         }
         process
@@ -260,7 +285,7 @@ impl ProcessCache {
             }
             self.exited.pop_front();
             if self.entries.get(&key).is_some_and(|e| e.exited_ns == Some(at)) {
-                self.entries.remove(&key);
+                self.forget(key);
             }
         }
     }
@@ -271,7 +296,7 @@ impl ProcessCache {
         while self.entries.len() > self.config.capacity {
             if let Some((at, key)) = self.exited.pop_front() {
                 if self.entries.get(&key).is_some_and(|e| e.exited_ns == Some(at)) {
-                    self.entries.remove(&key);
+                    self.forget(key);
                     self.evicted_early += 1;
                 }
                 continue;
@@ -279,7 +304,7 @@ impl ProcessCache {
             let oldest = self.entries.iter().min_by_key(|(k, _)| k.start_ns).map(|(k, _)| *k);
             match oldest {
                 Some(k) => {
-                    self.entries.remove(&k);
+                    self.forget(k);
                     self.evicted_early += 1;
                 }
                 None => break,
@@ -381,6 +406,16 @@ mod tests {
     }
 
     #[test]
+    fn live_process_by_tgid() {
+        let mut c = cache();
+        c.exec(&exec(10, 100, 1, 5, 110, &["old"]));
+        c.exit(&Exit { boot_ns: 150, tgid: 10, tid: 10, start_ns: 100, exit_code: 0, cgroup_id: 0, comm: "old".into() });
+        assert!(c.live_by_tgid(10).is_none(), "an exited process is not live");
+        c.exec(&exec(10, 200, 1, 5, 210, &["new"]));
+        assert_eq!(c.live_by_tgid(10).unwrap().argv, vec!["new"]);
+    }
+
+    #[test]
     fn exit_status_and_grace() {
         let mut c = cache();
         c.exec(&exec(10, 100, 1, 5, 110, &["a"]));
@@ -403,5 +438,6 @@ mod tests {
         }
         assert_eq!(c.len(), 10);
         assert_eq!(c.evicted_early, 40);
+        assert!(c.by_tgid.len() <= 10, "the tgid index follows evictions");
     }
 }

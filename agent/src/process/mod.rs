@@ -51,8 +51,11 @@ impl Tracker {
 
     /// The process record of (tgid, start), or a minimal one marked partial when the cache
     /// does not know it.
+    /// A start time of 0 means the hook could not read it (cgroup socket hooks): the live
+    /// process with that tgid is taken.
     pub fn process_of(&self, tgid: u32, start_ns: u64, tid: u32, comm: &str, cgroup_id: u64) -> peregrine_proto::Process {
-        match self.cache.get(cache::Key { tgid, start_ns }) {
+        let found = if start_ns == 0 { self.cache.live_by_tgid(tgid) } else { self.cache.get(cache::Key { tgid, start_ns }) };
+        match found {
             Some(p) => {
                 let mut p = p.clone();
                 p.tid = tid;

@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Bump on any change to a record layout, a record kind's meaning, or a global the agent sets.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Name of the object-file symbol holding the ABI version the programs were built with.
 pub const ABI_SYMBOL: &str = "PEREGRINE_ABI_VERSION";
@@ -36,6 +36,10 @@ pub enum RecordKind {
     Connect = 4,
     Accept = 5,
     Listen = 6,
+    /// First datagram (or UDP connect) of a flow, from the cgroup sock_addr hooks.
+    Udp = 7,
+    /// A connect or send refused by the egress policy.
+    Denied = 8,
 }
 
 impl RecordKind {
@@ -47,6 +51,8 @@ impl RecordKind {
             4 => Some(Self::Connect),
             5 => Some(Self::Accept),
             6 => Some(Self::Listen),
+            7 => Some(Self::Udp),
+            8 => Some(Self::Denied),
             _ => None,
         }
     }
@@ -261,6 +267,23 @@ pub struct ConnRecord {
     pub _pad: [u16; 3],
 }
 
+/// [`RecordHeader::flags`] bits for UDP and denial records (the socket operation).
+pub mod sockaddr_op {
+    pub const CONNECT: u16 = 1 << 8;
+    pub const SENDMSG: u16 = 1 << 9;
+}
+
+/// Key of the UDP first-contact map: one flow per process, cgroup and destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowKey {
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub family: u16,
+    pub dport: u16,
+    pub daddr: [u8; 16],
+}
+
 /// Indices into the per-CPU counter map `COUNTERS`.
 pub mod counter {
     /// Records the ring buffer had no room for.
@@ -288,6 +311,7 @@ const _: () = {
     assert!(size_of::<ExitRecord>() == 24 + 16 + 8 + 8 + 16);
     assert!(size_of::<SockOwner>() == 40);
     assert!(size_of::<Tuple>() == 48);
+    assert!(size_of::<FlowKey>() == 32);
     assert!(size_of::<ConnRecord>() == 24 + 40 + 8 + 48 + 8);
     assert!(ARGV_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
     // argv_len and filename_len are u16.

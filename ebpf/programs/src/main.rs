@@ -15,14 +15,14 @@ use aya_ebpf::{
         bpf_probe_read_user,
     },
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::{map, raw_tracepoint, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::{cgroup_sock_addr, map, raw_tracepoint, tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf, lpm_trie::{Key, LpmTrie}},
+    programs::{RawTracePointContext, SockAddrContext, TracePointContext},
 };
 use peregrine_common::{
-    ARGV_CAP, ConnRecord, ExecRecord, ExitInfo, ExitRecord, FILENAME_CAP, ForkInfo, ForkRecord,
-    RecordHeader, RecordKind, SockOwner, TaskInfo, Tuple, conn_flags, counter, exec_flags, outcome,
-    tcp_state,
+    ARGV_CAP, ConnRecord, ExecRecord, ExitInfo, ExitRecord, FILENAME_CAP, FlowKey, ForkInfo,
+    ForkRecord, RecordHeader, RecordKind, SockOwner, TaskInfo, Tuple, conn_flags, counter,
+    exec_flags, outcome, sockaddr_op, tcp_state,
 };
 
 mod abi {
@@ -53,6 +53,13 @@ static ACCEPT_RET_OFFSET: u32 = 16;
 #[unsafe(no_mangle)]
 static EXCLUDE_LOOPBACK: u32 = 1;
 
+/// A UDP flow (process, cgroup, destination) is reported again after this long (0: every send).
+#[unsafe(no_mangle)]
+static UDP_DEDUP_NS: u64 = 10_000_000_000;
+/// 1: connects and sends to DENY4 destinations are refused (EPERM) and reported.
+#[unsafe(no_mangle)]
+static ENFORCE: u32 = 0;
+
 /// Ring fill level above which a submit wakes the agent at once.
 #[unsafe(no_mangle)]
 static WAKEUP_WATERMARK_BYTES: u64 = 1 << 20;
@@ -70,6 +77,14 @@ static CONNECTING: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(655
 
 #[map]
 static CONN_SCRATCH: PerCpuArray<ConnRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Egress policy: IPv4 destinations refused when ENFORCE is set (filled by the agent).
+#[map]
+static DENY4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1024, 0);
+
+/// When each UDP flow was last reported.
+#[map]
+static UDP_SEEN: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
 /// Per-CPU staging area: an exec record is too large for the 512-byte BPF stack.
 #[map]
@@ -362,6 +377,113 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
     on_accept(&ctx);
     0
+}
+
+const IPPROTO_UDP: u32 = 17;
+/// Verdicts of cgroup sock_addr programs.
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+/// connect()/sendmsg() on IPv4 and IPv6 sockets, in the caller's context. Data path: every
+/// path that is not a deliberate denial returns ALLOW, errors included.
+#[inline(always)]
+fn on_sock_addr(ctx: &SockAddrContext, v6: bool, op: u16) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel passes a valid bpf_sock_addr. The verifier allows user_ip4 only in
+    // the *4 hooks and user_ip6 only in the *6 hooks, so each is read on its own branch.
+    let (protocol, port) = unsafe { ((*sa).protocol, (*sa).user_port) };
+    // SAFETY: as above.
+    let (ip4, ip6) = if v6 { (0, unsafe { (*sa).user_ip6 }) } else { (unsafe { (*sa).user_ip4 }, [0u32; 4]) };
+    let Some(rec) = conn_scratch() else { return ALLOW };
+    rec.tuple = Tuple::default();
+    rec.tuple.family = if v6 { 10 } else { 2 };
+    rec.tuple.protocol = protocol as u16;
+    // user_port holds the port in network byte order in its low 16 bits.
+    rec.tuple.dport = u16::from_be(port as u16);
+    if v6 {
+        let mut i = 0;
+        while i < 4 {
+            let b = ip6[i].to_ne_bytes();
+            rec.tuple.daddr[i * 4] = b[0];
+            rec.tuple.daddr[i * 4 + 1] = b[1];
+            rec.tuple.daddr[i * 4 + 2] = b[2];
+            rec.tuple.daddr[i * 4 + 3] = b[3];
+            i += 1;
+        }
+    } else {
+        let b = ip4.to_ne_bytes();
+        rec.tuple.daddr[0] = b[0];
+        rec.tuple.daddr[1] = b[1];
+        rec.tuple.daddr[2] = b[2];
+        rec.tuple.daddr[3] = b[3];
+    }
+    // IPv4 destinations, including IPv4-mapped IPv6 ones (an AF_INET6 socket to ::ffff:a.b.c.d).
+    let d = &rec.tuple.daddr;
+    let mapped = d[0] | d[1] | d[2] | d[3] | d[4] | d[5] | d[6] | d[7] | d[8] | d[9] == 0 && d[10] == 0xff && d[11] == 0xff;
+    let v4 = if !v6 { Some(ip4.to_ne_bytes()) } else if mapped { Some([d[12], d[13], d[14], d[15]]) } else { None };
+    let denied = match v4 {
+        Some(addr) => global(&ENFORCE) != 0 && DENY4.get(Key::new(32, addr)).is_some(),
+        None => false,
+    };
+    if denied {
+        fill_sockaddr_owner(&mut rec.owner);
+        emit_conn(rec, RecordKind::Denied, op, 0, 0);
+        return DENY;
+    }
+    if protocol != IPPROTO_UDP {
+        return ALLOW;
+    }
+    fill_sockaddr_owner(&mut rec.owner);
+    let key = FlowKey {
+        cgroup_id: rec.owner.cgroup_id,
+        tgid: rec.owner.tgid,
+        family: rec.tuple.family,
+        dport: rec.tuple.dport,
+        daddr: rec.tuple.daddr,
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: the value is copied out at once.
+    if let Some(last) = unsafe { UDP_SEEN.get(&key) }.copied()
+        && now.saturating_sub(last) < global(&UDP_DEDUP_NS)
+    {
+        return ALLOW;
+    }
+    let _ = UDP_SEEN.insert(&key, &now, 0);
+    emit_conn(rec, RecordKind::Udp, op, 0, 0);
+    ALLOW
+}
+
+/// The caller of a socket call, as far as cgroup programs can tell (no task struct here: the
+/// process start time stays 0 and the agent matches by tgid).
+fn fill_sockaddr_owner(owner: &mut SockOwner) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    owner.start_ns = 0;
+    // SAFETY: helper without arguments.
+    owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    owner.pid = pid_tgid as u32;
+    owner.tgid = (pid_tgid >> 32) as u32;
+    owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, false, sockaddr_op::CONNECT)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, true, sockaddr_op::CONNECT)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, false, sockaddr_op::SENDMSG)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, true, sockaddr_op::SENDMSG)
 }
 
 /// Copies `len` bytes (at most `cap`, the staging record's size) of a staged record to the ring.
