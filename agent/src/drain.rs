@@ -325,6 +325,7 @@ impl Drain {
 fn process_of(event: &Event) -> Option<peregrine_proto::Process> {
     match &event.kind {
         Some(Kind::Exec(e)) => e.process.clone(),
+        Some(Kind::Connection(c)) => c.process.clone(),
         _ => None,
     }
 }

@@ -103,11 +103,13 @@ fn cmdline(comm: &str, argv: &[String]) -> String {
     s
 }
 
-/// An exec event as the rules engine sees it.
+/// An exec or connection event as the rules engine sees it.
 pub struct RuleEvent<'a> {
     event: &'a Event,
+    evt_type: EventType,
     process: &'a Process,
     ancestors: &'a [peregrine_proto::Ancestor],
+    conn: Option<Conn<'a>>,
     users: &'a HashMap<u32, String>,
     cmdline: String,
     args: String,
@@ -115,21 +117,59 @@ pub struct RuleEvent<'a> {
     ancestor_cmdlines: Vec<String>,
 }
 
+/// A connection's endpoints, parsed once, as client and server (Falco's view).
+struct Conn<'a> {
+    c: &'a peregrine_proto::Connection,
+    local: std::net::IpAddr,
+    remote: std::net::IpAddr,
+    name: String,
+}
+
 impl<'a> RuleEvent<'a> {
     pub fn new(event: &'a Event, users: &'a HashMap<u32, String>) -> Option<Self> {
-        let Some(Kind::Exec(exec)) = &event.kind else { return None };
-        let process = exec.process.as_ref()?;
+        let (evt_type, process, ancestors, conn) = match &event.kind {
+            Some(Kind::Exec(exec)) => (EventType::Execve, exec.process.as_ref()?, exec.ancestors.as_slice(), None),
+            Some(Kind::Connection(c)) => {
+                let evt_type = match c.evt_type.as_str() {
+                    "connect" => EventType::Connect,
+                    "accept" => EventType::Accept,
+                    "listen" => EventType::Listen,
+                    // sendto and others: no Falco rule type of ours.
+                    _ => return None,
+                };
+                let local = c.local_ip.parse().ok()?;
+                let remote = c.remote_ip.parse().ok()?;
+                let ((cip, cport), (sip, sport)) = if c.direction == "inbound" {
+                    ((&c.remote_ip, c.remote_port), (&c.local_ip, c.local_port))
+                } else {
+                    ((&c.local_ip, c.local_port), (&c.remote_ip, c.remote_port))
+                };
+                let name = format!("{cip}:{cport}->{sip}:{sport}");
+                (evt_type, c.process.as_ref()?, &[][..], Some(Conn { c, local, remote, name }))
+            }
+            _ => return None,
+        };
         Some(Self {
             event,
+            evt_type,
             process,
-            ancestors: &exec.ancestors,
+            ancestors,
+            conn,
             users,
             cmdline: cmdline(&process.comm, &process.argv),
             args: process.argv.get(1..).map(|a| a.join(" ")).unwrap_or_default(),
             // Falco's directories end with a slash.
             cwd: if process.cwd.ends_with('/') { process.cwd.clone() } else { format!("{}/", process.cwd) },
-            ancestor_cmdlines: exec.ancestors.iter().map(|a| cmdline(&a.comm, &a.argv)).collect(),
+            ancestor_cmdlines: ancestors.iter().map(|a| cmdline(&a.comm, &a.argv)).collect(),
         })
+    }
+
+    /// (client, server) endpoints: the remote is the server for outbound connections.
+    fn client_server(&self) -> Option<((std::net::IpAddr, u32), (std::net::IpAddr, u32))> {
+        let n = self.conn.as_ref()?;
+        let local = (n.local, n.c.local_port);
+        let remote = (n.remote, n.c.remote_port);
+        Some(if n.c.direction == "inbound" { (remote, local) } else { (local, remote) })
     }
 
     fn ancestor(&self, arg: FieldArg<'_>) -> Option<(usize, &'a peregrine_proto::Ancestor)> {
@@ -149,7 +189,7 @@ fn i64_of(v: u32) -> Value<'static> {
 
 impl EventView for RuleEvent<'_> {
     fn evt_type(&self) -> EventType {
-        EventType::Execve
+        self.evt_type
     }
 
     fn field(&self, field: FieldId, arg: FieldArg<'_>) -> Value<'_> {
@@ -194,6 +234,23 @@ impl EventView for RuleEvent<'_> {
             // the enrichment stage; until then nothing else is claimed.
             FieldId::ContainerId if p.cgroup_id == 1 => Value::Str("host"),
             FieldId::PeregrineEnrichment => Value::Str("none"),
+            FieldId::FdCip => self.client_server().map_or(Value::Absent, |(c, _)| Value::Ip(c.0)),
+            FieldId::FdSip => self.client_server().map_or(Value::Absent, |(_, s)| Value::Ip(s.0)),
+            FieldId::FdCport => self.client_server().map_or(Value::Absent, |(c, _)| Value::U64(u64::from(c.1))),
+            FieldId::FdSport => self.client_server().map_or(Value::Absent, |(_, s)| Value::U64(u64::from(s.1))),
+            FieldId::FdLip => self.conn.as_ref().map_or(Value::Absent, |n| Value::Ip(n.local)),
+            FieldId::FdRip => self.conn.as_ref().map_or(Value::Absent, |n| Value::Ip(n.remote)),
+            FieldId::FdLport => self.conn.as_ref().map_or(Value::Absent, |n| Value::U64(u64::from(n.c.local_port))),
+            FieldId::FdRport => self.conn.as_ref().map_or(Value::Absent, |n| Value::U64(u64::from(n.c.remote_port))),
+            FieldId::FdL4proto => self.conn.as_ref().map_or(Value::Absent, |n| Value::Str(&n.c.protocol)),
+            FieldId::FdTypechar => {
+                self.conn.as_ref().map_or(Value::Absent, |n| Value::Str(if n.remote.is_ipv4() { "4" } else { "6" }))
+            }
+            FieldId::FdType => self.conn.as_ref().map_or(Value::Absent, |n| Value::Str(&n.c.family)),
+            FieldId::FdName => self.conn.as_ref().map_or(Value::Absent, |n| Value::Str(&n.name)),
+            FieldId::FdSockfamily => self.conn.as_ref().map_or(Value::Absent, |_| Value::Str("ip")),
+            FieldId::PeregrineNetDestClass => self.conn.as_ref().map_or(Value::Absent, |n| Value::Str(&n.c.remote_class)),
+            FieldId::PeregrineNetOutcome => self.conn.as_ref().map_or(Value::Absent, |n| Value::Str(&n.c.outcome)),
             _ => Value::Absent,
         }
     }
@@ -267,7 +324,38 @@ mod tests {
     }
 
     #[test]
-    fn only_exec_events_are_viewed() {
+    fn connection_fields_follow_falco() {
+        let e = Event {
+            kind: Some(Kind::Connection(peregrine_proto::Connection {
+                evt_type: "connect".into(),
+                direction: "outbound".into(),
+                protocol: "tcp".into(),
+                family: "ipv4".into(),
+                local_ip: "198.18.0.1".into(),
+                local_port: 40000,
+                remote_ip: "169.254.169.254".into(),
+                remote_port: 80,
+                outcome: "established".into(),
+                remote_class: "imds".into(),
+                process: Some(Process { pid: 9, comm: "curl".into(), ..Process::default() }),
+                ..Default::default()
+            })),
+            ..Event::default()
+        };
+        let users = HashMap::new();
+        let v = RuleEvent::new(&e, &users).unwrap();
+        assert_eq!(v.evt_type(), EventType::Connect);
+        assert_eq!(v.field(FieldId::FdSip, FieldArg::None), Value::Ip("169.254.169.254".parse().unwrap()));
+        assert_eq!(v.field(FieldId::FdCip, FieldArg::None), Value::Ip("198.18.0.1".parse().unwrap()));
+        assert_eq!(v.field(FieldId::FdSport, FieldArg::None), Value::U64(80));
+        assert_eq!(v.field(FieldId::FdName, FieldArg::None), Value::Str("198.18.0.1:40000->169.254.169.254:80"));
+        assert_eq!(v.field(FieldId::FdTypechar, FieldArg::None), Value::Str("4"));
+        assert_eq!(v.field(FieldId::PeregrineNetDestClass, FieldArg::None), Value::Str("imds"));
+        assert_eq!(v.field(FieldId::ProcName, FieldArg::None), Value::Str("curl"));
+    }
+
+    #[test]
+    fn status_events_are_not_viewed() {
         let e = Event { kind: Some(Kind::Status(Default::default())), ..Event::default() };
         assert!(RuleEvent::new(&e, &HashMap::new()).is_none());
     }

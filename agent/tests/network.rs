@@ -233,7 +233,13 @@ fn inbound_accept_listener_and_ipv6() {
 fn metadata_endpoint_is_classed_imds() {
     let dir = TempDir::new("net-imds");
     let collector = Collector::start(dir.path());
-    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let rules = dir.path().join("imds.yaml");
+    std::fs::write(
+        &rules,
+        "- rule: Contact cloud metadata\n  desc: d\n  condition: evt.type = connect and peregrine.net.dest_class = imds and fd.sport = 80\n  output: \"metadata contacted (dest=%fd.sip:%fd.sport outcome=%peregrine.net.outcome proc=%proc.name)\"\n  priority: WARNING\n  tags: [cloud]\n",
+    )
+    .unwrap();
+    let _agent = Agent::start(dir.path(), &collector.address(), &[&format!("rules.paths=[\"{}\"]", rules.display())]);
     let _lock = NETNS.lock().unwrap_or_else(|e| e.into_inner());
     struct Pair;
     impl Drop for Pair {
@@ -268,6 +274,13 @@ fn metadata_endpoint_is_classed_imds() {
     assert_eq!(c["remote_port"], 80);
     assert_eq!(c["outcome"], "refused");
     assert_eq!(c["process"]["pid"], std::process::id());
+    // A Falco-language rule on connection fields fires on it.
+    let alert = collector.wait_event(WAIT, "the metadata alert", |e| e["kind"]["alert"]["rule"] == "Contact cloud metadata");
+    let comm = c["process"]["comm"].as_str().unwrap();
+    assert_eq!(
+        alert["kind"]["alert"]["output"],
+        format!("metadata contacted (dest=169.254.169.254:80 outcome=refused proc={comm})")
+    );
 }
 
 /// Loopback is left out in the kernel by default.
