@@ -245,6 +245,11 @@ impl Drain {
             tracing::warn!(lost = delta, total = lost, "kernel ring buffer full: records lost");
             self.lost_seen = lost;
         }
+        let unattributed = self.sensor.connects_unattributed();
+        let seen = self.metrics.connects_unattributed.get();
+        if unattributed > seen {
+            self.metrics.connects_unattributed.inc_by(unattributed - seen);
+        }
         let failed = self.sensor.records_failed();
         if failed > self.failed_seen {
             let delta = failed - self.failed_seen;

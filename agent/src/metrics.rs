@@ -45,6 +45,7 @@ pub struct Metrics {
     pub process_cache_entries: Gauge,
     pub process_cache_evicted: Counter,
     pub connects_pending: Gauge,
+    pub connects_unattributed: Counter,
 }
 
 impl Metrics {
@@ -60,6 +61,11 @@ impl Metrics {
         r.register("collector_connected", "1 while a collector stream is open", self.collector_connected.clone());
         r.register("process_cache_entries", "Processes in the process cache", self.process_cache_entries.clone());
         r.register("connects_pending", "TCP connects awaiting their outcome", self.connects_pending.clone());
+        r.register(
+            "connects_unattributed",
+            "Connect outcomes reported without a process (owner evicted or older than the agent)",
+            self.connects_unattributed.clone(),
+        );
         r.register(
             "process_cache_evicted",
             "Processes evicted from the cache before their exit grace ended (cache full)",

@@ -173,6 +173,12 @@ impl Sensor {
         self.counter(counter::READ_FAILED)
     }
 
+    /// Connect outcomes whose owner was gone from the map (evicted under pressure, or the
+    /// connect began before the agent): reported unattributed rather than misattributed.
+    pub fn connects_unattributed(&self) -> u64 {
+        self.counter(counter::CONN_OWNER_MISSING)
+    }
+
     fn counter(&self, index: u32) -> u64 {
         match self.counters.get(&index, 0) {
             Ok(values) => values.iter().sum(),

@@ -19,6 +19,13 @@ fn main() -> std::process::ExitCode {
                 eprintln!("connstorm: cannot listen on {addr}");
                 return std::process::ExitCode::FAILURE;
             };
+            // A deep backlog: a SYN dropped on a full queue costs the client a 1 s retransmit,
+            // which would turn any brief slowdown into a collapse of the connect rate.
+            {
+                use std::os::fd::AsRawFd;
+                // SAFETY: listen() again on our listening socket only resizes its backlog.
+                unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+            }
             std::thread::scope(|s| {
                 for _ in 0..2 {
                     let l = &listener;
