@@ -1,9 +1,21 @@
 //! The collector's configuration: file, `PEREGRINE_COLLECTOR__*` environment, `--set` flags.
+//!
+//! Outputs are a `[[outputs]]` list, one table per output (Vector's style: the table names its
+//! `kind` and carries that kind's keys next to the routing and redaction keys every output has).
+//! The older single `[output]` table (`output.kind`, `output.path`) still works: when it is set
+//! it becomes an implicit first output; when neither is set, events go to stdout.
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use peregrine_service::config::Validate;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, de::Error as _};
+
+use crate::output::{
+    OutputKind,
+    ocsf::OcsfFileSettings,
+    sentinel::SentinelSettings,
+    syslog::CefSyslogSettings,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -11,16 +23,19 @@ pub struct CollectorConfig {
     /// gRPC ingest address agents connect to.
     pub listen: SocketAddr,
     pub log_level: String,
-    pub output: OutputConfig,
+    /// The single-output form kept for compatibility (`output.kind`, `output.path`).
+    pub output: Option<LegacyOutputConfig>,
+    /// Every output, each with its own routing, redaction and delivery settings.
+    pub outputs: Vec<OutputSpec>,
     pub http: HttpConfig,
     /// Largest accepted gRPC message (a batch); larger ones are refused with a clear status.
     pub max_message_bytes: usize,
 }
 
-/// Where events go: JSON lines on stdout or appended to a file.
+/// Where events go in the single-output form: JSON lines on stdout or appended to a file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct OutputConfig {
+pub struct LegacyOutputConfig {
     /// `stdout` or `file`.
     pub kind: String,
     /// The file for `kind = "file"`.
@@ -38,14 +53,15 @@ impl Default for CollectorConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 7700)),
             log_level: "info".into(),
-            output: OutputConfig::default(),
+            output: None,
+            outputs: Vec::new(),
             http: HttpConfig::default(),
             max_message_bytes: 16 << 20,
         }
     }
 }
 
-impl Default for OutputConfig {
+impl Default for LegacyOutputConfig {
     fn default() -> Self {
         Self { kind: "stdout".into(), path: None }
     }
@@ -57,12 +73,155 @@ impl Default for HttpConfig {
     }
 }
 
+/// The keys every output has, whatever its kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonSettings {
+    pub kind: OutputKind,
+    /// Shown in logs and metric labels; defaults to `<kind>-<position>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Event kinds this output receives (`exec`, `fork`, `exit`, `alert`, `loss`, `status`,
+    /// `connection`); empty = the kind's default (everything, or what the encoding maps).
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Alerts below this Falco priority are not sent to this output.
+    #[serde(default)]
+    pub min_priority: Option<String>,
+    /// Regular expressions; every match inside argv, ancestors' argv and alert text is replaced
+    /// by `[REDACTED]` before the event is encoded for this output.
+    #[serde(default)]
+    pub redact_argv_patterns: Vec<String>,
+    /// Largest encoded event; larger ones are truncated (see docs/OUTPUTS.md), then set aside.
+    #[serde(default)]
+    pub max_event_bytes: Option<usize>,
+    /// JSON lines file receiving events this output rejected, with the reason.
+    #[serde(default)]
+    pub dead_letter_path: Option<PathBuf>,
+    #[serde(default)]
+    pub retry: RetrySettings,
+}
+
+const COMMON_KEYS: &[&str] =
+    &["kind", "name", "kinds", "min_priority", "redact_argv_patterns", "max_event_bytes", "dead_letter_path", "retry"];
+
+/// Delivery retries: jittered exponential backoff between attempts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Attempts after the first before the batch is refused (the agent then resends it).
+    pub max_retries: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// Longest `Retry-After` honoured; a longer one is cut to this.
+    pub max_retry_after_ms: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self { max_retries: 5, initial_backoff_ms: 200, max_backoff_ms: 10_000, max_retry_after_ms: 60_000 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutSettings {}
+
+/// The kind-specific keys of one output.
+#[derive(Debug, Clone)]
+pub enum KindSettings {
+    File(FileSettings),
+    Stdout(StdoutSettings),
+    CefSyslog(CefSyslogSettings),
+    Sentinel(Box<SentinelSettings>),
+    OcsfFile(OcsfFileSettings),
+}
+
+/// One `[[outputs]]` table.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub common: CommonSettings,
+    pub settings: KindSettings,
+}
+
+impl<'de> Deserialize<'de> for OutputSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut table = toml::Table::deserialize(d)?;
+        let mut common = toml::Table::new();
+        for key in COMMON_KEYS {
+            if let Some(v) = table.remove(*key) {
+                common.insert((*key).to_owned(), v);
+            }
+        }
+        let common: CommonSettings = toml::Value::Table(common).try_into().map_err(|e| D::Error::custom(clean(&e)))?;
+        let rest = toml::Value::Table(table);
+        let settings = match common.kind {
+            OutputKind::File => KindSettings::File(rest.try_into().map_err(|e| D::Error::custom(clean(&e)))?),
+            OutputKind::Stdout => KindSettings::Stdout(rest.try_into().map_err(|e| D::Error::custom(clean(&e)))?),
+            OutputKind::CefSyslog => KindSettings::CefSyslog(rest.try_into().map_err(|e| D::Error::custom(clean(&e)))?),
+            OutputKind::Sentinel => {
+                KindSettings::Sentinel(Box::new(rest.try_into().map_err(|e| D::Error::custom(clean(&e)))?))
+            }
+            OutputKind::OcsfFile => KindSettings::OcsfFile(rest.try_into().map_err(|e| D::Error::custom(clean(&e)))?),
+        };
+        Ok(Self { common, settings })
+    }
+}
+
+fn clean(e: &toml::de::Error) -> String {
+    e.message().replace('\n', " ")
+}
+
+impl CollectorConfig {
+    /// The outputs to build, the legacy single output first.
+    pub fn effective_outputs(&self) -> Vec<OutputSpec> {
+        let mut all = Vec::new();
+        let legacy = match &self.output {
+            Some(o) => Some(o.clone()),
+            None if self.outputs.is_empty() => Some(LegacyOutputConfig::default()),
+            None => None,
+        };
+        if let Some(o) = legacy {
+            let (kind, settings) = match (o.kind.as_str(), o.path) {
+                ("file", Some(path)) => (OutputKind::File, KindSettings::File(FileSettings { path })),
+                _ => (OutputKind::Stdout, KindSettings::Stdout(StdoutSettings {})),
+            };
+            all.push(OutputSpec {
+                common: CommonSettings {
+                    kind,
+                    name: Some("output".into()),
+                    kinds: Vec::new(),
+                    min_priority: None,
+                    redact_argv_patterns: Vec::new(),
+                    max_event_bytes: None,
+                    dead_letter_path: None,
+                    retry: RetrySettings::default(),
+                },
+                settings,
+            });
+        }
+        all.extend(self.outputs.iter().cloned());
+        all
+    }
+}
+
 impl Validate for CollectorConfig {
     fn validate(&self) -> Result<(), (String, String)> {
-        match (self.output.kind.as_str(), &self.output.path) {
-            ("stdout", _) | ("file", Some(_)) => {}
-            ("file", None) => return Err(("output.path".into(), "required when output.kind = \"file\"".into())),
-            (other, _) => return Err(("output.kind".into(), format!("`{other}` is not one of: stdout, file"))),
+        if let Some(output) = &self.output {
+            match (output.kind.as_str(), &output.path) {
+                ("stdout", _) | ("file", Some(_)) => {}
+                ("file", None) => return Err(("output.path".into(), "required when output.kind = \"file\"".into())),
+                (other, _) => return Err(("output.kind".into(), format!("`{other}` is not one of: stdout, file"))),
+            }
+        }
+        for (i, spec) in self.outputs.iter().enumerate() {
+            crate::output::validate_spec(spec).map_err(|(key, message)| (format!("outputs[{i}].{key}"), message))?;
         }
         if self.max_message_bytes < 1024 {
             return Err(("max_message_bytes".into(), "must be at least 1024".into()));
@@ -82,5 +241,76 @@ mod tests {
         assert_eq!(e.to_string(), "config key `output.path`: required when output.kind = \"file\"");
         let e = Layers::new().overrides(["output.kind=kafka"]).unwrap().build::<CollectorConfig>().unwrap_err();
         assert_eq!(e.to_string(), "config key `output.kind` (set by --set output.kind=kafka): `kafka` is not one of: stdout, file");
+    }
+
+    #[test]
+    fn legacy_output_is_the_implicit_first_output() {
+        let c = Layers::new()
+            .overrides(["output.kind=file", "output.path=/tmp/x.jsonl"])
+            .unwrap()
+            .build::<CollectorConfig>()
+            .unwrap();
+        let outs = c.effective_outputs();
+        assert_eq!(outs.len(), 1);
+        assert!(matches!(&outs[0].settings, KindSettings::File(f) if f.path == std::path::Path::new("/tmp/x.jsonl")));
+        let none = Layers::new().build::<CollectorConfig>().unwrap().effective_outputs();
+        assert!(matches!(none[..], [OutputSpec { settings: KindSettings::Stdout(_), .. }]));
+    }
+
+    fn from_toml(text: &str) -> Result<CollectorConfig, String> {
+        let dir = std::env::temp_dir().join(format!("peregrine-collector-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("c{}.toml", text.len()));
+        std::fs::write(&path, text).unwrap();
+        let r = Layers::new().file(&path).unwrap().build::<CollectorConfig>().map_err(|e| e.to_string());
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir(&dir);
+        r
+    }
+
+    #[test]
+    fn outputs_list_parses_each_kind_and_refuses_unknown_keys() {
+        let c = from_toml(
+            r#"
+[[outputs]]
+kind = "file"
+path = "/tmp/all.jsonl"
+
+[[outputs]]
+kind = "cef_syslog"
+kinds = ["exec", "alert"]
+min_priority = "Warning"
+redact_argv_patterns = ["--password=\\S+"]
+address = "127.0.0.1:6514"
+tls = true
+ca_file = "/etc/ca.pem"
+
+[[outputs]]
+kind = "sentinel"
+endpoint = "https://dce.example.ingest.monitor.azure.com"
+dcr_immutable_id = "dcr-0123"
+auth = { method = "client_secret", tenant_id = "t", client_id = "c", client_secret = "s" }
+
+[[outputs]]
+kind = "ocsf_file"
+path = "/tmp/ocsf.jsonl"
+"#,
+        )
+        .unwrap();
+        let outs = c.effective_outputs();
+        assert_eq!(outs.len(), 4, "no implicit stdout when [[outputs]] is set");
+        assert!(matches!(outs[1].settings, KindSettings::CefSyslog(_)));
+        assert_eq!(outs[1].common.kinds, ["exec", "alert"]);
+
+        let e = from_toml("[[outputs]]\nkind = \"file\"\npath = \"/x\"\nbogus = 1\n").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = from_toml("[[outputs]]\nkind = \"kafka\"\n").unwrap_err();
+        assert!(e.contains("outputs[0]") && e.contains("kafka"), "{e}");
+        let e = from_toml("[[outputs]]\nkind = \"stdout\"\nkinds = [\"exek\"]\n").unwrap_err();
+        assert!(e.contains("outputs[0].kinds") && e.contains("exek"), "{e}");
+        let e = from_toml("[[outputs]]\nkind = \"stdout\"\nredact_argv_patterns = [\"(\"]\n").unwrap_err();
+        assert!(e.contains("outputs[0].redact_argv_patterns"), "{e}");
+        let e = from_toml("[[outputs]]\nkind = \"stdout\"\nmin_priority = \"Loud\"\n").unwrap_err();
+        assert!(e.contains("outputs[0].min_priority"), "{e}");
     }
 }

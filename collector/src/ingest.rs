@@ -1,6 +1,6 @@
-//! The gRPC ingest service: writes each batch to the output, then acknowledges it.
+//! The gRPC ingest service: delivers each batch to every output, then acknowledges it.
 
-use std::{pin::Pin, sync::Arc};
+use std::pin::Pin;
 
 use peregrine_proto::{Ack, EventBatch, v1::ingest_server::Ingest};
 use prometheus_client::{
@@ -8,11 +8,11 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::output::Output;
+use crate::output::Outputs;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -31,16 +31,16 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("peregrine_collector");
-        r.register("events_received", "Events written to the output, by kind", self.events.clone());
+        r.register("events_received", "Events every output accepted, by kind", self.events.clone());
         r.register("batches_acked", "Batches written and acknowledged", self.batches.clone());
-        r.register("output_write_errors", "Batches the output failed to write (not acknowledged)", self.write_errors.clone());
+        r.register("output_write_errors", "Batches an output failed to accept (not acknowledged)", self.write_errors.clone());
         r.register("stream_errors", "Agent streams that ended with an error", self.stream_errors.clone());
         r.register("agent_streams", "Open agent streams", self.streams.clone());
     }
 }
 
 pub struct IngestService {
-    pub output: Arc<Mutex<Output>>,
+    pub outputs: Outputs,
     pub metrics: Metrics,
 }
 
@@ -54,7 +54,7 @@ impl Ingest for IngestService {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
         let mut batches = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let output = self.output.clone();
+        let outputs = self.outputs.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
             metrics.streams.inc();
@@ -68,11 +68,11 @@ impl Ingest for IngestService {
                         break;
                     }
                 };
-                let written = output.lock().await.write_batch(&batch.events);
-                if let Err(e) = written {
+                let delivered = outputs.deliver(&batch.events).await;
+                if let Err(e) = delivered {
                     metrics.write_errors.inc();
-                    tracing::error!(%peer, error = %e, "output write failed; batch not acknowledged");
-                    let _ = tx.send(Err(Status::unavailable(format!("output write failed: {e}")))).await;
+                    tracing::error!(%peer, error = %e, "output failed; batch not acknowledged");
+                    let _ = tx.send(Err(Status::unavailable(format!("output failed: {e}")))).await;
                     break;
                 }
                 for event in &batch.events {

@@ -1,9 +1,5 @@
 //! peregrine-collector: receives agents' event streams and writes them to outputs.
 
-mod config;
-mod ingest;
-mod output;
-
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use anyhow::Context;
@@ -11,9 +7,12 @@ use clap::Parser;
 use peregrine_proto::v1::ingest_server::IngestServer;
 use peregrine_service::config::Layers;
 use prometheus_client::registry::Registry;
-use tokio::sync::{Mutex, watch};
-
-use crate::{config::CollectorConfig, ingest::IngestService, output::Output};
+use peregrine_collector::{
+    config::CollectorConfig,
+    ingest::{self, IngestService},
+    output::{OutputMetrics, Outputs},
+};
+use tokio::sync::watch;
 
 /// Peregrine collector.
 ///
@@ -58,14 +57,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
-    let output = match (config.output.kind.as_str(), &config.output.path) {
-        ("file", Some(path)) => Output::file(path)
-            .with_context(|| format!("opening output file {} (output.path)", path.display()))?,
-        _ => Output::stdout(),
-    };
+    let output_metrics = OutputMetrics::default();
+    let outputs = Outputs::build(&config.effective_outputs(), &output_metrics).context("building the outputs")?;
     let metrics = ingest::Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    output_metrics.register(&mut registry);
     let (ready_tx, ready_rx) = watch::channel(false);
     let http = peregrine_service::http::serve(config.http.listen, Arc::new(registry), ready_rx).await?;
 
@@ -73,9 +70,9 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for agents on {} (choose another address with listen)", config.listen))?;
     let ingest_addr = listener.local_addr().context("ingest address")?;
-    tracing::info!(ingest = %ingest_addr, %http, "collector listening");
+    tracing::info!(ingest = %ingest_addr, %http, outputs = ?outputs.names(), "collector listening");
 
-    let service = IngestService { output: Arc::new(Mutex::new(output)), metrics };
+    let service = IngestService { outputs, metrics };
     let server = IngestServer::new(service)
         .max_decoding_message_size(config.max_message_bytes);
     let _ = ready_tx.send(true);

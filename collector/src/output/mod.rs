@@ -1,0 +1,260 @@
+//! Outputs, in Vector's shape: each output's configuration `build()`s it; each output is an
+//! *encoding* (event -> bytes or rows: `jsonl`, `cef`, `asim`, `raw`, `ocsf`) and a *service*
+//! (delivery with retries and jittered backoff: `file`, `syslog`, `sentinel`).
+//!
+//! Every output sees the same batch through its own routing (`kinds`, `min_priority`) and
+//! redaction, then its own size limit (`truncate`). What an output cannot take is set aside in
+//! its dead-letter file and counted, never dropped silently. The collector acknowledges a batch
+//! only when every output has accepted it (`Outputs::deliver`).
+
+pub mod asim;
+pub mod auth;
+pub mod cef;
+pub mod deadletter;
+pub mod file;
+pub mod metrics;
+pub mod ocsf;
+pub mod raw;
+pub mod retry;
+pub mod route;
+pub mod sentinel;
+pub mod syslog;
+pub mod truncate;
+
+use std::sync::Arc;
+
+use peregrine_proto::Event;
+use serde::Deserialize;
+use tokio::task::JoinSet;
+
+use crate::config::{CommonSettings, KindSettings, OutputSpec};
+
+pub use metrics::OutputMetrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    File,
+    Stdout,
+    CefSyslog,
+    Sentinel,
+    OcsfFile,
+}
+
+impl OutputKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Stdout => "stdout",
+            Self::CefSyslog => "cef_syslog",
+            Self::Sentinel => "sentinel",
+            Self::OcsfFile => "ocsf_file",
+        }
+    }
+}
+
+/// Every event kind the model has (`Event::kind_name`).
+pub const EVENT_KINDS: &[&str] = &["exec", "fork", "exit", "alert", "loss", "status", "connection"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("output `{output}`: cannot open {path}: {source}")]
+    Open {
+        output: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("output `{output}`: writing {path}: {source}")]
+    Write {
+        output: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("output `{output}`: {message}")]
+    Config { output: String, message: String },
+    #[error("output `{output}`: syslog {address}: {message} (gave up after {attempts} attempts)")]
+    Syslog { output: String, address: String, message: String, attempts: u32 },
+    #[error("output `{output}`: no access token from {credential}: {message} (the batch is kept for retry)")]
+    Credentials { output: String, credential: String, message: String },
+    #[error("output `{output}`: Logs Ingestion API {url}: {message} (gave up after {attempts} attempts; the batch is kept for retry)")]
+    Ingestion { output: String, url: String, message: String, attempts: u32 },
+}
+
+/// One built output: routing and redaction in front of its sink.
+pub struct Output {
+    pub name: String,
+    pub kind: OutputKind,
+    route: route::Route,
+    redactor: route::Redactor,
+    sink: Sink,
+    ctx: Ctx,
+}
+
+/// What every sink uses while sending: its name, metrics, dead-letter file and size limit.
+pub struct Ctx {
+    pub name: String,
+    pub metrics: OutputMetrics,
+    pub dead_letter: deadletter::DeadLetter,
+    pub max_event_bytes: Option<usize>,
+}
+
+pub enum Sink {
+    JsonLines(file::JsonLines),
+    CefSyslog(syslog::CefSyslog),
+    Sentinel(Box<sentinel::Sentinel>),
+    OcsfFile(ocsf::OcsfFile),
+}
+
+/// Checks one `[[outputs]]` entry beyond its types; errors name the key inside the entry.
+pub fn validate_spec(spec: &OutputSpec) -> Result<(), (String, String)> {
+    let c = &spec.common;
+    let allowed = supported_kinds(&spec.settings);
+    for k in &c.kinds {
+        if !allowed.contains(&k.as_str()) {
+            return Err(("kinds".into(), format!("`{k}` is not one of: {}", allowed.join(", "))));
+        }
+    }
+    if let Some(p) = &c.min_priority
+        && route::priority_rank(p).is_none()
+    {
+        return Err(("min_priority".into(), format!("`{p}` is not a Falco priority ({})", route::PRIORITIES.join(", "))));
+    }
+    for p in &c.redact_argv_patterns {
+        if let Err(e) = regex::Regex::new(p) {
+            return Err(("redact_argv_patterns".into(), format!("`{p}` is not a valid regular expression: {e}")));
+        }
+    }
+    match &spec.settings {
+        KindSettings::CefSyslog(s) => s.validate(),
+        KindSettings::Sentinel(s) => s.validate(),
+        KindSettings::OcsfFile(s) => s.validate(),
+        KindSettings::File(_) | KindSettings::Stdout(_) => Ok(()),
+    }
+}
+
+/// The event kinds an output's encoding can represent.
+pub fn supported_kinds(settings: &KindSettings) -> Vec<&'static str> {
+    match settings {
+        KindSettings::Sentinel(s) => s.supported_kinds(),
+        KindSettings::OcsfFile(_) => ocsf::SUPPORTED_KINDS.to_vec(),
+        _ => EVENT_KINDS.to_vec(),
+    }
+}
+
+impl OutputSpec {
+    /// Builds the output: opens files, loads certificates, compiles patterns.
+    pub fn build(&self, index: usize, metrics: &OutputMetrics) -> Result<Output, OutputError> {
+        let c: &CommonSettings = &self.common;
+        let name = c.name.clone().unwrap_or_else(|| format!("{}-{index}", c.kind.as_str()));
+        let config_err = |message: String| OutputError::Config { output: name.clone(), message };
+        let kinds = if c.kinds.is_empty() { default_kinds(&self.settings) } else { c.kinds.clone() };
+        let route = route::Route::new(&kinds, c.min_priority.as_deref()).map_err(config_err)?;
+        let redactor = route::Redactor::new(&c.redact_argv_patterns).map_err(config_err)?;
+        let dead_letter = deadletter::DeadLetter::open(&name, c.dead_letter_path.as_deref())?;
+        let default_limit = match self.settings {
+            KindSettings::Sentinel(_) => Some(sentinel::DEFAULT_MAX_EVENT_BYTES),
+            KindSettings::CefSyslog(_) => Some(syslog::DEFAULT_MAX_EVENT_BYTES),
+            _ => None,
+        };
+        let ctx = Ctx {
+            name: name.clone(),
+            metrics: metrics.clone(),
+            dead_letter,
+            max_event_bytes: c.max_event_bytes.or(default_limit),
+        };
+        let sink = match &self.settings {
+            KindSettings::File(f) => Sink::JsonLines(file::JsonLines::file(&name, &f.path)?),
+            KindSettings::Stdout(_) => Sink::JsonLines(file::JsonLines::stdout()),
+            KindSettings::CefSyslog(s) => Sink::CefSyslog(s.build(&name, &c.retry)?),
+            KindSettings::Sentinel(s) => Sink::Sentinel(Box::new(s.build(&name, &c.retry)?)),
+            KindSettings::OcsfFile(s) => Sink::OcsfFile(s.build(&name)?),
+        };
+        Ok(Output { name, kind: c.kind, route, redactor, sink, ctx })
+    }
+}
+
+fn default_kinds(settings: &KindSettings) -> Vec<String> {
+    supported_kinds(settings).into_iter().map(str::to_owned).collect()
+}
+
+impl Output {
+    /// Routes, redacts and sends one batch; `Ok` means this output accepted all of it (sent,
+    /// or set aside in its dead-letter file and counted).
+    pub async fn send(&self, events: &[Event]) -> Result<(), OutputError> {
+        let mut selected = Vec::with_capacity(events.len());
+        for e in events {
+            if self.route.accepts(e) {
+                let mut e = e.clone();
+                self.redactor.apply(&mut e);
+                selected.push(e);
+            } else {
+                self.ctx.metrics.filtered(&self.name);
+            }
+        }
+        if selected.is_empty() {
+            return Ok(());
+        }
+        let r = match &self.sink {
+            Sink::JsonLines(s) => s.send(&selected, &self.ctx).await,
+            Sink::CefSyslog(s) => s.send(&selected, &self.ctx).await,
+            Sink::Sentinel(s) => s.send(&selected, &self.ctx).await,
+            Sink::OcsfFile(s) => s.send(&selected, &self.ctx).await,
+        };
+        if r.is_err() {
+            self.ctx.metrics.batch_failed(&self.name);
+        }
+        r
+    }
+}
+
+/// Every output; a batch is delivered when all of them accepted it.
+#[derive(Clone)]
+pub struct Outputs {
+    outputs: Arc<Vec<Arc<Output>>>,
+}
+
+impl Outputs {
+    pub fn build(specs: &[OutputSpec], metrics: &OutputMetrics) -> Result<Self, OutputError> {
+        let mut outputs = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            outputs.push(Arc::new(spec.build(i, metrics)?));
+        }
+        Ok(Self { outputs: Arc::new(outputs) })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.outputs.iter().map(|o| o.name.clone()).collect()
+    }
+
+    /// Sends the batch to every output at once and waits for all; the first error is returned
+    /// (the batch is then not acknowledged, and the agent sends it again: an output that had
+    /// accepted it receives it twice, with the same event ids).
+    pub async fn deliver(&self, events: &[Event]) -> Result<(), OutputError> {
+        if self.outputs.len() == 1 {
+            return match self.outputs.first() {
+                Some(o) => o.send(events).await,
+                None => Ok(()),
+            };
+        }
+        let batch: Arc<[Event]> = events.into();
+        let mut set = JoinSet::new();
+        for o in self.outputs.iter() {
+            let o = o.clone();
+            let batch = batch.clone();
+            set.spawn(async move { o.send(&batch).await });
+        }
+        let mut first_err = None;
+        while let Some(joined) = set.join_next().await {
+            let r = match joined {
+                Ok(r) => r,
+                Err(e) => Err(OutputError::Config { output: "(task)".into(), message: format!("output task failed: {e}") }),
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,199 @@
+//! Per-output routing (event kinds, alert priority) and argv redaction.
+
+use peregrine_proto::{Event, Kind, Process};
+use regex::Regex;
+
+/// Falco's priorities, most severe first.
+pub const PRIORITIES: &[&str] = &["Emergency", "Alert", "Critical", "Error", "Warning", "Notice", "Informational", "Debug"];
+
+/// 0 = Emergency ... 7 = Debug; case-insensitive, `Info` accepted for Informational.
+pub fn priority_rank(p: &str) -> Option<usize> {
+    let p = p.trim();
+    if p.eq_ignore_ascii_case("info") {
+        return Some(6);
+    }
+    PRIORITIES.iter().position(|q| q.eq_ignore_ascii_case(p))
+}
+
+pub struct Route {
+    kinds: Vec<String>,
+    /// Alerts whose rank is above this (less severe) are not sent.
+    max_rank: Option<usize>,
+}
+
+impl Route {
+    pub fn new(kinds: &[String], min_priority: Option<&str>) -> Result<Self, String> {
+        let max_rank = match min_priority {
+            Some(p) => Some(priority_rank(p).ok_or_else(|| format!("min_priority `{p}` is not a Falco priority"))?),
+            None => None,
+        };
+        Ok(Self { kinds: kinds.to_vec(), max_rank })
+    }
+
+    pub fn accepts(&self, e: &Event) -> bool {
+        let kind = e.kind_name();
+        if !self.kinds.iter().any(|k| k == kind) {
+            return false;
+        }
+        match (&e.kind, self.max_rank) {
+            // An alert with an unknown priority is sent: a typo upstream must not hide it.
+            (Some(Kind::Alert(a)), Some(max)) => priority_rank(&a.priority).is_none_or(|r| r <= max),
+            _ => true,
+        }
+    }
+}
+
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Replaces every match of the configured patterns in command lines with `[REDACTED]`.
+///
+/// Applied to each argv element of the event's process and its ancestors, and to an alert's
+/// output text and field values (which quote command lines). A pattern matches inside one
+/// argv element: `--password=\S+` works, a pattern spanning two elements does not.
+pub struct Redactor {
+    patterns: Vec<Regex>,
+}
+
+impl Redactor {
+    pub fn new(patterns: &[String]) -> Result<Self, String> {
+        let patterns = patterns
+            .iter()
+            .map(|p| Regex::new(p).map_err(|e| format!("redact_argv_patterns: `{p}`: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { patterns })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
+    fn redact(&self, s: &mut String) {
+        for re in &self.patterns {
+            if re.is_match(s) {
+                *s = re.replace_all(s, REDACTED).into_owned();
+            }
+        }
+    }
+
+    fn process(&self, p: &mut Process) {
+        for a in &mut p.argv {
+            self.redact(a);
+        }
+    }
+
+    pub fn apply(&self, e: &mut Event) {
+        if self.is_empty() {
+            return;
+        }
+        match &mut e.kind {
+            Some(Kind::Exec(x)) => {
+                if let Some(p) = &mut x.process {
+                    self.process(p);
+                }
+                for a in &mut x.ancestors {
+                    for s in &mut a.argv {
+                        self.redact(s);
+                    }
+                }
+            }
+            Some(Kind::Fork(x)) => {
+                if let Some(p) = &mut x.process {
+                    self.process(p);
+                }
+            }
+            Some(Kind::Exit(x)) => {
+                if let Some(p) = &mut x.process {
+                    self.process(p);
+                }
+            }
+            Some(Kind::Connection(x)) => {
+                if let Some(p) = &mut x.process {
+                    self.process(p);
+                }
+            }
+            Some(Kind::Alert(a)) => {
+                if let Some(p) = &mut a.process {
+                    self.process(p);
+                }
+                self.redact(&mut a.output);
+                for v in a.fields.values_mut() {
+                    self.redact(v);
+                }
+            }
+            Some(Kind::Loss(_)) | Some(Kind::Status(_)) | None => {}
+        }
+    }
+}
+
+/// The event's process, if its kind has one.
+pub fn process_of(e: &Event) -> Option<&Process> {
+    match &e.kind {
+        Some(Kind::Exec(x)) => x.process.as_ref(),
+        Some(Kind::Fork(x)) => x.process.as_ref(),
+        Some(Kind::Exit(x)) => x.process.as_ref(),
+        Some(Kind::Connection(x)) => x.process.as_ref(),
+        Some(Kind::Alert(a)) => a.process.as_ref(),
+        _ => None,
+    }
+}
+
+pub fn process_of_mut(e: &mut Event) -> Option<&mut Process> {
+    match &mut e.kind {
+        Some(Kind::Exec(x)) => x.process.as_mut(),
+        Some(Kind::Fork(x)) => x.process.as_mut(),
+        Some(Kind::Exit(x)) => x.process.as_mut(),
+        Some(Kind::Connection(x)) => x.process.as_mut(),
+        Some(Kind::Alert(a)) => a.process.as_mut(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peregrine_proto::{ProcessExec, v1::Alert};
+
+    fn exec(argv: &[&str]) -> Event {
+        Event {
+            kind: Some(Kind::Exec(ProcessExec {
+                process: Some(Process { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }),
+                ancestors: vec![],
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn alert(priority: &str) -> Event {
+        Event { kind: Some(Kind::Alert(Alert { priority: priority.into(), ..Default::default() })), ..Default::default() }
+    }
+
+    #[test]
+    fn routes_by_kind_and_priority() {
+        let r = Route::new(&["exec".into(), "alert".into()], Some("warning")).unwrap();
+        assert!(r.accepts(&exec(&["ls"])));
+        assert!(r.accepts(&alert("Critical")));
+        assert!(r.accepts(&alert("Warning")));
+        assert!(!r.accepts(&alert("Notice")));
+        assert!(r.accepts(&alert("Nonsense")), "unknown priorities are not hidden");
+        let only_alerts = Route::new(&["alert".into()], None).unwrap();
+        assert!(!only_alerts.accepts(&exec(&["ls"])));
+        assert!(only_alerts.accepts(&alert("Debug")));
+    }
+
+    #[test]
+    fn redacts_argv_and_alert_text() {
+        let r = Redactor::new(&["--password=\\S+".into(), "AKIA[0-9A-Z]{16}".into()]).unwrap();
+        let mut e = exec(&["mysql", "--password=hunter2", "-u", "root", "key=AKIAABCDEFGHIJKLMNOP"]);
+        r.apply(&mut e);
+        assert_eq!(process_of(&e).unwrap().argv, ["mysql", "[REDACTED]", "-u", "root", "key=[REDACTED]"]);
+        let mut a = alert("Warning");
+        if let Some(Kind::Alert(x)) = &mut a.kind {
+            x.output = "cmdline=mysql --password=hunter2".into();
+            x.fields.insert("proc.cmdline".into(), "mysql --password=hunter2".into());
+        }
+        r.apply(&mut a);
+        let Some(Kind::Alert(x)) = &a.kind else { unreachable!() };
+        assert_eq!(x.output, "cmdline=mysql [REDACTED]");
+        assert_eq!(x.fields["proc.cmdline"], "mysql [REDACTED]");
+    }
+}

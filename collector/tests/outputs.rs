@@ -1,0 +1,110 @@
+//! Several outputs built from one `[[outputs]]` config: routing, redaction, fan-out, and the
+//! OCSF encoding's required attributes.
+
+// Test scaffolding: a failed step stops the test with its reason.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use peregrine_collector::{
+    config::CollectorConfig,
+    output::{OutputMetrics, Outputs},
+};
+use peregrine_service::config::Layers;
+use serde_json::Value;
+use support::*;
+
+fn lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test]
+async fn outputs_route_redact_and_encode_independently() {
+    let dir = TempDir::new("outputs");
+    let all = dir.path().join("all.jsonl");
+    let alerts = dir.path().join("alerts.jsonl");
+    let ocsf = dir.path().join("ocsf.jsonl");
+    let conf = dir.path().join("collector.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"
+[output]
+kind = "file"
+path = "{all}"
+
+[[outputs]]
+kind = "file"
+name = "alerts"
+path = "{alerts}"
+kinds = ["alert"]
+min_priority = "Warning"
+redact_argv_patterns = ['--token=\S+']
+
+[[outputs]]
+kind = "ocsf_file"
+name = "ocsf"
+path = "{ocsf}"
+redact_argv_patterns = ['--token=\S+']
+"#,
+            all = all.display(),
+            alerts = alerts.display(),
+            ocsf = ocsf.display()
+        ),
+    )
+    .unwrap();
+    let config: CollectorConfig = Layers::new().file(&conf).unwrap().build().unwrap();
+    let metrics = OutputMetrics::default();
+    let outputs = Outputs::build(&config.effective_outputs(), &metrics).unwrap();
+    assert_eq!(outputs.names(), ["output", "alerts", "ocsf"]);
+
+    let mut secret_alert = alert_event("a-1", 3, "Token on command line", "Critical");
+    if let Some(peregrine_proto::Kind::Alert(a)) = &mut secret_alert.kind {
+        a.output = "cmd=curl --token=abc123".into();
+        a.process.as_mut().unwrap().argv = vec!["curl".into(), "--token=abc123".into()];
+    }
+    let batch = vec![
+        exec_event("e-1", 1, &["curl", "--token=abc123", "https://x"]),
+        exit_event("e-2", 2),
+        secret_alert,
+        alert_event("a-2", 4, "Chatty rule", "Notice"),
+    ];
+    outputs.deliver(&batch).await.unwrap();
+
+    // The legacy output: everything, unredacted (it has no patterns).
+    let got = lines(&all);
+    assert_eq!(got.iter().map(|e| e["id"].as_str().unwrap()).collect::<Vec<_>>(), ["e-1", "e-2", "a-1", "a-2"]);
+    assert_eq!(got[0]["kind"]["exec"]["process"]["argv"][1], "--token=abc123");
+
+    // Alerts only, Warning and above, redacted.
+    let got = lines(&alerts);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["kind"]["alert"]["output"], "cmd=curl [REDACTED]");
+    assert_eq!(got[0]["kind"]["alert"]["process"]["argv"][1], "[REDACTED]");
+    assert_eq!(metrics.filtered.get_or_create(&peregrine_collector::output::metrics::OutputLabel { output: "alerts".into() }).get(), 3);
+
+    // OCSF: Process Activity for exec/exit, Detection Finding for alerts, redacted.
+    let got = lines(&ocsf);
+    let classes: Vec<(u64, u64)> =
+        got.iter().map(|e| (e["class_uid"].as_u64().unwrap(), e["type_uid"].as_u64().unwrap())).collect();
+    assert_eq!(classes, [(1007, 100701), (1007, 100702), (2004, 200401), (2004, 200401)]);
+    assert_eq!(got[0]["process"]["cmd_line"], "curl [REDACTED] https://x");
+    for e in &got {
+        // Base-event attributes OCSF 1.3.0 requires, and those of each class (hand-checked
+        // against the schema's class definitions; not a schema validator).
+        for k in ["activity_id", "category_uid", "class_uid", "type_uid", "time", "severity_id", "metadata"] {
+            assert!(!e[k].is_null(), "{k} missing in {e}");
+        }
+        assert_eq!(e["metadata"]["version"], "1.3.0");
+        assert_eq!(e["metadata"]["product"]["name"], "Peregrine");
+        assert_eq!(e["metadata"]["product"]["vendor_name"], "Peregrine");
+        let required: &[&str] = if e["class_uid"] == 1007 { &["actor", "process", "device"] } else { &["finding_info"] };
+        for k in required {
+            assert!(!e[*k].is_null(), "{k} missing in {e}");
+        }
+    }
+    assert_eq!(got[2]["finding_info"]["title"], "Token on command line");
+    assert_eq!(got[2]["severity_id"], 5);
+    assert_eq!(got[3]["severity_id"], 2);
+    assert_eq!(got[1]["exit_code"], 0);
+}
