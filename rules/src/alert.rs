@@ -94,7 +94,10 @@ pub struct FoldConfig {
 
 impl Default for FoldConfig {
     fn default() -> Self {
-        FoldConfig { window: 60_000_000_000, max_keys: 10_000 }
+        FoldConfig {
+            window: 60_000_000_000,
+            max_keys: 10_000,
+        }
     }
 }
 
@@ -114,7 +117,10 @@ pub struct Folder {
 impl Folder {
     /// A folder with these settings.
     pub fn new(cfg: FoldConfig) -> Folder {
-        Folder { cfg, open: HashMap::new() }
+        Folder {
+            cfg,
+            open: HashMap::new(),
+        }
     }
 
     /// Offers an alert at time `now`; what must go out now is appended to `out`.
@@ -127,7 +133,14 @@ impl Folder {
             return;
         }
         if self.open.len() < self.cfg.max_keys {
-            self.open.insert(key, Window { ends: now.saturating_add(self.cfg.window), repeats: 0, last: None });
+            self.open.insert(
+                key,
+                Window {
+                    ends: now.saturating_add(self.cfg.window),
+                    repeats: 0,
+                    last: None,
+                },
+            );
         }
         out.push(alert);
     }
@@ -155,7 +168,9 @@ impl Folder {
             true
         });
         // HashMap order is arbitrary: emit in a stable order.
-        closed.sort_by(|a, b| (a.time, &a.rule, &a.container_id).cmp(&(b.time, &b.rule, &b.container_id)));
+        closed.sort_by(|a, b| {
+            (a.time, &a.rule, &a.container_id).cmp(&(b.time, &b.rule, &b.container_id))
+        });
         out.extend(closed);
     }
 
@@ -191,7 +206,10 @@ mod tests {
 
     #[test]
     fn first_goes_out_repeats_fold_into_one_follow_up() {
-        let mut f = Folder::new(FoldConfig { window: 10, max_keys: 100 });
+        let mut f = Folder::new(FoldConfig {
+            window: 10,
+            max_keys: 100,
+        });
         let mut out = Vec::new();
         f.offer(alert("r", "c1", 0), 0, &mut out);
         assert_eq!(out.len(), 1);
@@ -223,7 +241,10 @@ mod tests {
 
     #[test]
     fn repeats_after_the_window_closed_are_flushed_first() {
-        let mut f = Folder::new(FoldConfig { window: 10, max_keys: 100 });
+        let mut f = Folder::new(FoldConfig {
+            window: 10,
+            max_keys: 100,
+        });
         let mut out = Vec::new();
         f.offer(alert("r", "c", 0), 0, &mut out);
         f.offer(alert("r", "c", 3), 3, &mut out);
@@ -240,7 +261,10 @@ mod tests {
 
     #[test]
     fn key_limit_passes_alerts_through() {
-        let mut f = Folder::new(FoldConfig { window: 10, max_keys: 1 });
+        let mut f = Folder::new(FoldConfig {
+            window: 10,
+            max_keys: 1,
+        });
         let mut out = Vec::new();
         f.offer(alert("a", "c", 0), 0, &mut out);
         f.offer(alert("b", "c", 0), 0, &mut out);

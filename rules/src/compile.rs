@@ -10,7 +10,10 @@ use std::collections::{HashMap, HashSet};
 
 use crate::document::{Collected, Condition, Entry, ExceptionDef, RuleDef};
 use crate::error::{ItemKind, LoadError, Location};
-use crate::eval::{Access as EAccess, Check, Cidr, Glob, IpPred, Missing, Node, NumOp, NumPred, PathSet, Pred, StrPred, StrSet};
+use crate::eval::{
+    Access as EAccess, Check, Cidr, Glob, IpPred, Missing, Node, NumOp, NumPred, PathSet, Pred,
+    StrPred, StrSet,
+};
 use crate::event::{EventType, TypeMask, Value};
 use crate::fields::{self, Access, FieldDef, FieldId, FieldType};
 use crate::lexer::{Cursor, unescape};
@@ -42,7 +45,11 @@ impl SkipReason {
         match self {
             SkipReason::EventTypesNotCaptured(_) => "event types not captured",
             SkipReason::NeverMatches => "never matches",
-            SkipReason::Missing { unknown, not_captured, .. } => {
+            SkipReason::Missing {
+                unknown,
+                not_captured,
+                ..
+            } => {
                 if !unknown.is_empty() {
                     "unknown field"
                 } else if !not_captured.is_empty() {
@@ -59,9 +66,19 @@ impl SkipReason {
 impl std::fmt::Display for SkipReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SkipReason::EventTypesNotCaptured(t) => write!(f, "needs event types Peregrine does not capture: {}", t.join(", ")),
-            SkipReason::NeverMatches => f.write_str("the condition is false for every event Peregrine produces"),
-            SkipReason::Missing { not_captured, unknown, unsupported } => {
+            SkipReason::EventTypesNotCaptured(t) => write!(
+                f,
+                "needs event types Peregrine does not capture: {}",
+                t.join(", ")
+            ),
+            SkipReason::NeverMatches => {
+                f.write_str("the condition is false for every event Peregrine produces")
+            }
+            SkipReason::Missing {
+                not_captured,
+                unknown,
+                unsupported,
+            } => {
                 let mut parts = Vec::new();
                 if !unknown.is_empty() {
                     parts.push(format!("unknown fields: {}", unknown.join(", ")));
@@ -74,7 +91,9 @@ impl std::fmt::Display for SkipReason {
                 }
                 f.write_str(&parts.join("; "))
             }
-            SkipReason::UnsupportedSource(s) => write!(f, "source '{s}' is not supported (only syscall)"),
+            SkipReason::UnsupportedSource(s) => {
+                write!(f, "source '{s}' is not supported (only syscall)")
+            }
         }
     }
 }
@@ -109,7 +128,13 @@ impl<'a> Compiler<'a> {
         for m in &col.macros {
             let text = m.cond.text();
             let expr = parser::parse(&text).map_err(|e| {
-                parse_error(Some((ItemKind::Macro, m.name.clone())), &m.cond, &text, &e, "condition")
+                parse_error(
+                    Some((ItemKind::Macro, m.name.clone())),
+                    &m.cond,
+                    &text,
+                    &e,
+                    "condition",
+                )
             })?;
             macros.insert(m.name.as_str(), expr);
         }
@@ -143,7 +168,12 @@ impl<'a> Compiler<'a> {
         Ok(())
     }
 
-    fn visit<'s>(&'s self, name: &'s str, state: &mut HashMap<&'s str, u8>, path: &mut Vec<&'s str>) -> Result<(), LoadError> {
+    fn visit<'s>(
+        &'s self,
+        name: &'s str,
+        state: &mut HashMap<&'s str, u8>,
+        path: &mut Vec<&'s str>,
+    ) -> Result<(), LoadError> {
         match state.get(name) {
             Some(2) => return Ok(()),
             Some(1) => {
@@ -151,8 +181,14 @@ impl<'a> Compiler<'a> {
                 let mut cycle: Vec<&str> = path[start..].to_vec();
                 cycle.push(name);
                 let m = self.col.macro_def(name);
-                let loc = m.map(|m| m.loc.clone()).unwrap_or_else(|| unknown_loc(self.col));
-                return Err(LoadError::new(loc, Some((ItemKind::Macro, name.to_string())), format!("macro recursion: {}", cycle.join(" -> "))));
+                let loc = m
+                    .map(|m| m.loc.clone())
+                    .unwrap_or_else(|| unknown_loc(self.col));
+                return Err(LoadError::new(
+                    loc,
+                    Some((ItemKind::Macro, name.to_string())),
+                    format!("macro recursion: {}", cycle.join(" -> ")),
+                ));
             }
             _ => {}
         }
@@ -163,10 +199,10 @@ impl<'a> Compiler<'a> {
             macro_refs(e, &mut refs);
             let mut seen = HashSet::new();
             for (r, _) in refs {
-                if seen.insert(r.clone()) {
-                    if let Some((k, _)) = self.macros.get_key_value(r.as_str()) {
-                        self.visit(k, state, path)?;
-                    }
+                if seen.insert(r.clone())
+                    && let Some((k, _)) = self.macros.get_key_value(r.as_str())
+                {
+                    self.visit(k, state, path)?;
                 }
             }
         }
@@ -176,15 +212,26 @@ impl<'a> Compiler<'a> {
     }
 
     /// Compiles one rule: `Ok(Err(reason))` when it is valid but cannot run on Peregrine events.
-    pub(crate) fn rule(&self, rule: &RuleDef) -> Result<Result<CompiledCondition, SkipReason>, LoadError> {
+    pub(crate) fn rule(
+        &self,
+        rule: &RuleDef,
+    ) -> Result<Result<CompiledCondition, SkipReason>, LoadError> {
         let item = Some((ItemKind::Rule, rule.name.clone()));
         if rule.source != "syscall" {
             // Other sources have their own fields (`ka.*`, plugins): nothing here can check them.
             return Ok(Err(SkipReason::UnsupportedSource(rule.source.clone())));
         }
         let text = rule.cond.text();
-        let expr = parser::parse(&text).map_err(|e| parse_error(item.clone(), &rule.cond, &text, &e, "condition"))?;
-        let mut r = Resolver { c: self, item: item.clone(), stack: Vec::new(), nodes: 0, unknown: Vec::new(), mentioned_types: Vec::new() };
+        let expr = parser::parse(&text)
+            .map_err(|e| parse_error(item.clone(), &rule.cond, &text, &e, "condition"))?;
+        let mut r = Resolver {
+            c: self,
+            item: item.clone(),
+            stack: Vec::new(),
+            nodes: 0,
+            unknown: Vec::new(),
+            mentioned_types: Vec::new(),
+        };
         let mut root = r.resolve(&expr, Origin::Rule(&rule.cond))?;
         for ex in &rule.exceptions {
             if let Some(ex_expr) = exception_expr(ex, &item)? {
@@ -211,24 +258,44 @@ impl<'a> Compiler<'a> {
                 match m {
                     Missing::NotCaptured(f) => not_captured.push(f),
                     Missing::Unsupported(u) => unsupported.push(u),
+                    Missing::Unknown(_) => {}
                 }
             }
             sort_dedup(&mut not_captured);
             sort_dedup(&mut unsupported);
-            return Ok(Err(SkipReason::Missing { not_captured, unknown, unsupported }));
+            return Ok(Err(SkipReason::Missing {
+                not_captured,
+                unknown,
+                unsupported,
+            }));
         }
         if programs.is_empty() {
-            let mut types: Vec<String> =
-                r.mentioned_types.into_iter().filter(|t| EventType::from_name(t).is_none()).collect();
+            let mut types: Vec<String> = r
+                .mentioned_types
+                .into_iter()
+                .filter(|t| EventType::from_name(t).is_none())
+                .collect();
             sort_dedup(&mut types);
-            return Ok(Err(if types.is_empty() { SkipReason::NeverMatches } else { SkipReason::EventTypesNotCaptured(types) }));
+            return Ok(Err(if types.is_empty() {
+                SkipReason::NeverMatches
+            } else {
+                SkipReason::EventTypesNotCaptured(types)
+            }));
         }
         Ok(Ok(CompiledCondition { programs }))
     }
 }
 
 fn unknown_loc(col: &Collected) -> Location {
-    Location { file: col.files.last().cloned().unwrap_or_else(|| "<rules>".into()), line: 0, col: 0 }
+    Location {
+        file: col
+            .files
+            .last()
+            .cloned()
+            .unwrap_or_else(|| "<rules>".into()),
+        line: 0,
+        col: 0,
+    }
 }
 
 fn sort_dedup(v: &mut Vec<String>) {
@@ -247,25 +314,66 @@ fn macro_refs(e: &Expr, out: &mut Vec<(String, usize)>) {
 
 /// Describes an error at byte `at` of a condition: the piece's location, the line and column
 /// inside the condition text, and the text near it.
-fn parse_error(item: Option<(ItemKind, String)>, cond: &Condition, text: &str, e: &ParseError, label: &str) -> LoadError {
+fn parse_error(
+    item: Option<(ItemKind, String)>,
+    cond: &Condition,
+    text: &str,
+    e: &ParseError,
+    label: &str,
+) -> LoadError {
     position_error(item, cond, text, e.at, label, &e.message)
 }
 
-fn position_error(item: Option<(ItemKind, String)>, cond: &Condition, text: &str, at: usize, label: &str, msg: &str) -> LoadError {
+fn position_error(
+    item: Option<(ItemKind, String)>,
+    cond: &Condition,
+    text: &str,
+    at: usize,
+    label: &str,
+    msg: &str,
+) -> LoadError {
     let (loc, off) = cond.locate(at);
-    let piece = cond.pieces.iter().find(|p| std::ptr::eq(&p.loc, loc)).map(|p| p.text.as_str()).unwrap_or(text);
+    let piece = cond
+        .pieces
+        .iter()
+        .find(|p| std::ptr::eq(&p.loc, loc))
+        .map(|p| p.text.as_str())
+        .unwrap_or(text);
     let (l, c) = Cursor::line_col(piece, off);
-    let near: String = text.get(at.min(text.len())..).unwrap_or("").chars().take(30).collect();
+    let near: String = text
+        .get(at.min(text.len())..)
+        .unwrap_or("")
+        .chars()
+        .take(30)
+        .collect();
     let near = near.split_whitespace().collect::<Vec<_>>().join(" ");
-    let near = if near.is_empty() { "end of condition".to_string() } else { format!("'{near}'") };
-    LoadError::new(loc.clone(), item, format!("{label}: {msg} (condition line {l}, column {c}, near {near})"))
+    let near = if near.is_empty() {
+        "end of condition".to_string()
+    } else {
+        format!("'{near}'")
+    };
+    LoadError::new(
+        loc.clone(),
+        item,
+        format!("{label}: {msg} (condition line {l}, column {c}, near {near})"),
+    )
 }
 
 /// An exception as a condition: `(f1 c1 v1 and f2 c2 v2) or (...)`, Falco's construction.
-fn exception_expr(ex: &ExceptionDef, item: &Option<(ItemKind, String)>) -> Result<Option<Expr>, LoadError> {
-    let err = |msg: String| LoadError::new(ex.loc.clone(), item.clone(), format!("exception '{}': {msg}", ex.name));
+fn exception_expr(
+    ex: &ExceptionDef,
+    item: &Option<(ItemKind, String)>,
+) -> Result<Option<Expr>, LoadError> {
+    let err = |msg: String| {
+        LoadError::new(
+            ex.loc.clone(),
+            item.clone(),
+            format!("exception '{}': {msg}", ex.name),
+        )
+    };
     let field_ref = |s: &str| -> Result<Lhs, LoadError> {
-        let (name, arg) = parser::parse_field_ref(s).ok_or_else(|| err(format!("'{s}' is not a field")))?;
+        let (name, arg) =
+            parser::parse_field_ref(s).ok_or_else(|| err(format!("'{s}' is not a field")))?;
         Ok(Lhs::Field { name, arg })
     };
     let op_of = |s: &str| -> Result<Result<Op, String>, LoadError> {
@@ -274,37 +382,55 @@ fn exception_expr(ex: &ExceptionDef, item: &Option<(ItemKind, String)>) -> Resul
             return Ok(Ok(op));
         }
         let mut words = s.split_whitespace();
-        match (words.next().and_then(Op::from_name), words.next(), words.next()) {
-            (Some(_), Some("oneof" | "anyof" | "allof"), None) => Ok(Err(format!("operator modifier '{s}'"))),
+        match (
+            words.next().and_then(Op::from_name),
+            words.next(),
+            words.next(),
+        ) {
+            (Some(_), Some("oneof" | "anyof" | "allof"), None) => {
+                Ok(Err(format!("operator modifier '{s}'")))
+            }
             _ => Err(err(format!("'{s}' is not a supported comparison operator"))),
         }
     };
-    let scalar_val = |s: &str| -> Result<Val, LoadError> { item_val(s).map_err(|m| err(m)) };
+    let scalar_val = |s: &str| -> Result<Val, LoadError> { item_val(s).map_err(&err) };
     match ex.fields.as_ref() {
         Some(Entry::Scalar(field)) => {
             // One field: `field comp (v1, v2, ...)`, comp defaulting to `in`.
             let comp = match &ex.comps {
                 None => "in".to_string(),
                 Some(Entry::Scalar(c)) => c.trim().to_string(),
-                Some(Entry::List(_)) => return Err(err("fields and comps must both be strings".into())),
+                Some(Entry::List(_)) => {
+                    return Err(err("fields and comps must both be strings".into()));
+                }
             };
             let op = op_of(&comp)?;
-            if let Ok(o) = op {
-                if !o.is_list_op() {
-                    return Err(err("when fields is a single value, comps must be one of in, pmatch, intersects".into()));
-                }
+            if let Ok(o) = op
+                && !o.is_list_op()
+            {
+                return Err(err(
+                    "when fields is a single value, comps must be one of in, pmatch, intersects"
+                        .into(),
+                ));
             }
             let mut vals = Vec::new();
             for v in &ex.values {
                 match v {
                     Entry::Scalar(s) => vals.push(scalar_val(s)?),
-                    Entry::List(_) => return Err(err("expected values to be a list of strings".into())),
+                    Entry::List(_) => {
+                        return Err(err("expected values to be a list of strings".into()));
+                    }
                 }
             }
             if vals.is_empty() {
                 return Ok(None);
             }
-            Ok(Some(Expr::Check { lhs: field_ref(field)?, op, rhs: Rhs::List(vals), at: 0 }))
+            Ok(Some(Expr::Check {
+                lhs: field_ref(field)?,
+                op,
+                rhs: Rhs::List(vals),
+                at: 0,
+            }))
         }
         Some(Entry::List(fields)) => {
             let comps: Vec<String> = match &ex.comps {
@@ -316,7 +442,9 @@ fn exception_expr(ex: &ExceptionDef, item: &Option<(ItemKind, String)>) -> Resul
                         Entry::List(_) => Err(err("comps must be strings".into())),
                     })
                     .collect::<Result<_, _>>()?,
-                Some(Entry::Scalar(_)) => return Err(err("fields and comps must both be lists".into())),
+                Some(Entry::Scalar(_)) => {
+                    return Err(err("fields and comps must both be lists".into()));
+                }
             };
             if comps.len() != fields.len() {
                 return Err(err("fields and comps lists must have equal length".into()));
@@ -331,7 +459,9 @@ fn exception_expr(ex: &ExceptionDef, item: &Option<(ItemKind, String)>) -> Resul
                 }
                 let mut checks = Vec::new();
                 for ((f, comp), v) in fields.iter().zip(&comps).zip(vals) {
-                    let Entry::Scalar(f) = f else { return Err(err("fields must be strings".into())) };
+                    let Entry::Scalar(f) = f else {
+                        return Err(err("fields must be strings".into()));
+                    };
                     let op = op_of(comp)?;
                     let listy = match op {
                         Ok(o) => o.is_list_op(),
@@ -341,21 +471,43 @@ fn exception_expr(ex: &ExceptionDef, item: &Option<(ItemKind, String)>) -> Resul
                         (Entry::List(items), true) => {
                             let mut out = Vec::new();
                             for i in items {
-                                let Entry::Scalar(s) = i else { return Err(err("nested lists in values".into())) };
+                                let Entry::Scalar(s) = i else {
+                                    return Err(err("nested lists in values".into()));
+                                };
                                 out.push(scalar_val(s)?);
                             }
                             Rhs::List(out)
                         }
-                        (Entry::List(_), false) => return Err(err(format!("a list value needs a list operator, not '{comp}'"))),
+                        (Entry::List(_), false) => {
+                            return Err(err(format!(
+                                "a list value needs a list operator, not '{comp}'"
+                            )));
+                        }
                         (Entry::Scalar(s), true) => {
-                            let src = if s.starts_with('(') { s.clone() } else { format!("({s})") };
-                            Rhs::List(parser::parse_list_literal(&src).map_err(|e| err(format!("value '{s}': {}", e.message)))?)
+                            let src = if s.starts_with('(') {
+                                s.clone()
+                            } else {
+                                format!("({s})")
+                            };
+                            Rhs::List(
+                                parser::parse_list_literal(&src)
+                                    .map_err(|e| err(format!("value '{s}': {}", e.message)))?,
+                            )
                         }
                         (Entry::Scalar(s), false) => Rhs::Value(scalar_val(s)?),
                     };
-                    checks.push(Expr::Check { lhs: field_ref(f)?, op, rhs, at: 0 });
+                    checks.push(Expr::Check {
+                        lhs: field_ref(f)?,
+                        op,
+                        rhs,
+                        at: 0,
+                    });
                 }
-                alts.push(if checks.len() == 1 { checks.remove(0) } else { Expr::And(checks) });
+                alts.push(if checks.len() == 1 {
+                    checks.remove(0)
+                } else {
+                    Expr::And(checks)
+                });
             }
             Ok(match alts.len() {
                 0 => None,
@@ -372,10 +524,18 @@ fn exception_expr(ex: &ExceptionDef, item: &Option<(ItemKind, String)>) -> Resul
 fn item_val(s: &str) -> Result<Val, String> {
     let b = s.as_bytes();
     if b.len() >= 2 && (b[0] == b'"' || b[0] == b'\'') && b[b.len() - 1] == b[0] {
-        return Ok(Val { text: unescape(s)?, quoted: true, at: 0 });
+        return Ok(Val {
+            text: unescape(s)?,
+            quoted: true,
+            at: 0,
+        });
     }
     // Falco quotes items containing a space: they are literals, never list names.
-    Ok(Val { text: s.to_string(), quoted: s.contains(' '), at: 0 })
+    Ok(Val {
+        text: s.to_string(),
+        quoted: s.contains(' '),
+        at: 0,
+    })
 }
 
 struct Resolver<'c, 'a> {
@@ -390,11 +550,22 @@ struct Resolver<'c, 'a> {
 impl Resolver<'_, '_> {
     fn error(&self, origin: Origin<'_>, at: usize, msg: &str) -> LoadError {
         match origin {
-            Origin::Rule(cond) => position_error(self.item.clone(), cond, &cond.text(), at, "condition", msg),
-            Origin::Macro(name, cond) => {
-                position_error(self.item.clone(), cond, &cond.text(), at, &format!("in macro '{name}'"), msg)
+            Origin::Rule(cond) => {
+                position_error(self.item.clone(), cond, &cond.text(), at, "condition", msg)
             }
-            Origin::Exception(name, loc) => LoadError::new(loc.clone(), self.item.clone(), format!("exception '{name}': {msg}")),
+            Origin::Macro(name, cond) => position_error(
+                self.item.clone(),
+                cond,
+                &cond.text(),
+                at,
+                &format!("in macro '{name}'"),
+                msg,
+            ),
+            Origin::Exception(name, loc) => LoadError::new(
+                loc.clone(),
+                self.item.clone(),
+                format!("exception '{name}': {msg}"),
+            ),
         }
     }
 
@@ -409,15 +580,27 @@ impl Resolver<'_, '_> {
     fn resolve(&mut self, e: &Expr, origin: Origin<'_>) -> Result<Node, LoadError> {
         self.count(origin, 0)?;
         Ok(match e {
-            Expr::And(v) => Node::And(v.iter().map(|c| self.resolve(c, origin)).collect::<Result<_, _>>()?),
-            Expr::Or(v) => Node::Or(v.iter().map(|c| self.resolve(c, origin)).collect::<Result<_, _>>()?),
+            Expr::And(v) => Node::And(
+                v.iter()
+                    .map(|c| self.resolve(c, origin))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Expr::Or(v) => Node::Or(
+                v.iter()
+                    .map(|c| self.resolve(c, origin))
+                    .collect::<Result<_, _>>()?,
+            ),
             Expr::Not(c) => Node::Not(Box::new(self.resolve(c, origin)?)),
             Expr::Macro { name, at } => {
                 let Some((key, expr)) = self.c.macros.get_key_value(name.as_str()) else {
                     return Err(self.error(origin, *at, &format!("undefined macro '{name}'")));
                 };
                 if self.stack.iter().any(|s| s == name) {
-                    return Err(self.error(origin, *at, &format!("macro recursion: {} -> {name}", self.stack.join(" -> "))));
+                    return Err(self.error(
+                        origin,
+                        *at,
+                        &format!("macro recursion: {} -> {name}", self.stack.join(" -> ")),
+                    ));
                 }
                 let Some(def) = self.c.col.macro_def(key) else {
                     return Err(self.error(origin, *at, &format!("undefined macro '{name}'")));
@@ -431,24 +614,37 @@ impl Resolver<'_, '_> {
         })
     }
 
-    fn expand_values(&self, items: &[Val], stack: &mut Vec<String>, out: &mut Vec<String>, origin: Origin<'_>, at: usize) -> Result<(), LoadError> {
+    fn expand_values(
+        &self,
+        items: &[Val],
+        stack: &mut Vec<String>,
+        out: &mut Vec<String>,
+        origin: Origin<'_>,
+        at: usize,
+    ) -> Result<(), LoadError> {
         for v in items {
-            if !v.quoted {
-                if let Some(list) = self.c.col.list(&v.text) {
-                    // A list naming itself (directly or not) keeps the name as a literal, as
-                    // Falco's single textual pass would.
-                    if !stack.iter().any(|s| *s == v.text) {
-                        stack.push(v.text.clone());
-                        let vals: Vec<Val> = list
-                            .items
-                            .iter()
-                            .map(|i| item_val(i))
-                            .collect::<Result<_, _>>()
-                            .map_err(|m| LoadError::new(list.loc.clone(), Some((ItemKind::List, list.name.clone())), format!("item: {m}")))?;
-                        self.expand_values(&vals, stack, out, origin, at)?;
-                        stack.pop();
-                        continue;
-                    }
+            if !v.quoted
+                && let Some(list) = self.c.col.list(&v.text)
+            {
+                // A list naming itself (directly or not) keeps the name as a literal, as
+                // Falco's single textual pass would.
+                if !stack.contains(&v.text) {
+                    stack.push(v.text.clone());
+                    let vals: Vec<Val> = list
+                        .items
+                        .iter()
+                        .map(|i| item_val(i))
+                        .collect::<Result<_, _>>()
+                        .map_err(|m| {
+                            LoadError::new(
+                                list.loc.clone(),
+                                Some((ItemKind::List, list.name.clone())),
+                                format!("item: {m}"),
+                            )
+                        })?;
+                    self.expand_values(&vals, stack, out, origin, at)?;
+                    stack.pop();
+                    continue;
                 }
             }
             if out.len() >= MAX_LIST_VALUES {
@@ -459,25 +655,51 @@ impl Resolver<'_, '_> {
         Ok(())
     }
 
-    fn check(&mut self, lhs: &Lhs, op: &Result<Op, String>, rhs: &Rhs, at: usize, origin: Origin<'_>) -> Result<Node, LoadError> {
+    fn check(
+        &mut self,
+        lhs: &Lhs,
+        op: &Result<Op, String>,
+        rhs: &Rhs,
+        at: usize,
+        origin: Origin<'_>,
+    ) -> Result<Node, LoadError> {
         let all = TypeMask::ALL;
         let (name, arg) = match lhs {
             Lhs::Field { name, arg } => (name.as_str(), arg.as_deref()),
-            Lhs::Transformer(t) => return Ok(Node::Missing { what: Missing::Unsupported(t.clone()), events: all }),
+            Lhs::Transformer(t) => {
+                return Ok(Node::Missing {
+                    what: Missing::Unsupported(t.clone()),
+                    events: all,
+                });
+            }
         };
         let Some(def) = fields::lookup(name) else {
             self.unknown.push(name.to_string());
-            return Ok(Node::Missing { what: Missing::NotCaptured(name.to_string()), events: all });
+            return Ok(Node::Missing {
+                what: Missing::Unknown(name.to_string()),
+                events: all,
+            });
         };
         let op = match op {
             Ok(o) => *o,
-            Err(what) => return Ok(Node::Missing { what: Missing::Unsupported(what.clone()), events: def.events.mask() }),
+            Err(what) => {
+                return Ok(Node::Missing {
+                    what: Missing::Unsupported(what.clone()),
+                    events: def.events.mask(),
+                });
+            }
         };
         if let Rhs::Unsupported(t) = rhs {
-            return Ok(Node::Missing { what: Missing::Unsupported(t.clone()), events: def.events.mask() });
+            return Ok(Node::Missing {
+                what: Missing::Unsupported(t.clone()),
+                events: def.events.mask(),
+            });
         }
         if let Access::NotCaptured { .. } = def.access {
-            return Ok(Node::Missing { what: Missing::NotCaptured(name.to_string()), events: def.events.mask() });
+            return Ok(Node::Missing {
+                what: Missing::NotCaptured(name.to_string()),
+                events: def.events.mask(),
+            });
         }
         // Shape: `exists` alone, list operators with a list, the others with one value.
         let raw: Vec<Val> = match (op, rhs) {
@@ -485,7 +707,13 @@ impl Resolver<'_, '_> {
             (o, Rhs::List(items)) if o.is_list_op() => items.clone(),
             (o, Rhs::ListName(v)) if o.is_list_op() => vec![v.clone()],
             (o, Rhs::Value(v)) if !o.is_list_op() && o != Op::Exists => vec![v.clone()],
-            _ => return Err(self.error(origin, at, &format!("operator '{}' does not fit its operand", op.name()))),
+            _ => {
+                return Err(self.error(
+                    origin,
+                    at,
+                    &format!("operator '{}' does not fit its operand", op.name()),
+                ));
+            }
         };
         let mut values = Vec::new();
         if op.is_list_op() {
@@ -496,11 +724,22 @@ impl Resolver<'_, '_> {
         let events = def.events.mask();
         let no_arg = |this: &Self| -> Result<(), LoadError> {
             match arg {
-                Some(a) => Err(this.error(origin, at, &format!("field '{name}' does not take an argument ('[{a}]')"))),
+                Some(a) => Err(this.error(
+                    origin,
+                    at,
+                    &format!("field '{name}' does not take an argument ('[{a}]')"),
+                )),
                 None => Ok(()),
             }
         };
-        let check = |field: FieldId, access: EAccess, pred: Pred| Node::Check(Check { field, access, pred, events });
+        let check = |field: FieldId, access: EAccess, pred: Pred| {
+            Node::Check(Check {
+                field,
+                access,
+                pred,
+                events,
+            })
+        };
         Ok(match def.access {
             Access::EvtType => {
                 no_arg(self)?;
@@ -521,11 +760,19 @@ impl Resolver<'_, '_> {
             }
             Access::Direct(id) => {
                 no_arg(self)?;
-                check(id, EAccess::Plain, self.pred(def, def.ty, op, &values, origin, at)?)
+                check(
+                    id,
+                    EAccess::Plain,
+                    self.pred(def, def.ty, op, &values, origin, at)?,
+                )
             }
             Access::Alias(id, level) => {
                 no_arg(self)?;
-                let access = if level == 0 { EAccess::Plain } else { EAccess::Index(level) };
+                let access = if level == 0 {
+                    EAccess::Plain
+                } else {
+                    EAccess::Index(level)
+                };
                 check(id, access, self.pred(def, def.ty, op, &values, origin, at)?)
             }
             Access::Ancestor { id, self_field } => {
@@ -535,51 +782,118 @@ impl Resolver<'_, '_> {
                     Some(a) => match a.trim().parse::<u32>() {
                         Ok(0) => check(self_field, EAccess::Plain, pred),
                         Ok(n) => check(id, EAccess::Index(n), pred),
-                        Err(_) => return Err(self.error(origin, at, &format!("'{name}[{a}]': the argument must be an ancestor level (0, 1, 2...)"))),
+                        Err(_) => return Err(self.error(
+                            origin,
+                            at,
+                            &format!(
+                                "'{name}[{a}]': the argument must be an ancestor level (0, 1, 2...)"
+                            ),
+                        )),
                     },
                 }
             }
             Access::Keyed(id) => {
                 let Some(key) = arg else {
-                    return Err(self.error(origin, at, &format!("field '{name}' needs a key: {name}[key]")));
+                    return Err(self.error(
+                        origin,
+                        at,
+                        &format!("field '{name}' needs a key: {name}[key]"),
+                    ));
                 };
-                check(id, EAccess::Key(key.into()), self.pred(def, def.ty, op, &values, origin, at)?)
+                check(
+                    id,
+                    EAccess::Key(key.into()),
+                    self.pred(def, def.ty, op, &values, origin, at)?,
+                )
             }
             Access::List(id) => {
                 no_arg(self)?;
-                let (access, pred) = match op {
-                    Op::Exists => (EAccess::ListAny, Pred::Exists),
-                    Op::In => (EAccess::ListAll, Pred::Str(StrPred::In(StrSet::new(values)))),
-                    Op::Intersects => (EAccess::ListAny, Pred::Str(StrPred::In(StrSet::new(values)))),
-                    _ => return Err(self.error(origin, at, &format!("list field '{name}' supports only 'exists', 'in' and 'intersects'"))),
-                };
+                let (access, pred) =
+                    match op {
+                        Op::Exists => (EAccess::ListAny, Pred::Exists),
+                        Op::In => (
+                            EAccess::ListAll,
+                            Pred::Str(StrPred::In(StrSet::new(values))),
+                        ),
+                        Op::Intersects => (
+                            EAccess::ListAny,
+                            Pred::Str(StrPred::In(StrSet::new(values))),
+                        ),
+                        _ => return Err(self.error(
+                            origin,
+                            at,
+                            &format!(
+                                "list field '{name}' supports only 'exists', 'in' and 'intersects'"
+                            ),
+                        )),
+                    };
                 check(id, access, pred)
             }
             Access::Pair(a, b) => {
                 no_arg(self)?;
                 let pred = self.pred(def, def.ty, op, &values, origin, at)?;
-                let pair = vec![check(a, EAccess::Plain, pred.clone()), check(b, EAccess::Plain, pred)];
+                let pair = vec![
+                    check(a, EAccess::Plain, pred.clone()),
+                    check(b, EAccess::Plain, pred),
+                ];
                 // `!=` means "neither", every other operator "either" (libsinsp compare_ip/port).
-                if op == Op::Ne { Node::And(pair) } else { Node::Or(pair) }
+                if op == Op::Ne {
+                    Node::And(pair)
+                } else {
+                    Node::Or(pair)
+                }
             }
             Access::Net(id) => {
                 no_arg(self)?;
-                check(id, EAccess::Plain, self.pred(def, FieldType::IpNet, op, &values, origin, at)?)
+                check(
+                    id,
+                    EAccess::Plain,
+                    self.pred(def, FieldType::IpNet, op, &values, origin, at)?,
+                )
             }
             Access::NetPair(a, b) => {
                 no_arg(self)?;
                 let pred = self.pred(def, FieldType::IpNet, op, &values, origin, at)?;
-                let pair = vec![check(a, EAccess::Plain, pred.clone()), check(b, EAccess::Plain, pred)];
-                if op == Op::Ne { Node::And(pair) } else { Node::Or(pair) }
+                let pair = vec![
+                    check(a, EAccess::Plain, pred.clone()),
+                    check(b, EAccess::Plain, pred),
+                ];
+                if op == Op::Ne {
+                    Node::And(pair)
+                } else {
+                    Node::Or(pair)
+                }
             }
-            Access::NotCaptured { .. } => Node::Missing { what: Missing::NotCaptured(name.to_string()), events },
+            Access::NotCaptured { .. } => Node::Missing {
+                what: Missing::NotCaptured(name.to_string()),
+                events,
+            },
         })
     }
 
     /// The predicate for `op values` on a field of type `ty`; operators the type does not
     /// support and values that do not parse are errors in the rules file, as in Falco.
-    fn pred(&self, def: &FieldDef, ty: FieldType, op: Op, values: &[String], origin: Origin<'_>, at: usize) -> Result<Pred, LoadError> {
-        let bad_op = || self.error(origin, at, &format!("operator '{}' is not supported for {} field '{}'", op.name(), ty.name(), def.name));
+    fn pred(
+        &self,
+        def: &FieldDef,
+        ty: FieldType,
+        op: Op,
+        values: &[String],
+        origin: Origin<'_>,
+        at: usize,
+    ) -> Result<Pred, LoadError> {
+        let bad_op = || {
+            self.error(
+                origin,
+                at,
+                &format!(
+                    "operator '{}' is not supported for {} field '{}'",
+                    op.name(),
+                    ty.name(),
+                    def.name
+                ),
+            )
+        };
         let first = || values.first().cloned().unwrap_or_default();
         if op == Op::Exists {
             return Ok(Pred::Exists);
@@ -599,15 +913,26 @@ impl Resolver<'_, '_> {
                     Op::StartsWith => StrPred::StartsWith(v.into()),
                     Op::EndsWith => StrPred::EndsWith(v.into()),
                     Op::BContains | Op::BStartsWith => {
-                        let bytes = hex(&v).ok_or_else(|| self.error(origin, at, &format!("'{v}' is not a hex byte string (for {})", op.name())))?;
-                        if op == Op::BContains { StrPred::BContains(bytes.into()) } else { StrPred::BStartsWith(bytes.into()) }
+                        let bytes = hex(&v).ok_or_else(|| {
+                            self.error(
+                                origin,
+                                at,
+                                &format!("'{v}' is not a hex byte string (for {})", op.name()),
+                            )
+                        })?;
+                        if op == Op::BContains {
+                            StrPred::BContains(bytes.into())
+                        } else {
+                            StrPred::BStartsWith(bytes.into())
+                        }
                     }
                     Op::Glob => StrPred::Glob(Glob::new(&v, false)),
                     Op::IGlob => StrPred::IGlob(Glob::new(&v, true)),
                     Op::Regex => {
                         // RE2 semantics as libsinsp: the whole value must match.
-                        let re = regex::Regex::new(&format!("^(?:{v})$"))
-                            .map_err(|e| self.error(origin, at, &format!("invalid regex '{v}': {e}")))?;
+                        let re = regex::Regex::new(&format!("^(?:{v})$")).map_err(|e| {
+                            self.error(origin, at, &format!("invalid regex '{v}': {e}"))
+                        })?;
                         StrPred::Regex(re)
                     }
                     Op::In | Op::Intersects => StrPred::In(StrSet::new(values.to_vec())),
@@ -617,9 +942,21 @@ impl Resolver<'_, '_> {
             }
             FieldType::U64 | FieldType::I64 | FieldType::Port => {
                 let parse = |s: &String| -> Result<i128, LoadError> {
-                    parse_int(s, ty).ok_or_else(|| self.error(origin, at, &format!("'{s}' is not a valid {} value for field '{}'", ty.name(), def.name)))
+                    parse_int(s, ty).ok_or_else(|| {
+                        self.error(
+                            origin,
+                            at,
+                            &format!(
+                                "'{s}' is not a valid {} value for field '{}'",
+                                ty.name(),
+                                def.name
+                            ),
+                        )
+                    })
                 };
-                let cmp = |o: NumOp| -> Result<Pred, LoadError> { Ok(Pred::Num(NumPred::Cmp(o, parse(&first())?))) };
+                let cmp = |o: NumOp| -> Result<Pred, LoadError> {
+                    Ok(Pred::Num(NumPred::Cmp(o, parse(&first())?)))
+                };
                 match op {
                     Op::Eq => cmp(NumOp::Eq),
                     Op::Ne => cmp(NumOp::Ne),
@@ -641,17 +978,30 @@ impl Resolver<'_, '_> {
                     match s.as_str() {
                         "true" => Ok(true),
                         "false" => Ok(false),
-                        _ => Err(self.error(origin, at, &format!("'{s}' is not a valid bool value for field '{}' (true or false)", def.name))),
+                        _ => Err(self.error(
+                            origin,
+                            at,
+                            &format!(
+                                "'{s}' is not a valid bool value for field '{}' (true or false)",
+                                def.name
+                            ),
+                        )),
                     }
                 };
                 match op {
                     Op::Eq => {
                         let b = parse(&first())?;
-                        Ok(Pred::Bool { accept_true: b, accept_false: !b })
+                        Ok(Pred::Bool {
+                            accept_true: b,
+                            accept_false: !b,
+                        })
                     }
                     Op::Ne => {
                         let b = parse(&first())?;
-                        Ok(Pred::Bool { accept_true: !b, accept_false: b })
+                        Ok(Pred::Bool {
+                            accept_true: !b,
+                            accept_false: b,
+                        })
                     }
                     Op::In | Op::Intersects => {
                         let (mut t, mut f) = (false, false);
@@ -662,7 +1012,10 @@ impl Resolver<'_, '_> {
                                 f = true;
                             }
                         }
-                        Ok(Pred::Bool { accept_true: t, accept_false: f })
+                        Ok(Pred::Bool {
+                            accept_true: t,
+                            accept_false: f,
+                        })
                     }
                     _ => Err(bad_op()),
                 }
@@ -672,8 +1025,21 @@ impl Resolver<'_, '_> {
                 match op {
                     Op::Eq | Op::Ne => {
                         let v = first();
-                        let a = ip(&v).ok_or_else(|| self.error(origin, at, &format!("'{v}' is not a valid IP address for field '{}'", def.name)))?;
-                        Ok(Pred::Ip(if op == Op::Eq { IpPred::Eq(a) } else { IpPred::Ne(a) }))
+                        let a = ip(&v).ok_or_else(|| {
+                            self.error(
+                                origin,
+                                at,
+                                &format!(
+                                    "'{v}' is not a valid IP address for field '{}'",
+                                    def.name
+                                ),
+                            )
+                        })?;
+                        Ok(Pred::Ip(if op == Op::Eq {
+                            IpPred::Eq(a)
+                        } else {
+                            IpPred::Ne(a)
+                        }))
                     }
                     Op::In | Op::Intersects => {
                         // Peregrine extension: a network in the list matches the addresses in it.
@@ -682,7 +1048,18 @@ impl Resolver<'_, '_> {
                         }
                         let v = values
                             .iter()
-                            .map(|s| ip(s).ok_or_else(|| self.error(origin, at, &format!("'{s}' is not a valid IP address for field '{}'", def.name))))
+                            .map(|s| {
+                                ip(s).ok_or_else(|| {
+                                    self.error(
+                                        origin,
+                                        at,
+                                        &format!(
+                                            "'{s}' is not a valid IP address for field '{}'",
+                                            def.name
+                                        ),
+                                    )
+                                })
+                            })
                             .collect::<Result<Vec<_>, _>>()?;
                         Ok(Pred::Ip(IpPred::In(v.into())))
                     }
@@ -692,7 +1069,18 @@ impl Resolver<'_, '_> {
             FieldType::IpNet => {
                 let nets = values
                     .iter()
-                    .map(|s| Cidr::parse(s).ok_or_else(|| self.error(origin, at, &format!("'{s}' is not a valid network (a.b.c.d/n) for field '{}'", def.name))))
+                    .map(|s| {
+                        Cidr::parse(s).ok_or_else(|| {
+                            self.error(
+                                origin,
+                                at,
+                                &format!(
+                                    "'{s}' is not a valid network (a.b.c.d/n) for field '{}'",
+                                    def.name
+                                ),
+                            )
+                        })
+                    })
                     .collect::<Result<Vec<_>, _>>()?;
                 match op {
                     Op::Eq | Op::In | Op::Intersects => Ok(Pred::Ip(IpPred::NetIn(nets.into()))),
@@ -706,10 +1094,13 @@ impl Resolver<'_, '_> {
 
 fn hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.is_empty() || s.len() % 2 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect()
 }
 
 /// Decimal or `0x` hexadecimal, within the type's range.
@@ -719,7 +1110,10 @@ fn parse_int(s: &str, ty: FieldType) -> Option<i128> {
         Some(d) => (true, d),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
     };
-    let v: i128 = if let Some(h) = digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+    let v: i128 = if let Some(h) = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
         i128::from_str_radix(h, 16).ok()?
     } else {
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -752,7 +1146,10 @@ pub(crate) fn specialize(n: &Node, t: EventType) -> Node {
         }
         Node::Missing { what, events } => {
             if events.contains(t) {
-                Node::Missing { what: what.clone(), events: *events }
+                Node::Missing {
+                    what: what.clone(),
+                    events: *events,
+                }
             } else {
                 Node::Const(false)
             }
@@ -784,7 +1181,11 @@ fn fold(children: &[Node], t: EventType, is_and: bool) -> Node {
         1 => out.pop().unwrap_or(Node::Const(is_and)),
         _ => {
             out.sort_by_key(Node::cost);
-            if is_and { Node::And(out) } else { Node::Or(out) }
+            if is_and {
+                Node::And(out)
+            } else {
+                Node::Or(out)
+            }
         }
     }
 }
@@ -825,6 +1226,11 @@ mod tests {
         assert!(item_val("\"(systemd)\"").unwrap().quoted);
         assert!(!item_val("bash").unwrap().quoted);
         assert!(item_val("puma reactor").unwrap().quoted);
-        assert_eq!(item_val(r#""sh -c node -e \"require('nan')\"""#).unwrap().text, "sh -c node -e \"require('nan')\"");
+        assert_eq!(
+            item_val(r#""sh -c node -e \"require('nan')\"""#)
+                .unwrap()
+                .text,
+            "sh -c node -e \"require('nan')\""
+        );
     }
 }

@@ -44,7 +44,9 @@ pub(crate) struct Condition {
 
 impl Condition {
     fn new(text: String, loc: Location) -> Self {
-        Condition { pieces: vec![Piece { text, loc }] }
+        Condition {
+            pieces: vec![Piece { text, loc }],
+        }
     }
 
     fn append(&mut self, text: String, loc: Location) {
@@ -152,15 +154,27 @@ impl Collected {
         self.files.push(file.clone());
         let file_index = self.files.len() - 1;
         let docs = yaml::parse(text).map_err(|e| {
-            LoadError::new(loc(&file, e.pos), None, format!("YAML syntax: {}", e.message))
+            LoadError::new(
+                loc(&file, e.pos),
+                None,
+                format!("YAML syntax: {}", e.message),
+            )
         })?;
-        let mut r = Reader { file, file_index, out: self };
+        let mut r = Reader {
+            file,
+            file_index,
+            out: self,
+        };
         for doc in &docs {
             if doc.is_null() {
                 continue;
             }
             let Node::Seq { items, .. } = doc else {
-                return Err(r.err(doc.pos(), None, "rules content is not a YAML sequence of items"));
+                return Err(r.err(
+                    doc.pos(),
+                    None,
+                    "rules content is not a YAML sequence of items",
+                ));
             };
             for item in items {
                 if item.is_null() {
@@ -174,7 +188,11 @@ impl Collected {
 }
 
 fn loc(file: &Arc<str>, pos: Pos) -> Location {
-    Location { file: file.clone(), line: pos.line, col: pos.col }
+    Location {
+        file: file.clone(),
+        line: pos.line,
+        col: pos.col,
+    }
 }
 
 struct Reader<'a> {
@@ -214,7 +232,11 @@ impl Reader<'_> {
 
     fn warn(&mut self, pos: Pos, item: Item, msg: impl Into<String>) {
         let location = self.loc(pos);
-        self.out.warnings.push(Warning { location, item, message: msg.into() });
+        self.out.warnings.push(Warning {
+            location,
+            item,
+            message: msg.into(),
+        });
     }
 
     /// A required non-empty scalar (Falco's `decode_val`).
@@ -227,7 +249,11 @@ impl Reader<'_> {
         }
         match v {
             Node::Scalar { value, .. } if !value.is_empty() => Ok(v),
-            Node::Scalar { .. } => Err(self.err(v.pos(), item.clone(), format!("key '{key}' must not be empty"))),
+            Node::Scalar { .. } => Err(self.err(
+                v.pos(),
+                item.clone(),
+                format!("key '{key}' must not be empty"),
+            )),
             other => Err(self.err(
                 v.pos(),
                 item.clone(),
@@ -242,17 +268,27 @@ impl Reader<'_> {
     }
 
     fn opt_bool(&self, node: &Node, key: &str, item: &Item) -> Result<Option<bool>, LoadError> {
-        let Some(v) = node.get(key) else { return Ok(None) };
+        let Some(v) = node.get(key) else {
+            return Ok(None);
+        };
         let s = match v {
             Node::Scalar { value, .. } => value.as_str(),
             other => {
-                return Err(self.err(v.pos(), item.clone(), format!("key '{key}' must be a boolean, found {}", other.kind())));
+                return Err(self.err(
+                    v.pos(),
+                    item.clone(),
+                    format!("key '{key}' must be a boolean, found {}", other.kind()),
+                ));
             }
         };
         match s.to_ascii_lowercase().as_str() {
             "true" | "yes" | "on" | "y" => Ok(Some(true)),
             "false" | "no" | "off" | "n" => Ok(Some(false)),
-            _ => Err(self.err(v.pos(), item.clone(), format!("key '{key}' must be true or false, found '{s}'"))),
+            _ => Err(self.err(
+                v.pos(),
+                item.clone(),
+                format!("key '{key}' must be true or false, found '{s}'"),
+            )),
         }
     }
 
@@ -261,14 +297,22 @@ impl Reader<'_> {
             return Err(self.err(node.pos(), item.clone(), format!("missing key '{key}'")));
         };
         let Node::Seq { items, .. } = v else {
-            return Err(self.err(v.pos(), item.clone(), format!("key '{key}' must be a sequence, found {}", v.kind())));
+            return Err(self.err(
+                v.pos(),
+                item.clone(),
+                format!("key '{key}' must be a sequence, found {}", v.kind()),
+            ));
         };
         let mut out = Vec::with_capacity(items.len());
         for i in items {
             match i {
                 Node::Scalar { value, .. } => out.push(value.clone()),
                 other => {
-                    return Err(self.err(i.pos(), item.clone(), format!("'{key}' items must be scalars, found {}", other.kind())));
+                    return Err(self.err(
+                        i.pos(),
+                        item.clone(),
+                        format!("'{key}' items must be scalars, found {}", other.kind()),
+                    ));
                 }
             }
         }
@@ -284,7 +328,9 @@ impl Reader<'_> {
         replaceable: &[&str],
     ) -> Result<(Vec<String>, Vec<String>), LoadError> {
         let (mut app, mut rep) = (Vec::new(), Vec::new());
-        let Some(ov) = node.get("override") else { return Ok((app, rep)) };
+        let Some(ov) = node.get("override") else {
+            return Ok((app, rep));
+        };
         let Node::Map { entries, .. } = ov else {
             return Err(self.err(ov.pos(), item.clone(), "'override' must be a mapping"));
         };
@@ -293,13 +339,21 @@ impl Reader<'_> {
             match v.as_str() {
                 Some("append") => {
                     if !appendable.contains(&key) {
-                        return Err(self.err(k.pos(), item.clone(), format!("key '{key}' cannot be appended to, use 'replace' instead")));
+                        return Err(self.err(
+                            k.pos(),
+                            item.clone(),
+                            format!("key '{key}' cannot be appended to, use 'replace' instead"),
+                        ));
                     }
                     app.push(key.to_string());
                 }
                 Some("replace") => {
                     if !replaceable.contains(&key) {
-                        return Err(self.err(k.pos(), item.clone(), format!("key '{key}' cannot be replaced")));
+                        return Err(self.err(
+                            k.pos(),
+                            item.clone(),
+                            format!("key '{key}' cannot be replaced"),
+                        ));
                     }
                     rep.push(key.to_string());
                 }
@@ -325,7 +379,11 @@ impl Reader<'_> {
 
     fn item(&mut self, node: &Node) -> Result<(), LoadError> {
         let Node::Map { .. } = node else {
-            return Err(self.err(node.pos(), None, format!("an item must be a mapping, found {}", node.kind())));
+            return Err(self.err(
+                node.pos(),
+                None,
+                format!("an item must be a mapping, found {}", node.kind()),
+            ));
         };
         if node.get("required_engine_version").is_some() {
             self.warn(node.pos(), None, "required_engine_version accepted and ignored (Peregrine checks fields, not versions)");
@@ -352,10 +410,18 @@ impl Reader<'_> {
         let legacy_append = self.opt_bool(node, "append", &item)?.unwrap_or(false);
         let (app, _rep) = self.overrides(node, &item, &["items"], &["items"])?;
         if legacy_append && node.get("override").is_some() {
-            return Err(self.err(node.pos(), item, "'append' and 'override' cannot be used together"));
+            return Err(self.err(
+                node.pos(),
+                item,
+                "'append' and 'override' cannot be used together",
+            ));
         }
         if legacy_append {
-            self.warn(node.pos(), item.clone(), "'append: true' is deprecated, use 'override: {items: append}'");
+            self.warn(
+                node.pos(),
+                item.clone(),
+                "'append: true' is deprecated, use 'override: {items: append}'",
+            );
         }
         self.unknown_keys(node, &["list", "items", "append", "override"], &item);
         let loc = self.loc(node.pos());
@@ -367,7 +433,9 @@ impl Reader<'_> {
         } else if let Some(&i) = self.out.list_index.get(&name) {
             self.out.lists[i] = ListDef { name, items, loc };
         } else {
-            self.out.list_index.insert(name.clone(), self.out.lists.len());
+            self.out
+                .list_index
+                .insert(name.clone(), self.out.lists.len());
             self.out.lists.push(ListDef { name, items, loc });
         }
         Ok(())
@@ -380,10 +448,18 @@ impl Reader<'_> {
         let legacy_append = self.opt_bool(node, "append", &item)?.unwrap_or(false);
         let (app, _rep) = self.overrides(node, &item, &["condition"], &["condition"])?;
         if legacy_append && node.get("override").is_some() {
-            return Err(self.err(node.pos(), item, "'append' and 'override' cannot be used together"));
+            return Err(self.err(
+                node.pos(),
+                item,
+                "'append' and 'override' cannot be used together",
+            ));
         }
         if legacy_append {
-            self.warn(node.pos(), item.clone(), "'append: true' is deprecated, use 'override: {condition: append}'");
+            self.warn(
+                node.pos(),
+                item.clone(),
+                "'append: true' is deprecated, use 'override: {condition: append}'",
+            );
         }
         self.unknown_keys(node, &["macro", "condition", "append", "override"], &item);
         let cloc = self.loc(cpos);
@@ -393,7 +469,11 @@ impl Reader<'_> {
             };
             self.out.macros[i].cond.append(cond, cloc);
         } else {
-            let def = MacroDef { name: name.clone(), cond: Condition::new(cond, cloc), loc: self.loc(node.pos()) };
+            let def = MacroDef {
+                name: name.clone(),
+                cond: Condition::new(cond, cloc),
+                loc: self.loc(node.pos()),
+            };
             if let Some(&i) = self.out.macro_index.get(&name) {
                 self.out.macros[i] = def;
             } else {
@@ -424,7 +504,11 @@ impl Reader<'_> {
         match node {
             Node::Scalar { value, .. } => {
                 if value.is_empty() {
-                    return Err(self.err(node.pos(), item.clone(), format!("exception {what} must not be empty")));
+                    return Err(self.err(
+                        node.pos(),
+                        item.clone(),
+                        format!("exception {what} must not be empty"),
+                    ));
                 }
                 Ok(Entry::Scalar(value.clone()))
             }
@@ -435,12 +519,18 @@ impl Reader<'_> {
                 }
                 Ok(Entry::List(out))
             }
-            Node::Map { .. } => Err(self.err(node.pos(), item.clone(), format!("exception {what} must be a string or a list"))),
+            Node::Map { .. } => Err(self.err(
+                node.pos(),
+                item.clone(),
+                format!("exception {what} must be a string or a list"),
+            )),
         }
     }
 
     fn exceptions(&self, node: &Node, item: &Item) -> Result<Vec<ExceptionDef>, LoadError> {
-        let Some(exs) = node.get("exceptions") else { return Ok(Vec::new()) };
+        let Some(exs) = node.get("exceptions") else {
+            return Ok(Vec::new());
+        };
         if exs.is_null() {
             return Ok(Vec::new());
         }
@@ -462,17 +552,27 @@ impl Reader<'_> {
                 _ => None,
             };
             let mut values = Vec::new();
-            if let Some(vs) = ex.get("values") {
-                if !vs.is_null() {
-                    let Node::Seq { items: vitems, .. } = vs else {
-                        return Err(self.err(vs.pos(), item.clone(), format!("exception '{name}': 'values' must be a sequence")));
-                    };
-                    for v in vitems {
-                        values.push(self.entry(v, item, "values")?);
-                    }
+            if let Some(vs) = ex.get("values")
+                && !vs.is_null()
+            {
+                let Node::Seq { items: vitems, .. } = vs else {
+                    return Err(self.err(
+                        vs.pos(),
+                        item.clone(),
+                        format!("exception '{name}': 'values' must be a sequence"),
+                    ));
+                };
+                for v in vitems {
+                    values.push(self.entry(v, item, "values")?);
                 }
             }
-            out.push(ExceptionDef { name, loc: self.loc(ex.pos()), fields, comps, values });
+            out.push(ExceptionDef {
+                name,
+                loc: self.loc(ex.pos()),
+                fields,
+                comps,
+                values,
+            });
         }
         Ok(out)
     }
@@ -499,21 +599,34 @@ impl Reader<'_> {
         let (app, rep) = self.overrides(node, &item, &appendable, &replaceable)?;
         let has_overrides = node.get("override").is_some();
         if legacy_append && has_overrides {
-            return Err(self.err(node.pos(), item, "'append' and 'override' cannot be used together"));
+            return Err(self.err(
+                node.pos(),
+                item,
+                "'append' and 'override' cannot be used together",
+            ));
         }
         if has_overrides {
             // Every overridable key present must be covered by `override`, and every key named
             // in `override` must be present.
             for key in appendable.iter().chain(replaceable.iter()) {
-                if let Some(v) = node.get(key) {
-                    if !app.iter().any(|k| k == key) && !rep.iter().any(|k| k == key) {
-                        return Err(self.err(v.pos(), item, format!("unexpected key '{key}': no corresponding entry under 'override'")));
-                    }
+                if let Some(v) = node.get(key)
+                    && !app.iter().any(|k| k == key)
+                    && !rep.iter().any(|k| k == key)
+                {
+                    return Err(self.err(
+                        v.pos(),
+                        item,
+                        format!("unexpected key '{key}': no corresponding entry under 'override'"),
+                    ));
                 }
             }
             for key in app.iter().chain(rep.iter()) {
                 if node.get(key).is_none() {
-                    return Err(self.err(node.pos(), item, format!("an override for '{key}' was specified but '{key}' is not defined")));
+                    return Err(self.err(
+                        node.pos(),
+                        item,
+                        format!("an override for '{key}' was specified but '{key}' is not defined"),
+                    ));
                 }
             }
             let Some(&idx) = self.out.rule_index.get(&name) else {
@@ -528,7 +641,11 @@ impl Reader<'_> {
             return Ok(());
         }
         if legacy_append {
-            self.warn(node.pos(), item.clone(), "'append: true' is deprecated, use 'override:'");
+            self.warn(
+                node.pos(),
+                item.clone(),
+                "'append: true' is deprecated, use 'override:'",
+            );
             let Some(&idx) = self.out.rule_index.get(&name) else {
                 return Err(self.err(node.pos(), item, "appending to a rule that is not defined"));
             };
@@ -539,14 +656,20 @@ impl Reader<'_> {
                 .collect();
             return self.append_rule(node, idx, &item, &keys);
         }
-        let defines = ["condition", "output", "desc", "priority"].iter().any(|k| node.get(k).is_some());
+        let defines = ["condition", "output", "desc", "priority"]
+            .iter()
+            .any(|k| node.get(k).is_some());
         if !defines {
             // `- rule: X` + `enabled: false` alone toggles an earlier rule.
             let Some(enabled) = self.opt_bool(node, "enabled", &item)? else {
                 return Err(self.err(node.pos(), item, "a rule needs 'condition', 'output', 'desc' and 'priority' (or only 'enabled' to toggle an earlier rule)"));
             };
             let Some(&idx) = self.out.rule_index.get(&name) else {
-                return Err(self.err(node.pos(), item, "'enabled' given for a rule that is not defined"));
+                return Err(self.err(
+                    node.pos(),
+                    item,
+                    "'enabled' given for a rule that is not defined",
+                ));
             };
             self.out.rules[idx].enabled = enabled;
             return Ok(());
@@ -565,7 +688,11 @@ impl Reader<'_> {
         let exceptions = self.exceptions(node, &item)?;
         for ex in &exceptions {
             if ex.fields.is_none() {
-                return Err(LoadError::new(ex.loc.clone(), item, format!("exception '{}' has no 'fields'", ex.name)));
+                return Err(LoadError::new(
+                    ex.loc.clone(),
+                    item,
+                    format!("exception '{}' has no 'fields'", ex.name),
+                ));
             }
         }
         let def = RuleDef {
@@ -592,13 +719,39 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn append_rule(&mut self, node: &Node, idx: usize, item: &Item, keys: &[String]) -> Result<(), LoadError> {
+    fn append_rule(
+        &mut self,
+        node: &Node,
+        idx: usize,
+        item: &Item,
+        keys: &[String],
+    ) -> Result<(), LoadError> {
         let has = |k: &str| keys.iter().any(|x| x == k);
-        let cond = if has("condition") { Some(self.string(node, "condition", item)?) } else { None };
-        let output = if has("output") { Some(self.string(node, "output", item)?.0) } else { None };
-        let desc = if has("desc") { Some(self.string(node, "desc", item)?.0) } else { None };
-        let tags = if has("tags") { self.tags(node, item)? } else { None };
-        let exceptions = if has("exceptions") { self.exceptions(node, item)? } else { Vec::new() };
+        let cond = if has("condition") {
+            Some(self.string(node, "condition", item)?)
+        } else {
+            None
+        };
+        let output = if has("output") {
+            Some(self.string(node, "output", item)?.0)
+        } else {
+            None
+        };
+        let desc = if has("desc") {
+            Some(self.string(node, "desc", item)?.0)
+        } else {
+            None
+        };
+        let tags = if has("tags") {
+            self.tags(node, item)?
+        } else {
+            None
+        };
+        let exceptions = if has("exceptions") {
+            self.exceptions(node, item)?
+        } else {
+            Vec::new()
+        };
         let cond_loc = cond.as_ref().map(|(_, p)| self.loc(*p));
         let rule = &mut self.out.rules[idx];
         if let (Some((c, _)), Some(l)) = (cond, cond_loc) {
@@ -617,15 +770,30 @@ impl Reader<'_> {
         for ex in exceptions {
             if let Some(prev) = rule.exceptions.iter_mut().find(|e| e.name == ex.name) {
                 if ex.fields.is_some() || ex.comps.is_some() {
-                    return Err(LoadError::new(ex.loc, item.clone(), format!("exception '{}': can only append values to an existing exception, not fields or comps", ex.name)));
+                    return Err(LoadError::new(
+                        ex.loc,
+                        item.clone(),
+                        format!(
+                            "exception '{}': can only append values to an existing exception, not fields or comps",
+                            ex.name
+                        ),
+                    ));
                 }
                 prev.values.extend(ex.values);
             } else {
                 if ex.fields.is_none() {
-                    return Err(LoadError::new(ex.loc, item.clone(), format!("exception '{}' has no 'fields'", ex.name)));
+                    return Err(LoadError::new(
+                        ex.loc,
+                        item.clone(),
+                        format!("exception '{}' has no 'fields'", ex.name),
+                    ));
                 }
                 if ex.values.is_empty() {
-                    return Err(LoadError::new(ex.loc, item.clone(), format!("exception '{}' has no 'values'", ex.name)));
+                    return Err(LoadError::new(
+                        ex.loc,
+                        item.clone(),
+                        format!("exception '{}' has no 'values'", ex.name),
+                    ));
                 }
                 rule.exceptions.push(ex);
             }
@@ -633,7 +801,13 @@ impl Reader<'_> {
         Ok(())
     }
 
-    fn replace_rule(&mut self, node: &Node, idx: usize, item: &Item, keys: &[String]) -> Result<(), LoadError> {
+    fn replace_rule(
+        &mut self,
+        node: &Node,
+        idx: usize,
+        item: &Item,
+        keys: &[String],
+    ) -> Result<(), LoadError> {
         let has = |k: &str| keys.iter().any(|x| x == k);
         if has("condition") {
             let (c, p) = self.string(node, "condition", item)?;
@@ -661,15 +835,19 @@ impl Reader<'_> {
             let exs = self.exceptions(node, item)?;
             for ex in &exs {
                 if ex.fields.is_none() {
-                    return Err(LoadError::new(ex.loc.clone(), item.clone(), format!("exception '{}' has no 'fields'", ex.name)));
+                    return Err(LoadError::new(
+                        ex.loc.clone(),
+                        item.clone(),
+                        format!("exception '{}' has no 'fields'", ex.name),
+                    ));
                 }
             }
             self.out.rules[idx].exceptions = exs;
         }
-        if has("enabled") {
-            if let Some(e) = self.opt_bool(node, "enabled", item)? {
-                self.out.rules[idx].enabled = e;
-            }
+        if has("enabled")
+            && let Some(e) = self.opt_bool(node, "enabled", item)?
+        {
+            self.out.rules[idx].enabled = e;
         }
         Ok(())
     }

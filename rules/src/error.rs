@@ -66,7 +66,15 @@ impl fmt::Display for LoadError {
 }
 
 impl LoadError {
-    pub(crate) fn new(location: Location, item: Option<(ItemKind, String)>, message: impl Into<String>) -> Self {
-        LoadError { location, item, message: message.into() }
+    pub(crate) fn new(
+        location: Location,
+        item: Option<(ItemKind, String)>,
+        message: impl Into<String>,
+    ) -> Self {
+        LoadError {
+            location,
+            item,
+            message: message.into(),
+        }
     }
 }

@@ -4,6 +4,8 @@
 //! needles lowercased, `in` sets sorted, networks parsed, `evt.type` tests folded away per event
 //! type. Evaluating reads borrowed values from the event and never allocates.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use crate::event::{EventView, FieldArg, TypeMask, Value};
@@ -26,12 +28,17 @@ pub(crate) enum Node {
     EvtType(TypeMask),
     /// A leaf that cannot be evaluated (field not captured...): present only until the rule is
     /// specialised per type; a rule where one survives is not compiled.
-    Missing { what: Missing, events: TypeMask },
+    Missing {
+        what: Missing,
+        events: TypeMask,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Missing {
     NotCaptured(String),
+    /// Not a field at all (reported from the resolver's own list).
+    Unknown(String),
     Unsupported(String),
 }
 
@@ -62,7 +69,10 @@ pub(crate) enum Pred {
     Exists,
     Str(StrPred),
     Num(NumPred),
-    Bool { accept_true: bool, accept_false: bool },
+    Bool {
+        accept_true: bool,
+        accept_false: bool,
+    },
     Ip(IpPred),
 }
 
@@ -140,27 +150,43 @@ impl Cidr {
     pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.prefix))
+                };
                 (u32::from(n) & mask) == (u32::from(a) & mask)
             }
             (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
+                let mask = if self.prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.prefix))
+                };
                 (u128::from(n) & mask) == (u128::from(a) & mask)
             }
             // An IPv4-mapped IPv6 address belongs to the IPv4 network.
-            (IpAddr::V4(_), IpAddr::V6(a)) => a.to_ipv4_mapped().is_some_and(|v4| self.contains(IpAddr::V4(v4))),
+            (IpAddr::V4(_), IpAddr::V6(a)) => a
+                .to_ipv4_mapped()
+                .is_some_and(|v4| self.contains(IpAddr::V4(v4))),
             (IpAddr::V6(_), IpAddr::V4(_)) => false,
         }
     }
 }
 
-/// An exact-match string set: sorted, with the length range as a cheap first filter.
+/// An exact-match string set. Conditions are full of short names (`proc.name in (...)`), where
+/// a libc `memcmp` call per candidate costs more than the comparison: small sets scan with a
+/// length and first-byte filter, larger ones hash (FxHash-style, no per-process random key:
+/// the keys come from the rules file, not from the event).
 #[derive(Clone, Debug)]
 pub(crate) struct StrSet {
-    items: Box<[Box<str>]>,
+    small: Box<[Box<str>]>,
+    large: Option<HashSet<Box<str>, BuildHasherDefault<FxHasher>>>,
     min_len: usize,
     max_len: usize,
 }
+
+const SMALL_SET: usize = 12;
 
 impl StrSet {
     pub(crate) fn new(mut items: Vec<String>) -> StrSet {
@@ -168,17 +194,60 @@ impl StrSet {
         items.dedup();
         let min_len = items.iter().map(String::len).min().unwrap_or(0);
         let max_len = items.iter().map(String::len).max().unwrap_or(0);
-        StrSet { items: items.into_iter().map(String::into_boxed_str).collect(), min_len, max_len }
+        let boxed: Vec<Box<str>> = items.into_iter().map(String::into_boxed_str).collect();
+        if boxed.len() <= SMALL_SET {
+            StrSet { small: boxed.into(), large: None, min_len, max_len }
+        } else {
+            StrSet { small: Box::new([]), large: Some(boxed.into_iter().collect()), min_len, max_len }
+        }
     }
 
     pub(crate) fn contains(&self, s: &str) -> bool {
-        if s.len() < self.min_len || s.len() > self.max_len || self.items.is_empty() {
+        if s.len() < self.min_len || s.len() > self.max_len {
             return false;
         }
-        if self.items.len() <= 8 {
-            return self.items.iter().any(|i| &**i == s);
+        match &self.large {
+            Some(set) => set.contains(s),
+            None => self.small.iter().any(|i| str_eq(i, s)),
         }
-        self.items.binary_search_by(|i| (**i).cmp(s)).is_ok()
+    }
+}
+
+/// Equality with the cheap rejections first.
+#[inline]
+fn str_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
+}
+
+#[inline]
+fn starts_with(s: &str, p: &str) -> bool {
+    s.len() >= p.len() && s.as_bytes().first() == p.as_bytes().first() || p.is_empty()
+}
+
+#[inline]
+fn ends_with(s: &str, p: &str) -> bool {
+    s.len() >= p.len() && s.as_bytes().last() == p.as_bytes().last() || p.is_empty()
+}
+
+/// The Fx hash (rustc's): a multiply and rotate per word.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(K);
+        }
     }
 }
 
@@ -193,7 +262,12 @@ impl PathSet {
     pub(crate) fn new(items: &[String]) -> PathSet {
         let prefixes = items
             .iter()
-            .map(|p| p.split('/').filter(|c| !c.is_empty()).map(Box::from).collect::<Box<[Box<str>]>>())
+            .map(|p| {
+                p.split('/')
+                    .filter(|c| !c.is_empty())
+                    .map(Box::from)
+                    .collect::<Box<[Box<str>]>>()
+            })
             .collect();
         PathSet { prefixes }
     }
@@ -201,7 +275,9 @@ impl PathSet {
     pub(crate) fn matches(&self, path: &str) -> bool {
         self.prefixes.iter().any(|prefix| {
             let mut comps = path.split('/').filter(|c| !c.is_empty());
-            prefix.iter().all(|want| comps.next().is_some_and(|c| &**want == "*" || c == &**want))
+            prefix
+                .iter()
+                .all(|want| comps.next().is_some_and(|c| &**want == "*" || c == &**want))
         })
     }
 }
@@ -216,14 +292,27 @@ pub(crate) struct Glob {
 
 impl Glob {
     pub(crate) fn new(pattern: &str, fold_case: bool) -> Glob {
-        let p = if fold_case { pattern.to_ascii_lowercase() } else { pattern.to_string() };
-        Glob { pattern: p.into_bytes().into_boxed_slice(), fold_case }
+        let p = if fold_case {
+            pattern.to_ascii_lowercase()
+        } else {
+            pattern.to_string()
+        };
+        Glob {
+            pattern: p.into_bytes().into_boxed_slice(),
+            fold_case,
+        }
     }
 
     pub(crate) fn matches(&self, s: &str) -> bool {
         let text = s.as_bytes();
         let pat = &self.pattern;
-        let fold = |b: u8| if self.fold_case { b.to_ascii_lowercase() } else { b };
+        let fold = |b: u8| {
+            if self.fold_case {
+                b.to_ascii_lowercase()
+            } else {
+                b
+            }
+        };
         let (mut p, mut t) = (0usize, 0usize);
         // Classic single-backtrack matching: the last `*` absorbs one more byte on mismatch.
         let mut star: Option<(usize, usize)> = None;
@@ -312,7 +401,10 @@ fn icontains(hay: &str, needle: &[u8]) -> bool {
     let first = needle[0];
     (0..=h.len() - needle.len()).any(|i| {
         h[i].to_ascii_lowercase() == first
-            && h[i + 1..i + needle.len()].iter().zip(&needle[1..]).all(|(a, b)| a.to_ascii_lowercase() == *b)
+            && h[i + 1..i + needle.len()]
+                .iter()
+                .zip(&needle[1..])
+                .all(|(a, b)| a.to_ascii_lowercase() == *b)
     })
 }
 
@@ -323,16 +415,16 @@ fn bytes_contains(hay: &[u8], needle: &[u8]) -> bool {
 impl StrPred {
     pub(crate) fn test(&self, s: &str) -> bool {
         match self {
-            StrPred::Eq(v) => s == &**v,
-            StrPred::Ne(v) => s != &**v,
+            StrPred::Eq(v) => str_eq(s, v),
+            StrPred::Ne(v) => !str_eq(s, v),
             StrPred::Lt(v) => s < &**v,
             StrPred::Le(v) => s <= &**v,
             StrPred::Gt(v) => s > &**v,
             StrPred::Ge(v) => s >= &**v,
             StrPred::Contains(v) => s.contains(&**v),
             StrPred::IContains(v) => icontains(s, v),
-            StrPred::StartsWith(v) => s.starts_with(&**v),
-            StrPred::EndsWith(v) => s.ends_with(&**v),
+            StrPred::StartsWith(v) => starts_with(s, v) && s.starts_with(&**v),
+            StrPred::EndsWith(v) => ends_with(s, v) && s.ends_with(&**v),
             StrPred::BContains(v) => bytes_contains(s.as_bytes(), v),
             StrPred::BStartsWith(v) => s.as_bytes().starts_with(v),
             StrPred::Glob(g) | StrPred::IGlob(g) => g.matches(s),
@@ -381,7 +473,13 @@ impl Pred {
             (Pred::Str(p), Value::Str(s)) => p.test(s),
             (Pred::Num(p), Value::U64(n)) => p.test(i128::from(n)),
             (Pred::Num(p), Value::I64(n)) => p.test(i128::from(n)),
-            (Pred::Bool { accept_true, accept_false }, Value::Bool(b)) => {
+            (
+                Pred::Bool {
+                    accept_true,
+                    accept_false,
+                },
+                Value::Bool(b),
+            ) => {
                 if b {
                     *accept_true
                 } else {
@@ -523,15 +621,26 @@ mod tests {
         assert!(n.contains("10.1.2.3".parse().unwrap()));
         assert!(!n.contains("11.1.2.3".parse().unwrap()));
         assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
-        assert!(Cidr::parse("fe80::/10").unwrap().contains("fe80::1".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("fe80::/10")
+                .unwrap()
+                .contains("fe80::1".parse().unwrap())
+        );
         assert!(Cidr::parse("10.0.0.0/33").is_none());
         assert_eq!(Cidr::parse("1.2.3.4"), Cidr::parse("1.2.3.4/32"));
     }
 
     #[test]
     fn icontains_ascii_fold() {
-        assert!(icontains("xx AWS_Secret_Access_Key yy", b"aws_secret_access_key"));
+        assert!(icontains(
+            "xx AWS_Secret_Access_Key yy",
+            b"aws_secret_access_key"
+        ));
         assert!(!icontains("aws", b"awss"));
         assert!(icontains("", b""));
     }
@@ -540,7 +649,13 @@ mod tests {
     fn string_sets() {
         let s = StrSet::new((0..20).map(|i| format!("n{i}")).collect());
         assert!(s.contains("n7"));
+        assert!(s.contains("n19"));
         assert!(!s.contains("n77"));
+        let s = StrSet::new(vec!["bash".into(), "sh".into(), "".into()]);
+        assert!(s.contains("sh") && s.contains("bash") && s.contains(""));
+        assert!(!s.contains("ba") && !s.contains("zsh"));
+        assert!(starts_with("abc", "a") && starts_with("abc", "") && !starts_with("abc", "b"));
+        assert!(ends_with("abc", "c") && ends_with("", "") && !ends_with("c", "bc"));
         assert!(!StrSet::new(vec![]).contains(""));
     }
 }

@@ -27,8 +27,12 @@ pub enum EventType {
 
 impl EventType {
     /// Every type, in index order.
-    pub const ALL: [EventType; 4] =
-        [EventType::Execve, EventType::Connect, EventType::Accept, EventType::Listen];
+    pub const ALL: [EventType; 4] = [
+        EventType::Execve,
+        EventType::Connect,
+        EventType::Accept,
+        EventType::Listen,
+    ];
 
     /// The `evt.type` value Falco rules compare against.
     pub fn name(self) -> &'static str {

@@ -126,7 +126,9 @@ impl<'a> Cursor<'a> {
         let n = self
             .bytes()
             .iter()
-            .take_while(|c| !matches!(**c, b'(' | b')' | b'"' | b'\'' | b'=' | b',') && !is_space(**c))
+            .take_while(|c| {
+                !matches!(**c, b'(' | b')' | b'"' | b'\'' | b'=' | b',') && !is_space(**c)
+            })
             .count();
         (n > 0).then(|| self.take(n))
     }
@@ -163,7 +165,9 @@ impl<'a> Cursor<'a> {
     /// Falco backtracks then); `Err`: a bad escape.
     pub(crate) fn quoted(&mut self) -> Result<Option<String>, String> {
         let b = self.bytes();
-        let Some(&delim) = b.first() else { return Ok(None) };
+        let Some(&delim) = b.first() else {
+            return Ok(None);
+        };
         if delim != b'"' && delim != b'\'' {
             return Ok(None);
         }
@@ -202,8 +206,16 @@ impl<'a> Cursor<'a> {
     pub(crate) fn line_col(src: &str, offset: usize) -> (u32, u32) {
         let upto = src.get(..offset.min(src.len())).unwrap_or(src);
         let line = upto.bytes().filter(|b| *b == b'\n').count() + 1;
-        let col = upto.rsplit('\n').next().map(|s| s.chars().count()).unwrap_or(0) + 1;
-        (u32::try_from(line).unwrap_or(u32::MAX), u32::try_from(col).unwrap_or(u32::MAX))
+        let col = upto
+            .rsplit('\n')
+            .next()
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
+        (
+            u32::try_from(line).unwrap_or(u32::MAX),
+            u32::try_from(col).unwrap_or(u32::MAX),
+        )
     }
 }
 
@@ -238,14 +250,18 @@ pub(crate) fn unescape(raw: &str) -> Result<String, String> {
             b'/' => out.push(b'/'),
             b'"' | b'\'' => {
                 if e != delim {
-                    return Err(format!("invalid \\{} escape in a {}-quoted string", e as char, delim as char));
+                    return Err(format!(
+                        "invalid \\{} escape in a {}-quoted string",
+                        e as char, delim as char
+                    ));
                 }
                 out.push(e);
             }
             b'x' => {
                 let hex = inner.get(i + 2..i + 4).ok_or("truncated hex escape")?;
                 let s = std::str::from_utf8(hex).map_err(|_| "invalid hex escape".to_string())?;
-                let v = u8::from_str_radix(s, 16).map_err(|_| format!("invalid hex escape \\x{s}"))?;
+                let v =
+                    u8::from_str_radix(s, 16).map_err(|_| format!("invalid hex escape \\x{s}"))?;
                 out.push(v);
                 i += 2;
             }
@@ -270,8 +286,14 @@ mod tests {
 
     #[test]
     fn field_names_need_a_dot() {
-        assert_eq!(Cursor::new("proc.aname[2]").field_name(), Some("proc.aname"));
-        assert_eq!(Cursor::new("fd.sip.name=x").field_name(), Some("fd.sip.name"));
+        assert_eq!(
+            Cursor::new("proc.aname[2]").field_name(),
+            Some("proc.aname")
+        );
+        assert_eq!(
+            Cursor::new("fd.sip.name=x").field_name(),
+            Some("fd.sip.name")
+        );
         assert_eq!(Cursor::new("shell_procs").field_name(), None);
         assert_eq!(Cursor::new("evt.type.").field_name(), Some("evt.type"));
     }
@@ -286,7 +308,10 @@ mod tests {
 
     #[test]
     fn quoted_strings_unescape() {
-        assert_eq!(Cursor::new(r#""a \"b\"" x"#).quoted(), Ok(Some("a \"b\"".to_string())));
+        assert_eq!(
+            Cursor::new(r#""a \"b\"" x"#).quoted(),
+            Ok(Some("a \"b\"".to_string()))
+        );
         assert_eq!(Cursor::new("'it''s'").quoted(), Ok(Some("it".to_string())));
         assert_eq!(Cursor::new(r#""\x41""#).quoted(), Ok(Some("A".to_string())));
         assert!(Cursor::new(r#""\q""#).quoted().is_err());

@@ -50,4 +50,6 @@ pub use fields::FieldId;
 pub use output::NOT_AVAILABLE;
 pub use recorded::{OwnedValue, RawValue, RecordError, RecordedEvent};
 pub use reload::{PollOutcome, RulesHandle, RulesWatcher, WatcherThread};
-pub use ruleset::{FileCounts, LoadReport, Rule, RuleReport, RuleStatus, Ruleset, RulesSource, rules_files};
+pub use ruleset::{
+    FileCounts, LoadReport, Rule, RuleReport, RuleStatus, RulesSource, Ruleset, rules_files,
+};

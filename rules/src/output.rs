@@ -75,7 +75,10 @@ impl OutputFormat {
                             unknown.push(name.clone());
                         }
                     }
-                    tokens.push(Token::Field { name: name.into(), get });
+                    tokens.push(Token::Field {
+                        name: name.into(),
+                        get,
+                    });
                     rest = &after[used..];
                 }
                 None => {
@@ -92,7 +95,11 @@ impl OutputFormat {
         not_available.dedup();
         unknown.sort();
         unknown.dedup();
-        OutputFormat { tokens, not_available, unknown }
+        OutputFormat {
+            tokens,
+            not_available,
+            unknown,
+        }
     }
 
     pub(crate) fn render<E: EventView + ?Sized>(&self, ev: &E) -> String {
@@ -131,7 +138,11 @@ fn field_at(s: &str) -> Option<(String, Getter, usize, bool)> {
     loop {
         if let Some(def) = fields::lookup(n) {
             // A shorter name drops any argument that followed the longer one.
-            let (arg, used) = if n.len() == name.len() { (arg, used) } else { (None, n.len()) };
+            let (arg, used) = if n.len() == name.len() {
+                (arg, used)
+            } else {
+                (None, n.len())
+            };
             let display = match &arg {
                 Some(a) => format!("{n}[{a}]"),
                 None => n.to_string(),
@@ -239,7 +250,10 @@ fn render_field<E: EventView + ?Sized>(get: &Getter, ev: &E, out: &mut String) {
                 true
             }
         }
-        Getter::Either(a, b) => push_value(ev.field(*a, FieldArg::None), out) || push_value(ev.field(*b, FieldArg::None), out),
+        Getter::Either(a, b) => {
+            push_value(ev.field(*a, FieldArg::None), out)
+                || push_value(ev.field(*b, FieldArg::None), out)
+        }
         Getter::EvtType => {
             out.push_str(ev.evt_type().name());
             true
@@ -261,15 +275,23 @@ mod tests {
 
     #[test]
     fn tokens_and_unknowns() {
-        let f = OutputFormat::parse("x %proc.name y=%proc.aname[2] %evt.arg.flags %nope.field 100% %fd.sip.name");
-        assert_eq!(f.not_available, vec!["evt.arg.flags".to_string(), "fd.sip.name".to_string()]);
+        let f = OutputFormat::parse(
+            "x %proc.name y=%proc.aname[2] %evt.arg.flags %nope.field 100% %fd.sip.name",
+        );
+        assert_eq!(
+            f.not_available,
+            vec!["evt.arg.flags".to_string(), "fd.sip.name".to_string()]
+        );
         assert_eq!(f.unknown, vec!["nope.field".to_string()]);
     }
 
     #[test]
     fn shrinks_to_a_known_field() {
         let (name, _, used, known) = field_at("container.image.repository:x").unwrap();
-        assert_eq!((name.as_str(), used, known), ("container.image.repository", 26, true));
+        assert_eq!(
+            (name.as_str(), used, known),
+            ("container.image.repository", 26, true)
+        );
         let (name, _, used, known) = field_at("proc.name.foo").unwrap();
         assert_eq!((name.as_str(), used, known), ("proc.name", 9, true));
     }

@@ -112,7 +112,10 @@ pub(crate) enum Rhs {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Lhs {
-    Field { name: String, arg: Option<String> },
+    Field {
+        name: String,
+        arg: Option<String>,
+    },
     /// A field transformer (`tolower(proc.name)`), named.
     Transformer(String),
 }
@@ -122,8 +125,16 @@ pub(crate) enum Expr {
     And(Vec<Expr>),
     Or(Vec<Expr>),
     Not(Box<Expr>),
-    Macro { name: String, at: usize },
-    Check { lhs: Lhs, op: Result<Op, String>, rhs: Rhs, at: usize },
+    Macro {
+        name: String,
+        at: usize,
+    },
+    Check {
+        lhs: Lhs,
+        op: Result<Op, String>,
+        rhs: Rhs,
+        at: usize,
+    },
 }
 
 /// A syntax error at a byte offset of the condition.
@@ -154,8 +165,16 @@ const STR_OPS: &[&str] = &[
 ];
 const MODIFIERS: &[&str] = &["oneof ", "anyof ", "allof "];
 const LIST_OPS: &[&str] = &["intersects", "in", "pmatch"];
-const TRANSFORMERS: &[&str] =
-    &["tolower(", "toupper(", "b64(", "basename(", "len(", "join(", "concat(", "getopt("];
+const TRANSFORMERS: &[&str] = &[
+    "tolower(",
+    "toupper(",
+    "b64(",
+    "basename(",
+    "len(",
+    "join(",
+    "concat(",
+    "getopt(",
+];
 
 struct Parser<'a> {
     c: Cursor<'a>,
@@ -166,19 +185,33 @@ struct Parser<'a> {
 /// Parses a whole condition.
 pub(crate) fn parse(src: &str) -> Result<Expr, ParseError> {
     if src.is_empty() {
-        return Err(ParseError { at: 0, message: "condition is empty".into() });
+        return Err(ParseError {
+            at: 0,
+            message: "condition is empty".into(),
+        });
     }
-    let mut p = Parser { c: Cursor::new(src), depth: 0, last: String::new() };
+    let mut p = Parser {
+        c: Cursor::new(src),
+        depth: 0,
+        last: String::new(),
+    };
     let e = p.or()?;
     if !p.c.at_end() {
-        return Err(p.err(format!("unexpected token after '{}', expecting 'or', 'and'", p.last)));
+        return Err(p.err(format!(
+            "unexpected token after '{}', expecting 'or', 'and'",
+            p.last
+        )));
     }
     Ok(e)
 }
 
 /// Parses a field reference at the start of `src` (for exception `fields`): name and argument.
 pub(crate) fn parse_field_ref(src: &str) -> Option<(String, Option<String>)> {
-    let mut p = Parser { c: Cursor::new(src.trim()), depth: 0, last: String::new() };
+    let mut p = Parser {
+        c: Cursor::new(src.trim()),
+        depth: 0,
+        last: String::new(),
+    };
     let name = p.c.field_name()?.to_string();
     let arg = p.field_arg().ok()?;
     p.c.at_end().then_some((name, arg))
@@ -186,7 +219,11 @@ pub(crate) fn parse_field_ref(src: &str) -> Option<(String, Option<String>)> {
 
 /// Parses a parenthesised list (`(a, "b c", d)`) making up all of `src` (exception values).
 pub(crate) fn parse_list_literal(src: &str) -> Result<Vec<Val>, ParseError> {
-    let mut p = Parser { c: Cursor::new(src), depth: 0, last: String::new() };
+    let mut p = Parser {
+        c: Cursor::new(src),
+        depth: 0,
+        last: String::new(),
+    };
     let rhs = p.list_value()?;
     p.c.blank();
     if !p.c.at_end() {
@@ -195,14 +232,21 @@ pub(crate) fn parse_list_literal(src: &str) -> Result<Vec<Val>, ParseError> {
     match rhs {
         Rhs::List(items) => Ok(items),
         Rhs::ListName(v) => Ok(vec![v]),
-        _ => Err(ParseError { at: 0, message: "expected a list".into() }),
+        _ => Err(ParseError {
+            at: 0,
+            message: "expected a list".into(),
+        }),
     }
 }
 
 /// Parses `%field` in an output format: the longest field reference at the start of `src`.
 /// Returns the field name, its argument and the bytes consumed.
 pub(crate) fn parse_output_field(src: &str) -> Option<(String, Option<String>, usize)> {
-    let mut p = Parser { c: Cursor::new(src), depth: 0, last: String::new() };
+    let mut p = Parser {
+        c: Cursor::new(src),
+        depth: 0,
+        last: String::new(),
+    };
     let name = p.c.field_name()?.to_string();
     let save = p.c.pos;
     let arg = match p.field_arg() {
@@ -217,7 +261,10 @@ pub(crate) fn parse_output_field(src: &str) -> Option<(String, Option<String>, u
 
 impl Parser<'_> {
     fn err(&self, message: impl Into<String>) -> ParseError {
-        ParseError { at: self.c.pos, message: message.into() }
+        ParseError {
+            at: self.c.pos,
+            message: message.into(),
+        }
     }
 
     fn enter(&mut self) -> Result<(), ParseError> {
@@ -246,7 +293,11 @@ impl Parser<'_> {
             self.c.blank();
         }
         self.depth -= 1;
-        Ok(if children.len() == 1 { children.remove(0) } else { Expr::Or(children) })
+        Ok(if children.len() == 1 {
+            children.remove(0)
+        } else {
+            Expr::Or(children)
+        })
     }
 
     fn and(&mut self) -> Result<Expr, ParseError> {
@@ -267,7 +318,11 @@ impl Parser<'_> {
             self.c.blank();
         }
         self.depth -= 1;
-        Ok(if children.len() == 1 { children.remove(0) } else { Expr::And(children) })
+        Ok(if children.len() == 1 {
+            children.remove(0)
+        } else {
+            Expr::And(children)
+        })
     }
 
     fn not(&mut self) -> Result<Expr, ParseError> {
@@ -284,7 +339,11 @@ impl Parser<'_> {
             self.check()?
         };
         self.depth -= 1;
-        Ok(if negate { Expr::Not(Box::new(child)) } else { child })
+        Ok(if negate {
+            Expr::Not(Box::new(child))
+        } else {
+            child
+        })
     }
 
     /// After a '(' has been read.
@@ -310,7 +369,10 @@ impl Parser<'_> {
         } else if let Some(name) = self.c.field_name() {
             self.last = name.to_string();
             let arg = self.field_arg()?;
-            let lhs = Lhs::Field { name: name.to_string(), arg };
+            let lhs = Lhs::Field {
+                name: name.to_string(),
+                arg,
+            };
             self.condition(lhs, at)?
         } else if let Some(t) = self.transformer_start() {
             self.skip_balanced()?;
@@ -318,7 +380,10 @@ impl Parser<'_> {
             self.condition(Lhs::Transformer(t), at)?
         } else if let Some(name) = self.c.identifier() {
             self.last = name.to_string();
-            Expr::Macro { name: name.to_string(), at }
+            Expr::Macro {
+                name: name.to_string(),
+                at,
+            }
         } else {
             return Err(self.err("expected a '(' token, a field check, or an identifier"));
         };
@@ -368,7 +433,10 @@ impl Parser<'_> {
             Some(s) => s,
             None => match self.c.field_arg_bare() {
                 Some(s) => s.to_string(),
-                None => return Err(self.err("expected a valid field argument: a quoted string or a bare string")),
+                None => {
+                    return Err(self
+                        .err("expected a valid field argument: a quoted string or a bare string"));
+                }
             },
         };
         if !self.c.eat("]") {
@@ -383,7 +451,12 @@ impl Parser<'_> {
         if self.c.eat("exists") {
             self.last = "exists".into();
             self.depth -= 1;
-            return Ok(Expr::Check { lhs, op: Ok(Op::Exists), rhs: Rhs::None, at });
+            return Ok(Expr::Check {
+                lhs,
+                op: Ok(Op::Exists),
+                rhs: Rhs::None,
+                at,
+            });
         }
         self.c.blank();
         let (op, rhs) = if let Some(op) = self.c.operator(NUM_OPS) {
@@ -393,12 +466,17 @@ impl Parser<'_> {
             self.last = op.to_string();
             let had_blank = op.as_bytes()[0].is_ascii_alphabetic() || self.c.blank();
             let save = self.c.pos;
-            let modifier = if had_blank { self.c.operator(MODIFIERS) } else { None };
+            let modifier = if had_blank {
+                self.c.operator(MODIFIERS)
+            } else {
+                None
+            };
             let base = Op::from_name(op).unwrap_or(Op::Eq);
             match modifier {
-                Some(m) if self.list_follows() && !self.bool_keyword_follows() => {
-                    (Err(format!("operator modifier '{} {m}'", base.name())), self.list_value()?)
-                }
+                Some(m) if self.list_follows() && !self.bool_keyword_follows() => (
+                    Err(format!("operator modifier '{} {m}'", base.name())),
+                    self.list_value()?,
+                ),
                 _ => {
                     self.c.pos = save;
                     (Ok(base), self.str_value()?)
@@ -429,7 +507,8 @@ impl Parser<'_> {
     fn bool_keyword_follows(&self) -> bool {
         let r = self.c.rest().as_bytes();
         ["and", "or", "not"].iter().any(|kw| {
-            r.starts_with(kw.as_bytes()) && r.get(kw.len()).is_none_or(|c| !c.is_ascii_alphanumeric())
+            r.starts_with(kw.as_bytes())
+                && r.get(kw.len()).is_none_or(|c| !c.is_ascii_alphanumeric())
         })
     }
 
@@ -451,7 +530,11 @@ impl Parser<'_> {
         match self.c.number() {
             Some(n) => {
                 self.last = n.to_string();
-                Ok(Rhs::Value(Val { text: n.to_string(), quoted: false, at }))
+                Ok(Rhs::Value(Val {
+                    text: n.to_string(),
+                    quoted: false,
+                    at,
+                }))
             }
             None => Err(self.err("expected a number value")),
         }
@@ -461,11 +544,19 @@ impl Parser<'_> {
         let at = self.c.pos;
         if let Some(s) = self.c.quoted().map_err(|m| ParseError { at, message: m })? {
             self.last = s.clone();
-            return Ok(Some(Val { text: s, quoted: true, at }));
+            return Ok(Some(Val {
+                text: s,
+                quoted: true,
+                at,
+            }));
         }
         if let Some(s) = self.c.bare_str() {
             self.last = s.to_string();
-            return Ok(Some(Val { text: s.to_string(), quoted: false, at }));
+            return Ok(Some(Val {
+                text: s.to_string(),
+                quoted: false,
+                at,
+            }));
         }
         Ok(None)
     }
@@ -510,7 +601,11 @@ impl Parser<'_> {
         }
         if let Some(name) = self.c.identifier() {
             self.last = name.to_string();
-            return Ok(Rhs::ListName(Val { text: name.to_string(), quoted: false, at }));
+            return Ok(Rhs::ListName(Val {
+                text: name.to_string(),
+                quoted: false,
+                at,
+            }));
         }
         Err(self.err("expected a list or an identifier"))
     }
@@ -521,7 +616,10 @@ mod tests {
     use super::*;
 
     fn field(name: &str) -> Lhs {
-        Lhs::Field { name: name.into(), arg: None }
+        Lhs::Field {
+            name: name.into(),
+            arg: None,
+        }
     }
 
     #[test]
@@ -543,27 +641,73 @@ mod tests {
     #[test]
     fn checks() {
         let e = parse("proc.name in (bash, 'sh', \"z sh\")").unwrap();
-        let Expr::Check { lhs, op, rhs: Rhs::List(items), .. } = e else { panic!() };
+        let Expr::Check {
+            lhs,
+            op,
+            rhs: Rhs::List(items),
+            ..
+        } = e
+        else {
+            panic!()
+        };
         assert_eq!(lhs, field("proc.name"));
         assert_eq!(op, Ok(Op::In));
         let texts: Vec<_> = items.iter().map(|v| (v.text.as_str(), v.quoted)).collect();
         assert_eq!(texts, vec![("bash", false), ("sh", true), ("z sh", true)]);
 
         let e = parse("proc.aname[2]=sshd").unwrap();
-        let Expr::Check { lhs: Lhs::Field { arg, .. }, .. } = e else { panic!() };
+        let Expr::Check {
+            lhs: Lhs::Field { arg, .. },
+            ..
+        } = e
+        else {
+            panic!()
+        };
         assert_eq!(arg.as_deref(), Some("2"));
 
-        assert!(matches!(parse("proc.pname exists").unwrap(), Expr::Check { op: Ok(Op::Exists), .. }));
-        assert!(matches!(parse("evt.rawres >= 0").unwrap(), Expr::Check { op: Ok(Op::Ge), .. }));
-        assert!(matches!(parse("proc.name in ()").unwrap(), Expr::Check { rhs: Rhs::List(v), .. } if v.is_empty()));
-        assert!(matches!(parse("proc.name in shell_binaries").unwrap(), Expr::Check { rhs: Rhs::ListName(_), .. }));
+        assert!(matches!(
+            parse("proc.pname exists").unwrap(),
+            Expr::Check {
+                op: Ok(Op::Exists),
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("evt.rawres >= 0").unwrap(),
+            Expr::Check { op: Ok(Op::Ge), .. }
+        ));
+        assert!(
+            matches!(parse("proc.name in ()").unwrap(), Expr::Check { rhs: Rhs::List(v), .. } if v.is_empty())
+        );
+        assert!(matches!(
+            parse("proc.name in shell_binaries").unwrap(),
+            Expr::Check {
+                rhs: Rhs::ListName(_),
+                ..
+            }
+        ));
     }
 
     #[test]
     fn unsupported_constructs_parse() {
-        assert!(matches!(parse("tolower(proc.name) = bash").unwrap(), Expr::Check { lhs: Lhs::Transformer(_), .. }));
-        assert!(matches!(parse("proc.name = val(proc.pname)").unwrap(), Expr::Check { rhs: Rhs::Unsupported(_), .. }));
-        assert!(matches!(parse("proc.name startswith oneof (a, b)").unwrap(), Expr::Check { op: Err(_), .. }));
+        assert!(matches!(
+            parse("tolower(proc.name) = bash").unwrap(),
+            Expr::Check {
+                lhs: Lhs::Transformer(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("proc.name = val(proc.pname)").unwrap(),
+            Expr::Check {
+                rhs: Rhs::Unsupported(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            parse("proc.name startswith oneof (a, b)").unwrap(),
+            Expr::Check { op: Err(_), .. }
+        ));
     }
 
     #[test]
@@ -575,7 +719,10 @@ mod tests {
         assert!(e.message.starts_with("expected a valid check operator"));
         assert_eq!(parse("").unwrap_err().message, "condition is empty");
         let e = parse("a b").unwrap_err();
-        assert_eq!(e.message, "unexpected token after 'a', expecting 'or', 'and'");
+        assert_eq!(
+            e.message,
+            "unexpected token after 'a', expecting 'or', 'and'"
+        );
     }
 
     #[test]

@@ -89,15 +89,29 @@ impl RecordedEvent {
     /// An event of this type with no fields.
     pub fn new(evt_type: EventType) -> RecordedEvent {
         let n = FieldId::ALL.len();
-        RecordedEvent { evt_type, values: vec![None; n], lists: vec![Vec::new(); n], labels: Vec::new() }
+        RecordedEvent {
+            evt_type,
+            values: vec![None; n],
+            lists: vec![Vec::new(); n],
+            labels: Vec::new(),
+        }
     }
 
     /// Builds an event from field name → value pairs (`evt.type` among them).
     pub fn from_map(map: &BTreeMap<String, RawValue>) -> Result<RecordedEvent, RecordError> {
         let t = match map.get("evt.type") {
-            Some(RawValue::Str(s)) => EventType::from_name(s)
-                .ok_or_else(|| err("evt.type", format!("'{s}' is not an event type Peregrine produces")))?,
-            _ => return Err(err("evt.type", "missing (a string: execve, connect, accept, listen)")),
+            Some(RawValue::Str(s)) => EventType::from_name(s).ok_or_else(|| {
+                err(
+                    "evt.type",
+                    format!("'{s}' is not an event type Peregrine produces"),
+                )
+            })?,
+            _ => {
+                return Err(err(
+                    "evt.type",
+                    "missing (a string: execve, connect, accept, listen)",
+                ));
+            }
         };
         let mut ev = RecordedEvent::new(t);
         for (k, v) in map {
@@ -128,24 +142,42 @@ impl RecordedEvent {
                 list[at] = v;
             }
             Access::Ancestor { id, .. } => {
-                let RawValue::List(items) = raw else { return Err(err(name, "expected a list, parent first")) };
-                self.lists[id as usize] = items.iter().map(|i| convert(name, def.ty, i)).collect::<Result<_, _>>()?;
+                let RawValue::List(items) = raw else {
+                    return Err(err(name, "expected a list, parent first"));
+                };
+                self.lists[id as usize] = items
+                    .iter()
+                    .map(|i| convert(name, def.ty, i))
+                    .collect::<Result<_, _>>()?;
             }
             Access::List(id) => {
-                let RawValue::Map(m) = raw else { return Err(err(name, "expected an object of labels")) };
-                self.lists[id as usize] = m.iter().map(|(k, v)| OwnedValue::Str(format!("{k}:{v}"))).collect();
+                let RawValue::Map(m) = raw else {
+                    return Err(err(name, "expected an object of labels"));
+                };
+                self.lists[id as usize] = m
+                    .iter()
+                    .map(|(k, v)| OwnedValue::Str(format!("{k}:{v}")))
+                    .collect();
                 self.labels = m.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             }
             Access::Keyed(_) => return Err(err(name, "set k8s.pod.labels instead")),
             Access::EvtType => return Err(err(name, "set once, at the top")),
-            _ => return Err(err(name, "not a field an event carries (derived, constant or not captured)")),
+            _ => {
+                return Err(err(
+                    name,
+                    "not a field an event carries (derived, constant or not captured)",
+                ));
+            }
         }
         Ok(())
     }
 }
 
 fn err(field: &str, message: impl Into<String>) -> RecordError {
-    RecordError { field: field.to_string(), message: message.into() }
+    RecordError {
+        field: field.to_string(),
+        message: message.into(),
+    }
 }
 
 fn convert(name: &str, ty: FieldType, raw: &RawValue) -> Result<OwnedValue, RecordError> {
@@ -157,10 +189,16 @@ fn convert(name: &str, ty: FieldType, raw: &RawValue) -> Result<OwnedValue, Reco
             OwnedValue::I64(i64::try_from(*n).map_err(|_| err(name, "number out of range"))?)
         }
         (FieldType::Bool, RawValue::Bool(b)) => OwnedValue::Bool(*b),
-        (FieldType::Ip | FieldType::IpNet, RawValue::Str(s)) => {
-            OwnedValue::Ip(s.parse().map_err(|_| err(name, format!("'{s}' is not an IP address")))?)
+        (FieldType::Ip | FieldType::IpNet, RawValue::Str(s)) => OwnedValue::Ip(
+            s.parse()
+                .map_err(|_| err(name, format!("'{s}' is not an IP address")))?,
+        ),
+        _ => {
+            return Err(err(
+                name,
+                format!("expected a {} value, found {raw:?}", ty.name()),
+            ));
         }
-        _ => return Err(err(name, format!("expected a {} value, found {raw:?}", ty.name()))),
     })
 }
 
@@ -179,21 +217,32 @@ impl EventView for RecordedEvent {
     fn field(&self, field: FieldId, arg: FieldArg<'_>) -> Value<'_> {
         let i = field as usize;
         match arg {
-            FieldArg::None => self.values.get(i).and_then(Option::as_ref).map_or(Value::Absent, OwnedValue::as_value),
+            FieldArg::None => self
+                .values
+                .get(i)
+                .and_then(Option::as_ref)
+                .map_or(Value::Absent, OwnedValue::as_value),
             FieldArg::Index(n) => {
                 let list = match self.lists.get(i) {
                     Some(l) => l,
                     None => return Value::Absent,
                 };
                 // Ancestors count from 1 (the parent), lists from 0.
-                let at = if field == FieldId::K8sPodLabels { n as usize } else { (n as usize).wrapping_sub(1) };
+                let at = if field == FieldId::K8sPodLabels {
+                    n as usize
+                } else {
+                    (n as usize).wrapping_sub(1)
+                };
                 list.get(at).map_or(Value::Absent, OwnedValue::as_value)
             }
             FieldArg::Key(k) => {
                 if field != FieldId::K8sPodLabel {
                     return Value::Absent;
                 }
-                self.labels.iter().find(|(lk, _)| lk == k).map_or(Value::Absent, |(_, v)| Value::Str(v))
+                self.labels
+                    .iter()
+                    .find(|(lk, _)| lk == k)
+                    .map_or(Value::Absent, |(_, v)| Value::Str(v))
             }
         }
     }

@@ -29,7 +29,9 @@ pub struct RulesHandle {
 impl RulesHandle {
     /// A handle holding `ruleset`.
     pub fn new(ruleset: Ruleset) -> RulesHandle {
-        RulesHandle { current: RwLock::new(Arc::new(ruleset)) }
+        RulesHandle {
+            current: RwLock::new(Arc::new(ruleset)),
+        }
     }
 
     /// The ruleset in force. Hold it for a batch of events, not forever.
@@ -94,7 +96,12 @@ impl RulesWatcher {
         let stamps = stamp(&paths);
         let ruleset = Ruleset::load_paths(&paths)?;
         let handle = Arc::new(RulesHandle::new(ruleset));
-        let w = RulesWatcher { paths, handle: handle.clone(), loaded: stamps, failed: None };
+        let w = RulesWatcher {
+            paths,
+            handle: handle.clone(),
+            loaded: stamps,
+            failed: None,
+        };
         Ok((handle, w))
     }
 
@@ -132,19 +139,28 @@ impl RulesWatcher {
 
     /// Polls every `interval` on a thread of its own, passing each outcome other than
     /// `Unchanged`/`StillFailing` to `report`, until the returned guard is stopped or dropped.
-    pub fn spawn(mut self, interval: Duration, mut report: impl FnMut(PollOutcome) + Send + 'static) -> std::io::Result<WatcherThread> {
+    pub fn spawn(
+        mut self,
+        interval: Duration,
+        mut report: impl FnMut(PollOutcome) + Send + 'static,
+    ) -> std::io::Result<WatcherThread> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new().name("rules-watch".into()).spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match self.poll() {
-                    PollOutcome::Unchanged | PollOutcome::StillFailing => {}
-                    other => report(other),
+        let thread = std::thread::Builder::new()
+            .name("rules-watch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    match self.poll() {
+                        PollOutcome::Unchanged | PollOutcome::StillFailing => {}
+                        other => report(other),
+                    }
+                    std::thread::park_timeout(interval);
                 }
-                std::thread::park_timeout(interval);
-            }
-        })?;
-        Ok(WatcherThread { stop, thread: Some(thread) })
+            })?;
+        Ok(WatcherThread {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -188,15 +204,29 @@ fn stamp(paths: &[PathBuf]) -> Vec<FileStamp> {
 }
 
 fn missing(p: &Path) -> FileStamp {
-    FileStamp { canonical: p.to_path_buf(), inode: 0, len: 0, mtime: None }
+    FileStamp {
+        canonical: p.to_path_buf(),
+        inode: 0,
+        len: 0,
+        mtime: None,
+    }
 }
 
 fn stamp_file(p: &Path) -> FileStamp {
-    let Ok(canonical) = std::fs::canonicalize(p) else { return missing(p) };
-    let Ok(meta) = std::fs::metadata(&canonical) else { return missing(p) };
+    let Ok(canonical) = std::fs::canonicalize(p) else {
+        return missing(p);
+    };
+    let Ok(meta) = std::fs::metadata(&canonical) else {
+        return missing(p);
+    };
     #[cfg(unix)]
     let inode = std::os::unix::fs::MetadataExt::ino(&meta);
     #[cfg(not(unix))]
     let inode = 0;
-    FileStamp { canonical, inode, len: meta.len(), mtime: meta.modified().ok() }
+    FileStamp {
+        canonical,
+        inode,
+        len: meta.len(),
+        mtime: meta.modified().ok(),
+    }
 }

@@ -146,7 +146,9 @@ impl LoadReport {
             c.parsed += 1;
             match &r.status {
                 RuleStatus::Compiled(_) => c.compiled += 1,
-                RuleStatus::Skipped(s) => *c.skipped.entry(s.category().to_string()).or_default() += 1,
+                RuleStatus::Skipped(s) => {
+                    *c.skipped.entry(s.category().to_string()).or_default() += 1
+                }
             }
         }
         c
@@ -172,7 +174,9 @@ pub struct Ruleset {
 
 impl std::fmt::Debug for Ruleset {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ruleset").field("rules", &self.rules.len()).finish_non_exhaustive()
+        f.debug_struct("Ruleset")
+            .field("rules", &self.rules.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -185,7 +189,9 @@ pub fn rules_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(path)? {
         let p = entry?.path();
-        let Some(name) = p.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
         if name.starts_with('.') {
             continue;
         }
@@ -215,7 +221,10 @@ impl Ruleset {
             let files = rules_files(p).map_err(|e| io_error(p, &e))?;
             for f in files {
                 let text = std::fs::read_to_string(&f).map_err(|e| io_error(&f, &e))?;
-                sources.push(RulesSource { name: f.display().to_string(), text });
+                sources.push(RulesSource {
+                    name: f.display().to_string(),
+                    text,
+                });
             }
         }
         Self::from_sources(&sources)
@@ -225,7 +234,11 @@ impl Ruleset {
         let compiler = Compiler::new(&col)?;
         let mut rules = Vec::new();
         let mut by_type: [Vec<(u32, Node)>; 4] = Default::default();
-        let mut report = LoadReport { warnings: col.warnings.clone(), files: col.files.clone(), ..Default::default() };
+        let mut report = LoadReport {
+            warnings: col.warnings.clone(),
+            files: col.files.clone(),
+            ..Default::default()
+        };
         for def in &col.rules {
             let output = OutputFormat::parse(&def.output);
             let status = match compiler.rule(def)? {
@@ -270,7 +283,11 @@ impl Ruleset {
                 output_fields_unknown: output.unknown.clone(),
             });
         }
-        Ok(Ruleset { rules, by_type, report })
+        Ok(Ruleset {
+            rules,
+            by_type,
+            report,
+        })
     }
 
     /// Calls `on_match` for every enabled rule whose condition holds for `ev`, in definition
@@ -279,10 +296,10 @@ impl Ruleset {
     #[inline]
     pub fn evaluate<E: EventView + ?Sized>(&self, ev: &E, mut on_match: impl FnMut(&Rule)) {
         for (idx, node) in &self.by_type[ev.evt_type().index()] {
-            if node.eval(ev) {
-                if let Some(rule) = self.rules.get(*idx as usize) {
-                    on_match(rule);
-                }
+            if node.eval(ev)
+                && let Some(rule) = self.rules.get(*idx as usize)
+            {
+                on_match(rule);
             }
         }
     }
@@ -319,13 +336,21 @@ impl Ruleset {
 
     /// An empty ruleset (nothing fires).
     pub fn empty() -> Ruleset {
-        Ruleset { rules: Vec::new(), by_type: Default::default(), report: LoadReport::default() }
+        Ruleset {
+            rules: Vec::new(),
+            by_type: Default::default(),
+            report: LoadReport::default(),
+        }
     }
 }
 
 fn io_error(path: &Path, e: &std::io::Error) -> LoadError {
     LoadError::new(
-        Location { file: Arc::from(path.display().to_string()), line: 0, col: 0 },
+        Location {
+            file: Arc::from(path.display().to_string()),
+            line: 0,
+            col: 0,
+        },
         None,
         format!("cannot read: {e}"),
     )

@@ -13,7 +13,10 @@ pub(crate) struct Pos {
 
 impl Pos {
     fn from_marker(m: &Marker) -> Pos {
-        Pos { line: clamp(m.line()), col: clamp(m.col().saturating_add(1)) }
+        Pos {
+            line: clamp(m.line()),
+            col: clamp(m.col().saturating_add(1)),
+        }
     }
 }
 
@@ -23,9 +26,20 @@ fn clamp(v: usize) -> u32 {
 
 #[derive(Clone, Debug)]
 pub(crate) enum Node {
-    Scalar { value: String, quoted: bool, block: bool, pos: Pos },
-    Seq { items: Vec<Node>, pos: Pos },
-    Map { entries: Vec<(Node, Node)>, pos: Pos },
+    Scalar {
+        value: String,
+        quoted: bool,
+        block: bool,
+        pos: Pos,
+    },
+    Seq {
+        items: Vec<Node>,
+        pos: Pos,
+    },
+    Map {
+        entries: Vec<(Node, Node)>,
+        pos: Pos,
+    },
 }
 
 impl Node {
@@ -81,8 +95,17 @@ const MAX_NODES: usize = 2_000_000;
 const MAX_DEPTH: usize = 512;
 
 enum Open {
-    Seq { items: Vec<Node>, pos: Pos, anchor: usize },
-    Map { entries: Vec<(Node, Node)>, key: Option<Node>, pos: Pos, anchor: usize },
+    Seq {
+        items: Vec<Node>,
+        pos: Pos,
+        anchor: usize,
+    },
+    Map {
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+        pos: Pos,
+        anchor: usize,
+    },
 }
 
 #[derive(Default)]
@@ -97,7 +120,10 @@ struct Builder {
 impl Builder {
     fn fail(&mut self, pos: Pos, message: &str) {
         if self.error.is_none() {
-            self.error = Some(YamlError { pos, message: message.to_string() });
+            self.error = Some(YamlError {
+                pos,
+                message: message.to_string(),
+            });
         }
     }
 
@@ -129,7 +155,12 @@ fn size(node: &Node) -> usize {
     match node {
         Node::Scalar { .. } => 1,
         Node::Seq { items, .. } => 1 + items.iter().map(size).sum::<usize>(),
-        Node::Map { entries, .. } => 1 + entries.iter().map(|(k, v)| size(k) + size(v)).sum::<usize>(),
+        Node::Map { entries, .. } => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| size(k) + size(v))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -144,21 +175,41 @@ impl MarkedEventReceiver for Builder {
                 if !self.count(1, pos) {
                     return;
                 }
-                let quoted = matches!(style, TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted);
+                let quoted = matches!(
+                    style,
+                    TScalarStyle::SingleQuoted | TScalarStyle::DoubleQuoted
+                );
                 let block = matches!(style, TScalarStyle::Literal | TScalarStyle::Folded);
-                self.push_value(Node::Scalar { value, quoted, block, pos }, anchor);
+                self.push_value(
+                    Node::Scalar {
+                        value,
+                        quoted,
+                        block,
+                        pos,
+                    },
+                    anchor,
+                );
             }
             Event::SequenceStart(anchor, _) => {
                 if self.stack.len() >= MAX_DEPTH {
                     return self.fail(pos, "nesting too deep");
                 }
-                self.stack.push(Open::Seq { items: Vec::new(), pos, anchor });
+                self.stack.push(Open::Seq {
+                    items: Vec::new(),
+                    pos,
+                    anchor,
+                });
             }
             Event::MappingStart(anchor, _) => {
                 if self.stack.len() >= MAX_DEPTH {
                     return self.fail(pos, "nesting too deep");
                 }
-                self.stack.push(Open::Map { entries: Vec::new(), key: None, pos, anchor });
+                self.stack.push(Open::Map {
+                    entries: Vec::new(),
+                    key: None,
+                    pos,
+                    anchor,
+                });
             }
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
                 Some(Open::Seq { items, pos, anchor }) => {
@@ -166,7 +217,15 @@ impl MarkedEventReceiver for Builder {
                         self.push_value(Node::Seq { items, pos }, anchor);
                     }
                 }
-                Some(Open::Map { entries, pos, anchor, .. }) => {
+                Some(Open::Map {
+                    entries,
+                    pos,
+                    anchor,
+                    ..
+                }) => {
+                    // The parser marks a block mapping after its first key; its first key is
+                    // where a reader sees it start.
+                    let pos = entries.first().map_or(pos, |(k, _)| k.pos());
                     if self.count(1, pos) {
                         self.push_value(Node::Map { entries, pos }, anchor);
                     }
@@ -174,7 +233,12 @@ impl MarkedEventReceiver for Builder {
                 None => self.fail(pos, "unbalanced collection end"),
             },
             Event::Alias(id) => {
-                let Some(node) = self.anchors.iter().rev().find(|(a, _)| *a == id).map(|(_, n)| n.clone())
+                let Some(node) = self
+                    .anchors
+                    .iter()
+                    .rev()
+                    .find(|(a, _)| *a == id)
+                    .map(|(_, n)| n.clone())
                 else {
                     return self.fail(pos, "unknown alias");
                 };
@@ -219,7 +283,9 @@ fn reindent_closers(text: &str) -> Option<String> {
         let indent = body.len() - body.trim_start_matches(' ').len();
         let rest = body[indent..].trim_end();
         let code = rest.split('#').next().unwrap_or("").trim_end();
-        let closer = !code.is_empty() && code.starts_with([']', '}']) && code.chars().all(|c| matches!(c, ']' | '}' | ',' | ' '));
+        let closer = !code.is_empty()
+            && code.starts_with([']', '}'])
+            && code.chars().all(|c| matches!(c, ']' | '}' | ',' | ' '));
         if closer && indent < prev_indent {
             out.push_str(&" ".repeat(prev_indent));
             out.push_str(&line[indent..]);
@@ -234,7 +300,39 @@ fn reindent_closers(text: &str) -> Option<String> {
     changed.then_some(out)
 }
 
+// yaml-rust2 recurses once per nested block collection and overflows the stack on a few
+// thousand (`- - - - ...`): refuse deep block nesting before it gets there. Rules files nest a
+// handful of levels.
+const MAX_BLOCK_PREFIX: usize = 256;
+
+/// The line whose block-structure prefix (indentation plus `- `/`? ` indicators) is too long.
+fn too_deep(text: &str) -> Option<u32> {
+    for (n, line) in text.lines().enumerate() {
+        let b = line.as_bytes();
+        let mut i = 0;
+        while i < b.len() && i <= MAX_BLOCK_PREFIX {
+            match b[i] {
+                b' ' | b'\t' => i += 1,
+                b'-' | b'?' if matches!(b.get(i + 1), None | Some(b' ' | b'\t')) => i += 2,
+                _ => break,
+            }
+        }
+        if i > MAX_BLOCK_PREFIX {
+            return Some(u32::try_from(n + 1).unwrap_or(u32::MAX));
+        }
+    }
+    None
+}
+
 fn parse_strict(text: &str) -> Result<Vec<Node>, YamlError> {
+    if let Some(line) = too_deep(text) {
+        return Err(YamlError {
+            pos: Pos { line, col: 1 },
+            message: format!(
+                "nesting too deep (more than {MAX_BLOCK_PREFIX} columns of indentation and '- ')"
+            ),
+        });
+    }
     // yaml-rust2 is fuzzed upstream, but a panic in a dependency must not take the sensor down:
     // a rules file is outside input.
     let result = std::panic::catch_unwind(|| {
@@ -246,11 +344,17 @@ fn parse_strict(text: &str) -> Result<Vec<Node>, YamlError> {
     let (loaded, builder) = match result {
         Ok(v) => v,
         Err(_) => {
-            return Err(YamlError { pos: Pos::default(), message: "YAML parser failed".to_string() });
+            return Err(YamlError {
+                pos: Pos::default(),
+                message: "YAML parser failed".to_string(),
+            });
         }
     };
     if let Err(e) = loaded {
-        return Err(YamlError { pos: Pos::from_marker(e.marker()), message: e.info().to_string() });
+        return Err(YamlError {
+            pos: Pos::from_marker(e.marker()),
+            message: e.info().to_string(),
+        });
     }
     if let Some(e) = builder.error {
         return Err(e);
@@ -265,20 +369,35 @@ mod tests {
     #[test]
     fn positions_are_one_based() {
         let docs = parse("- rule: x\n  condition: >\n    a and\n    b\n").unwrap();
-        let Node::Seq { items, .. } = &docs[0] else { panic!() };
+        let Node::Seq { items, .. } = &docs[0] else {
+            panic!()
+        };
         let item = &items[0];
         assert_eq!(item.get("rule").unwrap().pos(), Pos { line: 1, col: 9 });
         let cond = item.get("condition").unwrap();
         assert_eq!(cond.as_str(), Some("a and b\n"));
-        assert_eq!(cond.pos().line, 2);
+        // Block scalars: where the text itself begins.
+        assert_eq!(cond.pos().line, 3);
     }
 
     #[test]
     fn closing_bracket_less_indented_than_a_quoted_last_item() {
-        let docs = parse("- list: a\n  items: [\n    \"x\",\n    \"y\"\n  ]\n- list: b\n  items: [c]\n").unwrap();
-        let Node::Seq { items, .. } = &docs[0] else { panic!() };
+        let docs =
+            parse("- list: a\n  items: [\n    \"x\",\n    \"y\"\n  ]\n- list: b\n  items: [c]\n")
+                .unwrap();
+        let Node::Seq { items, .. } = &docs[0] else {
+            panic!()
+        };
         assert_eq!(items.len(), 2);
         assert_eq!(items[1].get("list").unwrap().pos().line, 6);
+    }
+
+    #[test]
+    fn deep_block_nesting_is_refused_before_the_parser_overflows() {
+        let e = parse(&format!("{}x\n", "- ".repeat(20_000))).unwrap_err();
+        assert!(e.message.contains("nesting too deep"));
+        assert!(parse(&format!("{}x\n", "- ".repeat(120))).is_ok());
+        assert!(parse(&format!("a: |\n  {}\n", "-".repeat(1000))).is_ok());
     }
 
     #[test]
