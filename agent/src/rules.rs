@@ -183,6 +183,30 @@ impl<'a> RuleEvent<'a> {
     }
 }
 
+/// Falco's `evt.res` for a connect: `SUCCESS`, or the errno's name the call returned.
+fn evt_res(outcome: &str) -> &'static str {
+    match outcome {
+        "" | "established" => "SUCCESS",
+        "in_progress" => "EINPROGRESS",
+        "refused" => "ECONNREFUSED",
+        "timed_out" => "ETIMEDOUT",
+        "reset" => "ECONNRESET",
+        "unreachable" => "EHOSTUNREACH",
+        "denied" => "EPERM",
+        _ => "EIO",
+    }
+}
+
+/// Falco's `evt.rawres`: 0 on success, minus the errno otherwise.
+fn evt_rawres(c: &peregrine_proto::Connection) -> i64 {
+    match c.outcome.as_str() {
+        "" | "established" => 0,
+        "in_progress" => -115,
+        _ if c.error != 0 => -i64::from(c.error),
+        _ => -5,
+    }
+}
+
 fn i64_of(v: u32) -> Value<'static> {
     Value::I64(i64::from(v))
 }
@@ -198,8 +222,8 @@ impl EventView for RuleEvent<'_> {
         match field {
             FieldId::EvtTime => Value::U64(u64::try_from(self.event.time_unix_nano).unwrap_or(0)),
             FieldId::EvtNum => Value::U64(self.event.seq),
-            FieldId::EvtRes => Value::Str("SUCCESS"),
-            FieldId::EvtRawres => Value::I64(0),
+            FieldId::EvtRes => Value::Str(self.conn.as_ref().map_or("SUCCESS", |n| evt_res(&n.c.outcome))),
+            FieldId::EvtRawres => Value::I64(self.conn.as_ref().map_or(0, |n| evt_rawres(n.c))),
             FieldId::EvtHostname => Value::Str(&self.event.node),
             FieldId::ProcPid => i64_of(p.pid),
             FieldId::ProcName => Value::Str(&p.comm),
@@ -352,6 +376,10 @@ mod tests {
         assert_eq!(v.field(FieldId::FdTypechar, FieldArg::None), Value::Str("4"));
         assert_eq!(v.field(FieldId::PeregrineNetDestClass, FieldArg::None), Value::Str("imds"));
         assert_eq!(v.field(FieldId::ProcName, FieldArg::None), Value::Str("curl"));
+        assert_eq!(v.field(FieldId::EvtRes, FieldArg::None), Value::Str("SUCCESS"));
+        assert_eq!(evt_res("refused"), "ECONNREFUSED");
+        let refused = peregrine_proto::Connection { outcome: "refused".into(), error: 111, ..Default::default() };
+        assert_eq!(evt_rawres(&refused), -111);
     }
 
     #[test]

@@ -196,9 +196,19 @@ impl StrSet {
         let max_len = items.iter().map(String::len).max().unwrap_or(0);
         let boxed: Vec<Box<str>> = items.into_iter().map(String::into_boxed_str).collect();
         if boxed.len() <= SMALL_SET {
-            StrSet { small: boxed.into(), large: None, min_len, max_len }
+            StrSet {
+                small: boxed.into(),
+                large: None,
+                min_len,
+                max_len,
+            }
         } else {
-            StrSet { small: Box::new([]), large: Some(boxed.into_iter().collect()), min_len, max_len }
+            StrSet {
+                small: Box::new([]),
+                large: Some(boxed.into_iter().collect()),
+                min_len,
+                max_len,
+            }
         }
     }
 

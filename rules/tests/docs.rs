@@ -15,7 +15,11 @@ fn table() -> String {
             _ => format!("`{}`", d.name),
         };
         let captured = if d.captured() { "yes" } else { "no" };
-        s.push_str(&format!("| {name} | {} | {captured} | {} |\n", d.ty.name(), d.meaning));
+        s.push_str(&format!(
+            "| {name} | {} | {captured} | {} |\n",
+            d.ty.name(),
+            d.meaning
+        ));
     }
     s
 }
@@ -28,5 +32,8 @@ fn rules_md_lists_every_field() {
     }
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/RULES.md");
     let doc = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(doc.contains(&t), "docs/RULES.md's field table is out of date: regenerate it (see this file's header)");
+    assert!(
+        doc.contains(&t),
+        "docs/RULES.md's field table is out of date: regenerate it (see this file's header)"
+    );
 }

@@ -44,7 +44,7 @@ enum Cmd {
     },
     /// Benchmarks (never part of `test`): `exec` measures the agent against an exec storm.
     Bench {
-        /// What to measure: exec or connect.
+        /// What to measure: exec, connect or rules.
         what: String,
         #[arg(long, default_value_t = 10)]
         rounds: usize,
@@ -99,12 +99,18 @@ fn real_main() -> Result<()> {
         }
         Cmd::Bench { what, rounds, seconds, workers, cpu_millis, peers, soak } => {
             setup::run(&mut stages)?;
+            if what == "rules" {
+                // Criterion, in-process: the compiled upstream stable rules over recorded execs.
+                stages.run("bench rules", || sh(cargo().args(["bench", "-p", "peregrine-rules", "--bench", "eval"])))?;
+                stages.report();
+                return Ok(());
+            }
             let bins = build_all(&mut stages, true)?;
             let workers = if workers.is_empty() { vec![1, 2] } else { workers };
             let workload = match what.as_str() {
                 "exec" => bench::Workload::Exec,
                 "connect" => bench::Workload::Connect,
-                other => bail!("unknown benchmark `{other}` (known: exec, connect)"),
+                other => bail!("unknown benchmark `{other}` (known: exec, connect, rules)"),
             };
             stages.run(&format!("bench {what}"), || {
                 bench::run(&bins, &bench::Bench { workload, rounds, seconds, workers, cpu_millis, peers, soak })
