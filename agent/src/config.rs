@@ -121,7 +121,7 @@ pub struct ProcessConfig {
 
 impl Default for ProcessConfig {
     fn default() -> Self {
-        Self { cache_capacity: 65536, exit_grace_ms: 30_000, ancestry_depth: 5 }
+        Self { cache_capacity: 65536, exit_grace_ms: 10_000, ancestry_depth: 5 }
     }
 }
 
