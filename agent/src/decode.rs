@@ -57,6 +57,7 @@ pub enum ConnKind {
 pub enum SockOp {
     Connect,
     Send,
+    Receive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +242,8 @@ fn decode_conn(header: &RecordHeader, kind: RecordKind, r: &ConnRecord) -> Conn 
         Some(SockOp::Connect)
     } else if header.flags & sockaddr_op::SENDMSG != 0 {
         Some(SockOp::Send)
+    } else if header.flags & sockaddr_op::RECVMSG != 0 {
+        Some(SockOp::Receive)
     } else {
         None
     };

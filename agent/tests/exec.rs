@@ -11,7 +11,7 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Every hook the agent attaches by default, in the order it reports them.
-const ALL_HOOKS: [&str; 10] = [
+const ALL_HOOKS: [&str; 12] = [
     "tracepoint/sched/sched_process_exec",
     "raw_tracepoint/sched_process_fork",
     "tracepoint/sched/sched_process_exit",
@@ -22,6 +22,8 @@ const ALL_HOOKS: [&str; 10] = [
     "cgroup/connect6",
     "cgroup/sendmsg4",
     "cgroup/sendmsg6",
+    "cgroup/recvmsg4",
+    "cgroup/recvmsg6",
 ];
 
 /// A copy of /bin/true under a unique name: it exits within a millisecond, so nothing could

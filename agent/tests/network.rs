@@ -335,6 +335,32 @@ fn udp_first_contact_and_traffic_still_flows() {
     assert_eq!(flows, 1, "three sends, one flow within the dedup window");
 }
 
+/// Inbound UDP: the first datagram received from a peer is reported with its source.
+#[test]
+fn udp_inbound_first_contact() {
+    let dir = TempDir::new("net-udpin");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let peer = Peer::new();
+    let sock = std::net::UdpSocket::bind((HOST, 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let sender = peer.inside(move || {
+        let s = std::net::UdpSocket::bind((PEER, 0)).unwrap();
+        s.send_to(b"ping", (HOST, port)).unwrap();
+        s.local_addr().unwrap().port()
+    });
+    let from_port = sender.join().unwrap();
+    let mut buf = [0u8; 16];
+    let (n, from) = sock.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from.port()), (&b"ping"[..], from_port));
+    let c = find_conn(&collector, "the inbound datagram", |c| c["evt_type"] == "recvfrom" && c["remote_port"] == from_port);
+    assert_eq!(c["direction"], "inbound");
+    assert_eq!(c["protocol"], "udp");
+    assert_eq!(c["remote_ip"], PEER);
+    assert_eq!(c["process"]["pid"], std::process::id());
+}
+
 /// Egress enforcement: a connect to a denied destination fails with EPERM in the caller and
 /// is reported; other destinations are untouched.
 #[test]

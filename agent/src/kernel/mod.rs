@@ -56,11 +56,13 @@ const NETWORK_HOOKS: [Hook; 3] = [
     Hook { program: "sys_exit_accept4", kind: HookKind::TracePoint, category: "syscalls", name: "sys_exit_accept4" },
     Hook { program: "sys_exit_accept", kind: HookKind::TracePoint, category: "syscalls", name: "sys_exit_accept" },
 ];
-const SOCK_ADDR_HOOKS: [Hook; 4] = [
+const SOCK_ADDR_HOOKS: [Hook; 6] = [
     Hook { program: "sock_connect4", kind: HookKind::CgroupSockAddr, category: "", name: "connect4" },
     Hook { program: "sock_connect6", kind: HookKind::CgroupSockAddr, category: "", name: "connect6" },
     Hook { program: "sock_sendmsg4", kind: HookKind::CgroupSockAddr, category: "", name: "sendmsg4" },
     Hook { program: "sock_sendmsg6", kind: HookKind::CgroupSockAddr, category: "", name: "sendmsg6" },
+    Hook { program: "sock_recvmsg4", kind: HookKind::CgroupSockAddr, category: "", name: "recvmsg4" },
+    Hook { program: "sock_recvmsg6", kind: HookKind::CgroupSockAddr, category: "", name: "recvmsg6" },
 ];
 
 /// What the socket hooks need from the configuration.
@@ -137,6 +139,8 @@ impl Sensor {
             (&SOCK_ADDR_HOOKS[1], config.programs.sock_addr),
             (&SOCK_ADDR_HOOKS[2], config.programs.sock_addr),
             (&SOCK_ADDR_HOOKS[3], config.programs.sock_addr),
+            (&SOCK_ADDR_HOOKS[4], config.programs.sock_addr),
+            (&SOCK_ADDR_HOOKS[5], config.programs.sock_addr),
         ];
         if !policy.deny4.is_empty() {
             // Borrowed, not taken: the programs refer to this map's fd, which must stay open.

@@ -65,6 +65,7 @@ impl ConnTracker {
             (ConnKind::Listen, _) => ("listen", "listen"),
             // Falco names a datagram send `sendto`.
             (ConnKind::Udp | ConnKind::Denied, Some(SockOp::Send)) => ("sendto", "outbound"),
+            (ConnKind::Udp, Some(SockOp::Receive)) => ("recvfrom", "inbound"),
             _ => ("connect", "outbound"),
         };
         let process = c.owner.as_ref().map(|o| processes.process_of(o.tgid, o.start_ns, o.pid, &o.comm, o.cgroup_id));

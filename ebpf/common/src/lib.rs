@@ -271,6 +271,8 @@ pub struct ConnRecord {
 pub mod sockaddr_op {
     pub const CONNECT: u16 = 1 << 8;
     pub const SENDMSG: u16 = 1 << 9;
+    /// A datagram received: the address is its source.
+    pub const RECVMSG: u16 = 1 << 10;
 }
 
 /// Key of the UDP first-contact map: one flow per process, cgroup and destination.

@@ -421,8 +421,9 @@ fn on_sock_addr(ctx: &SockAddrContext, v6: bool, op: u16) -> i32 {
     let d = &rec.tuple.daddr;
     let mapped = d[0] | d[1] | d[2] | d[3] | d[4] | d[5] | d[6] | d[7] | d[8] | d[9] == 0 && d[10] == 0xff && d[11] == 0xff;
     let v4 = if !v6 { Some(ip4.to_ne_bytes()) } else if mapped { Some([d[12], d[13], d[14], d[15]]) } else { None };
+    // recvmsg hooks cannot refuse (the verifier requires them to return 1): no policy there.
     let denied = match v4 {
-        Some(addr) => global(&ENFORCE) != 0 && DENY4.get(Key::new(32, addr)).is_some(),
+        Some(addr) => op != sockaddr_op::RECVMSG && global(&ENFORCE) != 0 && DENY4.get(Key::new(32, addr)).is_some(),
         None => false,
     };
     if denied {
@@ -437,7 +438,8 @@ fn on_sock_addr(ctx: &SockAddrContext, v6: bool, op: u16) -> i32 {
     let key = FlowKey {
         cgroup_id: rec.owner.cgroup_id,
         tgid: rec.owner.tgid,
-        family: rec.tuple.family,
+        // Inbound and outbound flows with one peer are distinct.
+        family: rec.tuple.family | if op == sockaddr_op::RECVMSG { 0x8000 } else { 0 },
         dport: rec.tuple.dport,
         daddr: rec.tuple.daddr,
     };
@@ -484,6 +486,17 @@ pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
     on_sock_addr(&ctx, true, sockaddr_op::SENDMSG)
+}
+
+/// Inbound datagrams (first per flow): the hook sees the sender's address.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, false, sockaddr_op::RECVMSG)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    on_sock_addr(&ctx, true, sockaddr_op::RECVMSG)
 }
 
 /// Copies `len` bytes (at most `cap`, the staging record's size) of a staged record to the ring.
