@@ -23,6 +23,18 @@ pub enum Kind {
     Apt,
     Cargo,
     Rustup,
+    /// Pinned Python packages (`name==version ...`) in the project venv ([`VENV`]).
+    Pip,
+}
+
+/// The project venv that `kind = "pip"` entries install into, made with Debian's python3.
+pub const VENV: &str = "/opt/peregrine/py";
+
+impl Tool {
+    /// A `pip` entry's pins as (name, version); an entry without `==` has no version.
+    pub fn pins(&self) -> Vec<(&str, &str)> {
+        self.package.split_whitespace().map(|spec| spec.split_once("==").unwrap_or((spec, ""))).collect()
+    }
 }
 
 impl Manifest {
@@ -85,5 +97,16 @@ mod tests {
             assert!(!t.package.is_empty() && !t.why.is_empty(), "{t:?}");
         }
         assert!(manifest.tool.iter().any(|t| t.bin == "bpf-linker" && t.kind == Kind::Cargo));
+        // Python packages are pinned, live in the project venv, and the venv's interpreter is
+        // itself an entry (tests look it up); Debian's venv module is installed first.
+        let pip: Vec<&Tool> = manifest.tool.iter().filter(|t| t.kind == Kind::Pip).collect();
+        assert!(pip.iter().any(|t| t.bin == format!("{VENV}/bin/python3")), "the venv interpreter is listed");
+        for t in &pip {
+            assert!(t.bin.starts_with(&format!("{VENV}/")), "{t:?}: pip installs only into {VENV}");
+            for (name, version) in t.pins() {
+                assert!(!name.is_empty() && !version.is_empty(), "{t:?}: `{name}` is not pinned as name==version");
+            }
+        }
+        assert!(manifest.tool.iter().any(|t| t.kind == Kind::Apt && t.package.split_whitespace().any(|p| p == "python3-venv")));
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     Stages,
-    manifest::{Kind, Manifest},
+    manifest::{Kind, Manifest, VENV},
     sh,
 };
 
@@ -22,6 +22,7 @@ pub fn run(stages: &mut Stages) -> Result<()> {
     stages.run("setup: Debian packages", || apt(&manifest))?;
     stages.run("setup: nightly toolchain and rust-src", nightly)?;
     stages.run("setup: bpf-linker", || cargo_tools(&manifest))?;
+    stages.run("setup: Python packages", || pip(&manifest))?;
     Ok(())
 }
 
@@ -138,6 +139,76 @@ fn cargo_tools(manifest: &Manifest) -> Result<()> {
             c.args(["--no-default-features", "--features", "llvm-22"]);
         }
         sh(&mut c)?;
+    }
+    Ok(())
+}
+
+/// Debian's interpreter: `python3` on PATH may be a pyenv shim, whose Python the venv would
+/// then depend on.
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+/// Whether every `name==version` pin is installed in the venv (one interpreter start).
+fn pins_installed(python: &Path, pins: &[(&str, &str)]) -> bool {
+    if pins.is_empty() {
+        return true;
+    }
+    const CHECK: &str = r#"
+import sys
+from importlib.metadata import version, PackageNotFoundError
+ok = True
+for spec in sys.argv[1:]:
+    name, _, want = spec.partition("==")
+    try:
+        ok = ok and (not want or version(name) == want)
+    except PackageNotFoundError:
+        ok = False
+sys.exit(0 if ok else 1)
+"#;
+    Command::new(python)
+        .arg("-I")
+        .arg("-c")
+        .arg(CHECK)
+        .args(pins.iter().map(|(n, v)| if v.is_empty() { (*n).to_owned() } else { format!("{n}=={v}") }))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Makes the project venv with Debian's python3 if it is missing, then installs the pinned
+/// packages of every `kind = "pip"` entry that is absent or at another version.
+fn pip(manifest: &Manifest) -> Result<()> {
+    let venv = Path::new(VENV);
+    let python = venv.join("bin/python3");
+    let tools: Vec<_> = manifest.tool.iter().filter(|t| t.kind == Kind::Pip).collect();
+    let missing: Vec<_> = tools.iter().filter(|t| !present(&t.bin) || !pins_installed(&python, &t.pins())).collect();
+    if missing.is_empty() {
+        eprintln!("    all Python packages present in {VENV}");
+        return Ok(());
+    }
+    if !python.exists() {
+        eprintln!("    creating the venv {VENV} with {SYSTEM_PYTHON}");
+        if let Some(parent) = venv.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        sh(Command::new(SYSTEM_PYTHON).args(["-m", "venv"]).arg(venv))?;
+    }
+    let mut specs: Vec<String> = Vec::new();
+    for tool in &missing {
+        eprintln!("    missing {} ({}): needs {}", tool.bin, tool.why, tool.package);
+        specs.extend(tool.package.split_whitespace().map(str::to_owned));
+    }
+    specs.sort();
+    specs.dedup();
+    eprintln!("    installing into {VENV}: {}", specs.join(" "));
+    sh(Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(&specs)
+        .env_remove("PYTHONPATH")
+        .env_remove("PYTHONHOME"))?;
+    for tool in &tools {
+        if !present(&tool.bin) || !pins_installed(&python, &tool.pins()) {
+            bail!("{} ({}) is still missing from {VENV} after installing it", tool.bin, tool.package);
+        }
     }
     Ok(())
 }
