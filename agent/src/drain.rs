@@ -94,8 +94,6 @@ pub struct Drain {
     tx: mpsc::Sender<Event>,
     metrics: Metrics,
     config: DrainConfig,
-    lost_seen: u64,
-    failed_seen: u64,
     drained_until: u64,
     /// Losses not yet reported in a Loss event, by reason.
     unreported: BTreeMap<&'static str, u64>,
@@ -123,8 +121,6 @@ impl Drain {
             tx,
             metrics,
             config,
-            lost_seen: 0,
-            failed_seen: 0,
             drained_until: 0,
             unreported: BTreeMap::new(),
             reported_total: BTreeMap::new(),
@@ -166,9 +162,7 @@ impl Drain {
                     self.stamper.resample_clock();
                     self.tracker.sweep(boot_now_ns());
                     self.metrics.process_cache_entries.set(i64::try_from(self.tracker.len()).unwrap_or(i64::MAX));
-                    self.metrics.process_cache_evicted.inc_by(
-                        self.tracker.evicted_early().saturating_sub(self.metrics.process_cache_evicted.get()),
-                    );
+                    catch_up(&self.metrics.process_cache_evicted, self.tracker.evicted_early());
                     if let Some(rules) = &mut self.rules {
                         rules.flush(boot_now_ns(), &mut self.alerts);
                     }
@@ -236,27 +230,19 @@ impl Drain {
         self.send_alerts(trigger);
     }
 
+    /// Brings the metrics up to the kernel's cumulative counters; new kernel losses are queued
+    /// for Loss events as well.
     fn sync_kernel_counters(&mut self) {
-        let lost = self.sensor.records_lost();
-        if lost > self.lost_seen {
-            let delta = lost - self.lost_seen;
-            self.metrics.kernel_lost.inc_by(delta);
-            *self.unreported.entry(reason::KERNEL_RING_FULL).or_default() += delta;
-            tracing::warn!(lost = delta, total = lost, "kernel ring buffer full: records lost");
-            self.lost_seen = lost;
+        let lost = catch_up(&self.metrics.kernel_lost, self.sensor.records_lost());
+        if lost > 0 {
+            *self.unreported.entry(reason::KERNEL_RING_FULL).or_default() += lost;
+            tracing::warn!(lost, total = self.metrics.kernel_lost.get(), "kernel ring buffer full: records lost");
         }
-        let unattributed = self.sensor.connects_unattributed();
-        let seen = self.metrics.connects_unattributed.get();
-        if unattributed > seen {
-            self.metrics.connects_unattributed.inc_by(unattributed - seen);
+        let failed = catch_up(&self.metrics.kernel_read_failed, self.sensor.records_failed());
+        if failed > 0 {
+            *self.unreported.entry(reason::KERNEL_READ_FAILED).or_default() += failed;
         }
-        let failed = self.sensor.records_failed();
-        if failed > self.failed_seen {
-            let delta = failed - self.failed_seen;
-            self.metrics.kernel_read_failed.inc_by(delta);
-            *self.unreported.entry(reason::KERNEL_READ_FAILED).or_default() += delta;
-            self.failed_seen = failed;
-        }
+        catch_up(&self.metrics.connects_unattributed, self.sensor.connects_unattributed());
     }
 
     /// Counts a user-space drop and queues its Loss report.
@@ -317,7 +303,7 @@ impl Drain {
             phase: phase as i32,
             hooks: self.sensor.hooks.clone(),
             drained_until_boot_ns: self.drained_until,
-            kernel_records_lost: self.lost_seen,
+            kernel_records_lost: self.metrics.kernel_lost.get(),
             events_dropped: self.metrics.dropped_total(),
             events_sent: self.metrics.sent.get(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -325,6 +311,16 @@ impl Drain {
         let event = self.stamper.stamp(boot_now_ns(), Kind::Status(status));
         self.push(event);
     }
+}
+
+/// Advances a counter that mirrors a cumulative total kept elsewhere (kernel maps, the
+/// process cache); returns by how much.
+fn catch_up(counter: &prometheus_client::metrics::counter::Counter, total: u64) -> u64 {
+    let delta = total.saturating_sub(counter.get());
+    if delta > 0 {
+        counter.inc_by(delta);
+    }
+    delta
 }
 
 fn process_of(event: &Event) -> Option<peregrine_proto::Process> {
