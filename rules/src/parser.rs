@@ -276,43 +276,33 @@ impl Parser<'_> {
     }
 
     fn or(&mut self) -> Result<Expr, ParseError> {
-        self.enter()?;
-        self.c.blank();
-        let mut children = vec![self.and()?];
-        self.c.blank();
-        while self.c.eat("or") {
-            self.last = "or".into();
-            let child = if self.c.blank() {
-                self.and()?
-            } else if self.c.eat("(") {
-                self.embedded()?
-            } else {
-                return Err(self.err("expected blank or '(' after 'or'"));
-            };
-            children.push(child);
-            self.c.blank();
-        }
-        self.depth -= 1;
-        Ok(if children.len() == 1 {
-            children.remove(0)
-        } else {
-            Expr::Or(children)
-        })
+        self.chain("or", Self::and, Expr::Or)
     }
 
     fn and(&mut self) -> Result<Expr, ParseError> {
+        self.chain("and", Self::not, Expr::And)
+    }
+
+    /// `operand (op operand)*` for the binary operators: `op` must be followed by a blank or an
+    /// opening parenthesis; a single operand is returned as is.
+    fn chain(
+        &mut self,
+        op: &'static str,
+        operand: fn(&mut Self) -> Result<Expr, ParseError>,
+        combine: fn(Vec<Expr>) -> Expr,
+    ) -> Result<Expr, ParseError> {
         self.enter()?;
         self.c.blank();
-        let mut children = vec![self.not()?];
+        let mut children = vec![operand(self)?];
         self.c.blank();
-        while self.c.eat("and") {
-            self.last = "and".into();
+        while self.c.eat(op) {
+            self.last = op.into();
             let child = if self.c.blank() {
-                self.not()?
+                operand(self)?
             } else if self.c.eat("(") {
                 self.embedded()?
             } else {
-                return Err(self.err("expected blank or '(' after 'and'"));
+                return Err(self.err(format!("expected blank or '(' after '{op}'")));
             };
             children.push(child);
             self.c.blank();
@@ -321,7 +311,7 @@ impl Parser<'_> {
         Ok(if children.len() == 1 {
             children.remove(0)
         } else {
-            Expr::And(children)
+            combine(children)
         })
     }
 
