@@ -127,18 +127,24 @@ fn additional(e: &Event, p: Option<&Process>, extra: Map<String, Value>) -> Valu
     Value::Object(a)
 }
 
-fn exec_row(e: &Event, x: &ProcessExec) -> Value {
+/// The columns every ProcessEvent row has: common, event, actor and target.
+fn process_row(e: &Event, p: &Process, event_type: &str, result: &str) -> Map<String, Value> {
     let mut m = Map::new();
     common(e, &mut m);
     m.insert("EventCount".into(), json!(1));
-    m.insert("EventType".into(), json!("ProcessCreated"));
-    m.insert("EventResult".into(), json!("Success"));
+    m.insert("EventType".into(), json!(event_type));
+    m.insert("EventResult".into(), json!(result));
     m.insert("EventSeverity".into(), json!("Informational"));
     m.insert("EventSchemaVersion".into(), json!(PROCESS_SCHEMA_VERSION));
-    let default = Process::default();
-    let p = x.process.as_ref().unwrap_or(&default);
     users(p, &mut m);
     target(e, p, &mut m);
+    m
+}
+
+fn exec_row(e: &Event, x: &ProcessExec) -> Value {
+    let default = Process::default();
+    let p = x.process.as_ref().unwrap_or(&default);
+    let mut m = process_row(e, p, "ProcessCreated", "Success");
     // The acting process made the new one: for an exec, the parent.
     m.insert("ActingProcessId".into(), json!(p.ppid.to_string()));
     if let Some(parent) = x.ancestors.first() {
@@ -158,17 +164,9 @@ fn exec_row(e: &Event, x: &ProcessExec) -> Value {
 }
 
 fn exit_row(e: &Event, x: &ProcessExit) -> Value {
-    let mut m = Map::new();
-    common(e, &mut m);
-    m.insert("EventCount".into(), json!(1));
-    m.insert("EventType".into(), json!("ProcessTerminated"));
-    m.insert("EventResult".into(), json!("NA"));
-    m.insert("EventSeverity".into(), json!("Informational"));
-    m.insert("EventSchemaVersion".into(), json!(PROCESS_SCHEMA_VERSION));
     let default = Process::default();
     let p = x.process.as_ref().unwrap_or(&default);
-    users(p, &mut m);
-    target(e, p, &mut m);
+    let mut m = process_row(e, p, "ProcessTerminated", "NA");
     // A process that exits ends itself.
     m.insert("ActingProcessId".into(), json!(p.pid.to_string()));
     m.insert("ActingProcessName".into(), json!(image(p)));
