@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use peregrine_common::{
-    ABI_VERSION, COMM_LEN, ConnRecord, ExecRecord, ExitRecord, FILENAME_CAP, ForkRecord, PATH_CAP, PathBuf,
-    RecordHeader, RecordKind, TaskInfo, conn_flags, exec_flags, outcome, path_flags, sockaddr_op,
+    ABI_VERSION, CGROUP_PATH_CAP, COMM_LEN, CgroupRecord, ConnRecord, ExecRecord, ExitRecord, FILENAME_CAP, ForkRecord, PATH_CAP, PathBuf,
+    RecordHeader, RecordKind, TaskInfo, cgroup_flags, conn_flags, exec_flags, outcome, path_flags, sockaddr_op,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -38,6 +38,19 @@ pub enum Record {
     Fork(Fork),
     Exit(Exit),
     Conn(Conn),
+    Cgroup(Cgroup),
+}
+
+/// A cgroup2 directory appeared or went away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    pub boot_ns: u64,
+    pub created: bool,
+    pub id: u64,
+    pub level: u32,
+    /// Relative to the cgroup2 mount, starting with `/`.
+    pub path: String,
+    pub truncated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +167,7 @@ impl Record {
             Self::Fork(f) => f.boot_ns,
             Self::Exit(e) => e.boot_ns,
             Self::Conn(c) => c.boot_ns,
+            Self::Cgroup(c) => c.boot_ns,
         }
     }
 }
@@ -209,6 +223,19 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         ) => {
             let r: ConnRecord = fixed(bytes, "connection")?;
             Ok(Record::Conn(decode_conn(&header, kind, &r)))
+        }
+        Some(kind @ (RecordKind::CgroupMkdir | RecordKind::CgroupRmdir)) => {
+            let r: CgroupRecord = fixed(bytes, "cgroup")?;
+            let mut lossy = false;
+            let len = usize::from(r.path_len).min(CGROUP_PATH_CAP);
+            Ok(Record::Cgroup(Cgroup {
+                boot_ns: header.boot_ns,
+                created: kind == RecordKind::CgroupMkdir,
+                id: r.id,
+                level: r.level,
+                path: text(until_nul(&r.path[..len]), &mut lossy),
+                truncated: header.flags & cgroup_flags::PATH_TRUNCATED != 0,
+            }))
         }
         None => Err(DecodeError::Kind(header.kind)),
     }
@@ -514,5 +541,47 @@ mod tests {
         assert_eq!(split_argv(b"\0", &mut lossy), vec![""]);
         assert_eq!(split_argv(b"sh\0-c\0\0", &mut lossy), vec!["sh", "-c", ""]);
         assert!(!lossy);
+    }
+
+    #[test]
+    fn cgroup_records_decode_and_short_ones_are_errors() {
+        let path = b"/kubepods/besteffort/podu1/abc";
+        let mut rec = CgroupRecord {
+            header: RecordHeader {
+                abi_version: ABI_VERSION,
+                kind: RecordKind::CgroupMkdir as u16,
+                flags: cgroup_flags::PATH_TRUNCATED,
+                size: size_of::<CgroupRecord>() as u32,
+                _pad: 0,
+                boot_ns: 99,
+            },
+            id: 4242,
+            level: 4,
+            path_len: path.len() as u16,
+            _pad: 0,
+            path: [0; CGROUP_PATH_CAP],
+        };
+        rec.path[..path.len()].copy_from_slice(path);
+        // SAFETY: test-only; viewing a repr(C) value as bytes.
+        let bytes = unsafe { std::slice::from_raw_parts((&rec as *const CgroupRecord).cast::<u8>(), size_of::<CgroupRecord>()) };
+        let want = Cgroup {
+            boot_ns: 99,
+            created: true,
+            id: 4242,
+            level: 4,
+            path: "/kubepods/besteffort/podu1/abc".into(),
+            truncated: true,
+        };
+        assert_eq!(decode(bytes), Ok(Record::Cgroup(want)));
+        // A path length past the buffer is clamped, not trusted.
+        rec.path_len = u16::MAX;
+        rec.header.kind = RecordKind::CgroupRmdir as u16;
+        // SAFETY: as above.
+        let bytes = unsafe { std::slice::from_raw_parts((&rec as *const CgroupRecord).cast::<u8>(), size_of::<CgroupRecord>()) };
+        match decode(bytes) {
+            Ok(Record::Cgroup(c)) => assert_eq!((c.created, c.path.as_str()), (false, "/kubepods/besteffort/podu1/abc")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(decode(&bytes[..100]), Err(DecodeError::Truncated { kind: "cgroup", .. })));
     }
 }

@@ -65,6 +65,11 @@ const SOCK_ADDR_HOOKS: [Hook; 6] = [
     Hook { program: "sock_recvmsg6", kind: HookKind::CgroupSockAddr, category: "", name: "recvmsg6" },
 ];
 
+const CGROUP_HOOKS: [Hook; 2] = [
+    Hook { program: "cgroup_mkdir", kind: HookKind::TracePoint, category: "cgroup", name: "cgroup_mkdir" },
+    Hook { program: "cgroup_rmdir", kind: HookKind::TracePoint, category: "cgroup", name: "cgroup_rmdir" },
+];
+
 /// What the socket hooks need from the configuration.
 pub struct SocketPolicy {
     pub exclude_loopback: bool,
@@ -98,6 +103,8 @@ impl Sensor {
         let (skaddr, oldstate, newstate, protocol) =
             (sock("skaddr")?, sock("oldstate")?, sock("newstate")?, sock("protocol")?);
         let accept_ret = tracefs::read_field_offset(tracefs, "syscalls", "sys_exit_accept4", "ret")?;
+        let cg = |field| tracefs::read_field_offset(tracefs, "cgroup", "cgroup_mkdir", field);
+        let (cg_root, cg_level, cg_id, cg_path) = (cg("root")?, cg("level")?, cg("id")?, cg("path")?);
         let exclude_loopback = u32::from(policy.exclude_loopback);
         let enforce = u32::from(!policy.deny4.is_empty());
 
@@ -120,6 +127,10 @@ impl Sensor {
             .override_global("SOCK_NEWSTATE_OFFSET", &newstate, true)
             .override_global("SOCK_PROTOCOL_OFFSET", &protocol, true)
             .override_global("ACCEPT_RET_OFFSET", &accept_ret, true)
+            .override_global("CGROUP_ROOT_OFFSET", &cg_root, true)
+            .override_global("CGROUP_LEVEL_OFFSET", &cg_level, true)
+            .override_global("CGROUP_ID_OFFSET", &cg_id, true)
+            .override_global("CGROUP_PATH_LOC_OFFSET", &cg_path, true)
             .override_global("EXCLUDE_LOOPBACK", &exclude_loopback, true)
             .override_global("ENFORCE", &enforce, true)
             .override_global("UDP_DEDUP_NS", &policy.udp_dedup_ns, true)
@@ -141,6 +152,8 @@ impl Sensor {
             (&SOCK_ADDR_HOOKS[3], config.programs.sock_addr),
             (&SOCK_ADDR_HOOKS[4], config.programs.sock_addr),
             (&SOCK_ADDR_HOOKS[5], config.programs.sock_addr),
+            (&CGROUP_HOOKS[0], config.programs.cgroup),
+            (&CGROUP_HOOKS[1], config.programs.cgroup),
         ];
         if !policy.deny4.is_empty() {
             // Borrowed, not taken: the programs refer to this map's fd, which must stay open.
@@ -236,6 +249,13 @@ fn load_program(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), KernelError> {
 /// The cgroup2 hierarchy's root (found in /proc/self/mountinfo: `/sys/fs/cgroup` on cgroup-v2
 /// hosts, `/sys/fs/cgroup/unified` on hybrid ones), opened for attaching socket hooks.
 fn cgroup2_root() -> Result<std::fs::File, KernelError> {
+    let path = cgroup2_mount()?;
+    std::fs::File::open(&path)
+        .map_err(|e| KernelError::Map { map: "cgroup2", message: format!("opening {}: {e}", path.display()) })
+}
+
+/// Where the cgroup2 hierarchy is mounted, from /proc/self/mountinfo.
+pub fn cgroup2_mount() -> Result<std::path::PathBuf, KernelError> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| KernelError::Map { map: "cgroup2", message: format!("reading /proc/self/mountinfo: {e}") })?;
     let path = mountinfo
@@ -248,7 +268,7 @@ fn cgroup2_root() -> Result<std::fs::File, KernelError> {
             map: "cgroup2",
             message: "no cgroup2 mount: mount one (mount -t cgroup2 none /sys/fs/cgroup) or set ebpf.programs.sock_addr = false".into(),
         })?;
-    std::fs::File::open(&path).map_err(|e| KernelError::Map { map: "cgroup2", message: format!("opening {path}: {e}") })
+    Ok(std::path::PathBuf::from(path))
 }
 
 fn attach(ebpf: &mut Ebpf, hook: &Hook, cgroup_root: &std::fs::File) -> Result<(), KernelError> {

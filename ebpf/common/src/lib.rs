@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Bump on any change to a record layout, a record kind's meaning, or a global the agent sets.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Name of the object-file symbol holding the ABI version the programs were built with.
 pub const ABI_SYMBOL: &str = "PEREGRINE_ABI_VERSION";
@@ -24,6 +24,8 @@ pub const COMM_LEN: usize = 16;
 /// Bytes of path components kept per walked path (`PEREGRINE_PATH_CAP`).
 pub const PATH_CAP: usize = 1024;
 pub const TTY_NAME_LEN: usize = 32;
+/// Bytes of a cgroup path kept in a cgroup record (kubelet paths are under 200 bytes).
+pub const CGROUP_PATH_CAP: usize = 512;
 
 /// Kinds of record; the value is [`RecordHeader::kind`].
 #[repr(u16)]
@@ -40,6 +42,10 @@ pub enum RecordKind {
     Udp = 7,
     /// A connect or send refused by the egress policy.
     Denied = 8,
+    /// A directory appeared in the cgroup2 hierarchy (`cgroup:cgroup_mkdir`).
+    CgroupMkdir = 9,
+    /// A directory left the cgroup2 hierarchy (`cgroup:cgroup_rmdir`).
+    CgroupRmdir = 10,
 }
 
 impl RecordKind {
@@ -53,6 +59,8 @@ impl RecordKind {
             6 => Some(Self::Listen),
             7 => Some(Self::Udp),
             8 => Some(Self::Denied),
+            9 => Some(Self::CgroupMkdir),
+            10 => Some(Self::CgroupRmdir),
             _ => None,
         }
     }
@@ -201,6 +209,29 @@ pub struct ExitRecord {
     pub comm: [u8; COMM_LEN],
 }
 
+/// [`RecordHeader::flags`] bits for cgroup records.
+pub mod cgroup_flags {
+    /// The path was longer than [`super::CGROUP_PATH_CAP`].
+    pub const PATH_TRUNCATED: u16 = 1;
+}
+
+/// A cgroup2 directory created or removed. Only the default (cgroup2) hierarchy is reported:
+/// its ids are what `bpf_get_current_cgroup_id()` returns, so they join every other record.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupRecord {
+    pub header: RecordHeader,
+    /// The cgroup's id (its cgroup2 directory's inode number).
+    pub id: u64,
+    /// Depth below the hierarchy root (the root is level 0).
+    pub level: u32,
+    /// Bytes of `path` used, without the terminating NUL.
+    pub path_len: u16,
+    pub _pad: u16,
+    /// Path relative to the cgroup2 mount, e.g. `/kubepods/besteffort/pod<uid>/<id>`.
+    pub path: [u8; CGROUP_PATH_CAP],
+}
+
 /// The process behind a socket, recorded in process context (connect, accept, listen).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -315,6 +346,7 @@ const _: () = {
     assert!(size_of::<Tuple>() == 48);
     assert!(size_of::<FlowKey>() == 32);
     assert!(size_of::<ConnRecord>() == 24 + 40 + 8 + 48 + 8);
+    assert!(size_of::<CgroupRecord>() == 24 + 16 + CGROUP_PATH_CAP);
     assert!(ARGV_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
     // argv_len and filename_len are u16.
     assert!(ARGV_CAP <= u16::MAX as usize);

@@ -20,9 +20,9 @@ use aya_ebpf::{
     programs::{RawTracePointContext, SockAddrContext, TracePointContext},
 };
 use peregrine_common::{
-    ARGV_CAP, ConnRecord, ExecRecord, ExitInfo, ExitRecord, FILENAME_CAP, FlowKey, ForkInfo,
+    ARGV_CAP, CGROUP_PATH_CAP, CgroupRecord, ConnRecord, ExecRecord, ExitInfo, ExitRecord, FILENAME_CAP, FlowKey, ForkInfo,
     ForkRecord, RecordHeader, RecordKind, SockOwner, TaskInfo, Tuple, conn_flags, counter,
-    exec_flags, outcome, sockaddr_op, tcp_state,
+    cgroup_flags, exec_flags, outcome, sockaddr_op, tcp_state,
 };
 
 mod abi {
@@ -49,6 +49,15 @@ static SOCK_PROTOCOL_OFFSET: u32 = 30;
 /// Offset of `ret` in `syscalls:sys_exit_accept{,4}`'s record.
 #[unsafe(no_mangle)]
 static ACCEPT_RET_OFFSET: u32 = 16;
+/// `cgroup:cgroup_mkdir`/`cgroup_rmdir` field offsets (the two share one layout), from tracefs.
+#[unsafe(no_mangle)]
+static CGROUP_ROOT_OFFSET: u32 = 8;
+#[unsafe(no_mangle)]
+static CGROUP_LEVEL_OFFSET: u32 = 12;
+#[unsafe(no_mangle)]
+static CGROUP_ID_OFFSET: u32 = 16;
+#[unsafe(no_mangle)]
+static CGROUP_PATH_LOC_OFFSET: u32 = 24;
 /// 1: connections to and from loopback addresses are not reported (the default).
 #[unsafe(no_mangle)]
 static EXCLUDE_LOOPBACK: u32 = 1;
@@ -243,6 +252,69 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         let _ = EVENTS.output::<ExitRecord>(&rec, submit_flags()).map_err(|_| count(counter::RING_FULL));
     }
     0
+}
+
+/// A container's cgroup appears before its first process runs in it: recording the path here
+/// lets the agent know the container (and look it up in the runtime) before its first exec.
+#[tracepoint]
+pub fn cgroup_mkdir(ctx: TracePointContext) -> u32 {
+    if cgroup_record(&ctx, RecordKind::CgroupMkdir).is_err() {
+        count(counter::READ_FAILED);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn cgroup_rmdir(ctx: TracePointContext) -> u32 {
+    if cgroup_record(&ctx, RecordKind::CgroupRmdir).is_err() {
+        count(counter::READ_FAILED);
+    }
+    0
+}
+
+fn cgroup_record(ctx: &TracePointContext, kind: RecordKind) -> Result<(), i64> {
+    // SAFETY: reading the tracepoint record through bpf_probe_read_kernel.
+    let root: i32 = unsafe { ctx.read_at(global(&CGROUP_ROOT_OFFSET) as usize) }.map_err(|e| e as i64)?;
+    // cgroup v1 hierarchies (hybrid hosts) have ids >= 1; their cgroup ids join nothing.
+    if root != 0 {
+        return Ok(());
+    }
+    let Some(mut entry) = EVENTS.reserve::<CgroupRecord>(0) else {
+        count(counter::RING_FULL);
+        return Ok(());
+    };
+    let rec = entry.as_mut_ptr();
+    // SAFETY: `rec` points to a reserved ring buffer slot of size_of::<CgroupRecord>() bytes,
+    // which we own until submit/discard; every field is written before submitting.
+    let filled = unsafe {
+        let id: Result<u64, _> = ctx.read_at(global(&CGROUP_ID_OFFSET) as usize);
+        let level: Result<i32, _> = ctx.read_at(global(&CGROUP_LEVEL_OFFSET) as usize);
+        let loc: Result<u32, _> = ctx.read_at(global(&CGROUP_PATH_LOC_OFFSET) as usize);
+        match (id, level, loc) {
+            (Ok(id), Ok(level), Ok(loc)) => {
+                let copied = bpf_probe_read_kernel_str(
+                    (*rec).path.as_mut_ptr().cast(),
+                    CGROUP_PATH_CAP as u32,
+                    ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize).cast(),
+                );
+                let flags = if (loc >> 16) as usize > CGROUP_PATH_CAP { cgroup_flags::PATH_TRUNCATED } else { 0 };
+                (*rec).header = header(kind, flags, size_of::<CgroupRecord>());
+                (*rec).id = id;
+                (*rec).level = level as u32;
+                (*rec).path_len = if copied > 0 { (copied - 1) as u16 } else { 0 };
+                (*rec)._pad = 0;
+                true
+            }
+            _ => false,
+        }
+    };
+    if filled {
+        entry.submit(submit_flags());
+        Ok(())
+    } else {
+        entry.discard(0);
+        Err(-1)
+    }
 }
 
 const IPPROTO_TCP: u16 = 6;
