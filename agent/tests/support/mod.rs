@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod containerd;
 use serde_json::Value;
 
 /// An external program the tests run, resolved only if xtask's setup installs it.
@@ -301,14 +302,36 @@ pub fn own_cgroup_id() -> u64 {
     std::fs::metadata(format!("{}{rel}", cgroup2_mount().display())).unwrap().ino()
 }
 
-/// A cgroup2 directory made for one test, removed (after its processes are gone) on drop.
-pub struct TestCgroup(pub PathBuf);
+/// A cgroup2 directory made for one test, removed (after its processes are gone) on drop,
+/// with any parents it had to create.
+pub struct TestCgroup(pub PathBuf, Vec<PathBuf>);
 
 impl TestCgroup {
     pub fn new() -> Self {
         let p = cgroup2_mount().join(unique("peregrine-test-"));
         std::fs::create_dir(&p).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", p.display()));
-        Self(p)
+        Self(p, Vec::new())
+    }
+
+    /// A cgroup at `rel` below the cgroup2 root (e.g. a kubelet-style pod/container path).
+    pub fn at(rel: &str) -> Self {
+        let mut dir = cgroup2_mount();
+        let mut created = Vec::new();
+        for part in rel.split('/').filter(|p| !p.is_empty()) {
+            dir = dir.join(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", dir.display()));
+                created.push(dir.clone());
+            }
+        }
+        let leaf = created.pop().unwrap_or_else(|| panic!("cgroup {rel} already exists"));
+        Self(leaf, created)
+    }
+
+    /// Runs `argv` inside this cgroup (moved there before it execs) and waits for it.
+    pub fn run(&self, argv: &[&str]) -> std::process::ExitStatus {
+        let script = format!("echo $$ > '{}/cgroup.procs' && exec \"$@\"", self.0.display());
+        Command::new(tool("sh")).args(["-c", &script, "sh"]).args(argv).status().unwrap()
     }
 
     pub fn id(&self) -> u64 {
@@ -322,9 +345,12 @@ impl Drop for TestCgroup {
         // Bounded: the test waited for its processes; give stragglers a moment to be reaped.
         for _ in 0..100 {
             if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        for parent in self.1.iter().rev() {
+            let _ = std::fs::remove_dir(parent);
         }
     }
 }
