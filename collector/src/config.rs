@@ -82,7 +82,7 @@ pub struct CommonSettings {
     #[serde(default)]
     pub name: Option<String>,
     /// Event kinds this output receives (`exec`, `fork`, `exit`, `alert`, `loss`, `status`,
-    /// `connection`); empty = the kind's default (everything, or what the encoding maps).
+    /// `connection`, `container_started`); empty = the kind's default (everything, or what the encoding maps).
     #[serde(default)]
     pub kinds: Vec<String>,
     /// Alerts below this Falco priority are not sent to this output.

@@ -6,8 +6,8 @@ pub mod v1 {
 }
 
 pub use v1::{
-    Ack, AgentStatus, Ancestor, Connection, Credentials, Event, EventBatch, Loss, Namespaces, Process, ProcessExec, ProcessExit,
-    ProcessFork, event::Kind,
+    Ack, AgentStatus, Ancestor, Connection, Container, ContainerStarted, Credentials, Event, EventBatch, Loss, Namespaces, Process, Pod, ProcessExec, ProcessExit,
+    ProcessFork, SecurityContext, event::Kind,
 };
 
 impl Event {
@@ -21,6 +21,7 @@ impl Event {
             Some(Kind::Loss(_)) => "loss",
             Some(Kind::Alert(_)) => "alert",
             Some(Kind::Connection(_)) => "connection",
+            Some(Kind::ContainerStarted(_)) => "container_started",
             None => "unknown",
         }
     }

@@ -123,8 +123,22 @@ fn additional(e: &Event, p: Option<&Process>, extra: Map<String, Value>) -> Valu
         }
         a.insert("source".into(), json!(p.source));
     }
+    context(e, &mut a);
     a.extend(extra);
     Value::Object(a)
+}
+
+/// Container, pod and privilege context: ASIM's process schema has no columns for them.
+pub(crate) fn context(e: &Event, a: &mut Map<String, Value>) {
+    if let Some(c) = &e.container {
+        a.insert("container".into(), serde_json::to_value(c).unwrap_or(Value::Null));
+    }
+    if !e.enrichment.is_empty() {
+        a.insert("enrichment".into(), json!(e.enrichment));
+    }
+    if !e.privilege.is_empty() {
+        a.insert("privilege".into(), json!(e.privilege));
+    }
 }
 
 /// The columns every ProcessEvent row has: common, event, actor and target.

@@ -33,13 +33,15 @@ pub fn falco_severity(priority: &str) -> u8 {
     }
 }
 
-/// CEF severity of any event: alerts by priority; exec 3, connection 3, loss 5 (events were
-/// not seen), fork/exit/status 1.
+/// CEF severity of any event: alerts by priority; exec 3, connection 3, container started 3
+/// (5 when privileged), loss 5 (events were not seen), fork/exit/status 1.
 pub fn severity(e: &Event) -> u8 {
     match &e.kind {
         Some(Kind::Alert(a)) => falco_severity(&a.priority),
         Some(Kind::Exec(_)) | Some(Kind::Connection(_)) => 3,
         Some(Kind::Loss(_)) => 5,
+        Some(Kind::ContainerStarted(_)) if e.privilege.is_empty() => 3,
+        Some(Kind::ContainerStarted(_)) => 5,
         _ => 1,
     }
 }
@@ -119,6 +121,7 @@ fn signature(e: &Event) -> (String, String) {
         Some(Kind::Fork(_)) => ("fork", "Process forked"),
         Some(Kind::Exit(_)) => ("exit", "Process exited"),
         Some(Kind::Connection(_)) => ("connection", "Network connection"),
+        Some(Kind::ContainerStarted(_)) => ("container_started", "Container started"),
         Some(Kind::Loss(_)) => ("loss", "Events lost"),
         Some(Kind::Status(_)) => ("status", "Agent status"),
         Some(Kind::Alert(a)) => return (a.rule.clone(), a.rule.clone()),
@@ -139,6 +142,23 @@ fn process_ext(x: &mut Ext, p: &Process) {
     x.labelled("cn1", "ppid", p.ppid);
 }
 
+/// Container and pod context, in vendor extension keys (CEF's custom dictionary: Sentinel
+/// keeps them in CommonSecurityLog.AdditionalExtensions).
+fn container_ext(x: &mut Ext, e: &Event) {
+    if let Some(c) = &e.container {
+        x.add("PeregrineContainerId", &c.id);
+        x.add("PeregrineContainerName", &c.name);
+        x.add("PeregrineImage", &c.image);
+        if let Some(p) = &c.pod {
+            x.add("PeregrinePod", &p.name);
+            x.add("PeregrineNamespace", &p.namespace);
+            x.add("PeregrinePodUid", &p.uid);
+        }
+    }
+    x.add("PeregrineEnrichment", &e.enrichment);
+    x.add("PeregrinePrivilege", e.privilege.join(","));
+}
+
 /// The CEF message of one event.
 pub fn encode(e: &Event) -> String {
     let (sig, name) = signature(e);
@@ -148,6 +168,7 @@ pub fn encode(e: &Event) -> String {
     x.add("dvchost", &e.node);
     x.add("cat", e.kind_name());
     x.labelled("cs1", "cluster", &e.cluster);
+    container_ext(&mut x, e);
     match &e.kind {
         Some(Kind::Exec(v)) => {
             if let Some(p) = &v.process {
@@ -200,6 +221,11 @@ pub fn encode(e: &Event) -> String {
             x.add("msg", format!("agent {} {phase}", s.version));
             x.labelled("cn2", "kernelRecordsLost", s.kernel_records_lost);
             x.labelled("cn3", "eventsDropped", s.events_dropped);
+        }
+        Some(Kind::ContainerStarted(s)) => {
+            let name = e.container.as_ref().map(|c| c.name.as_str()).unwrap_or_default();
+            x.add("msg", format!("container {name} started"));
+            x.labelled("cn1", "pid", s.pid);
         }
         None => {}
     }
@@ -300,6 +326,24 @@ cn1Label=ppid cn1=1"
         );
         let framed = frame("<1>1 x");
         assert_eq!(framed, b"6 <1>1 x");
+    }
+
+    #[test]
+    fn container_context_in_vendor_keys() {
+        let mut e = sample_exec();
+        e.container = Some(peregrine_proto::Container {
+            id: "6be1d2d1".into(),
+            name: "web".into(),
+            image: "localhost/busybox:latest".into(),
+            pod: Some(peregrine_proto::Pod { name: "web-1".into(), namespace: "shop".into(), uid: "u-1".into(), ..Default::default() }),
+            ..Default::default()
+        });
+        e.enrichment = "complete".into();
+        e.privilege = vec!["privileged".into(), "host_pid".into()];
+        let line = encode(&e);
+        let want = "PeregrineContainerId=6be1d2d1 PeregrineContainerName=web PeregrineImage=localhost/busybox:latest \
+PeregrinePod=web-1 PeregrineNamespace=shop PeregrinePodUid=u-1 PeregrineEnrichment=complete PeregrinePrivilege=privileged,host_pid";
+        assert!(line.contains(want), "{line}");
     }
 
     #[test]

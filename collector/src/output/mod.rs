@@ -54,7 +54,7 @@ impl OutputKind {
 }
 
 /// Every event kind the model has (`Event::kind_name`).
-pub const EVENT_KINDS: &[&str] = &["exec", "fork", "exit", "alert", "loss", "status", "connection"];
+pub const EVENT_KINDS: &[&str] = &["exec", "fork", "exit", "alert", "loss", "status", "connection", "container_started"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {

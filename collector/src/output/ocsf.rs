@@ -172,6 +172,25 @@ fn unmapped(e: &Event, p: Option<&Process>) -> Value {
 
 /// The OCSF event of `e`, or `None` for kinds without a class here.
 pub fn encode(e: &Event, version: &str) -> Option<Value> {
+    let mut v = encode_class(e, version)?;
+    if let (Some(c), Some(obj)) = (&e.container, v.as_object_mut()) {
+        // OCSF's container profile: `container` (image, runtime, pod uid) and the
+        // orchestrator's view in `unmapped`.
+        obj.insert(
+            "container".into(),
+            json!({"uid": c.id, "name": c.name, "runtime": c.runtime,
+                   "image": {"name": c.image, "uid": c.image_digest},
+                   "pod_uuid": c.pod.as_ref().map(|p| p.uid.clone()).unwrap_or_default(),
+                   "orchestrator": if c.pod.is_some() { "Kubernetes" } else { "" }}),
+        );
+        if let Some(Value::Object(u)) = obj.get_mut("unmapped") {
+            crate::output::asim::context(e, u);
+        }
+    }
+    Some(v)
+}
+
+fn encode_class(e: &Event, version: &str) -> Option<Value> {
     match &e.kind {
         Some(Kind::Exec(x)) => {
             let p = x.process.clone().unwrap_or_default();

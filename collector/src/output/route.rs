@@ -120,7 +120,7 @@ impl Redactor {
                     self.redact(v);
                 }
             }
-            Some(Kind::Loss(_)) | Some(Kind::Status(_)) | None => {}
+            Some(Kind::Loss(_)) | Some(Kind::Status(_)) | Some(Kind::ContainerStarted(_)) | None => {}
         }
     }
 }

@@ -283,6 +283,7 @@ pub fn envelope(id: &str, seq: u64, kind: Kind) -> Event {
         cluster: "prod".into(),
         agent_run: "run-1".into(),
         kind: Some(kind),
+        ..Default::default()
     }
 }
 
