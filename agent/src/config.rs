@@ -19,7 +19,30 @@ pub struct AgentConfig {
     pub process: ProcessConfig,
     pub rules: RulesConfig,
     pub network: NetworkConfig,
+    pub container: ContainerConfig,
+    /// This node's pods from the Kubernetes API (owner workload, service account, labels).
+    pub kubernetes: crate::k8s::K8sConfig,
     pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerConfig {
+    /// Attach container and pod context to events.
+    pub enabled: bool,
+    /// CRI runtime sockets, tried in order; the first that exists is used (containerd, then
+    /// CRI-O). Re-checked while none exists.
+    pub cri_sockets: Vec<std::path::PathBuf>,
+    /// Bound on one CRI call.
+    pub cri_timeout_ms: u64,
+    /// How long a new container's events wait for its metadata before leaving marked partial.
+    pub resolve_wait_ms: u64,
+    /// How long a container the runtime does not know (yet) keeps being asked for.
+    pub resolve_give_up_ms: u64,
+    /// Bound on events waiting for metadata across all containers; beyond it they leave partial.
+    pub max_held_events: usize,
+    /// How long a removed container's cgroup and metadata are kept for late events.
+    pub retention_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +189,8 @@ pub struct ProgramsConfig {
     pub network: bool,
     /// cgroup connect4/6 and sendmsg4/6 hooks: UDP flows and egress enforcement.
     pub sock_addr: bool,
+    /// cgroup2 directories created and removed: containers known before their first exec.
+    pub cgroup: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -199,6 +224,8 @@ impl Default for AgentConfig {
             process: ProcessConfig::default(),
             rules: RulesConfig::default(),
             network: NetworkConfig::default(),
+            container: ContainerConfig::default(),
+            kubernetes: crate::k8s::K8sConfig::default(),
             http: HttpConfig::default(),
         }
     }
@@ -225,9 +252,23 @@ impl Default for EbpfConfig {
     }
 }
 
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cri_sockets: vec!["/run/containerd/containerd.sock".into(), "/run/crio/crio.sock".into()],
+            cri_timeout_ms: 2000,
+            resolve_wait_ms: 500,
+            resolve_give_up_ms: 10_000,
+            max_held_events: 10_000,
+            retention_ms: 60_000,
+        }
+    }
+}
+
 impl Default for ProgramsConfig {
     fn default() -> Self {
-        Self { exec: true, fork: true, exit: true, network: true, sock_addr: true }
+        Self { exec: true, fork: true, exit: true, network: true, sock_addr: true, cgroup: true }
     }
 }
 
@@ -287,6 +328,15 @@ impl Validate for AgentConfig {
         self.network.pod_cidrs()?;
         self.network.service_cidrs()?;
         self.network.deny4()?;
+        if self.container.resolve_wait_ms > 10_000 {
+            return err("container.resolve_wait_ms", "must be at most 10000: events wait this long for a new container's metadata");
+        }
+        if self.container.cri_timeout_ms == 0 {
+            return err("container.cri_timeout_ms", "must be at least 1");
+        }
+        if self.kubernetes.enabled {
+            self.kubernetes.validate().map_err(|(key, problem)| (format!("kubernetes.{key}"), problem))?;
+        }
         if self.rules.reload_interval_ms < 100 {
             return err("rules.reload_interval_ms", "must be at least 100");
         }

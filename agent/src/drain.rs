@@ -14,10 +14,10 @@ use uuid::Uuid;
 
 use crate::{
     clock::{BootClock, boot_now_ns},
+    container::{ContainerStage, Enriched, Resolution},
     decode,
     kernel::Sensor,
     metrics::{KindLabel, Metrics, reason},
-    pipeline,
     net::ConnTracker,
     process::Tracker,
     rules::{self, RulesStage},
@@ -66,6 +66,9 @@ impl Stamper {
             cluster: self.cluster.clone(),
             agent_run: self.agent_run.clone(),
             kind: Some(kind),
+            container: None,
+            enrichment: String::new(),
+            privilege: Vec::new(),
         }
     }
 }
@@ -74,6 +77,9 @@ impl Stamper {
 pub struct Stages {
     pub tracker: Tracker,
     pub net: ConnTracker,
+    pub containers: ContainerStage,
+    /// Answers to the container stage's runtime lookups.
+    pub resolutions: mpsc::Receiver<Resolution>,
     pub rules: Option<RulesStage>,
 }
 
@@ -88,6 +94,8 @@ pub struct Drain {
     ring: Option<RingBuf<MapData>>,
     tracker: Tracker,
     net: ConnTracker,
+    containers: ContainerStage,
+    resolutions: Option<mpsc::Receiver<Resolution>>,
     rules: Option<RulesStage>,
     alerts: Vec<peregrine_rules::Alert>,
     stamper: Stamper,
@@ -115,6 +123,8 @@ impl Drain {
             ring: Some(ring),
             tracker: stages.tracker,
             net: stages.net,
+            containers: stages.containers,
+            resolutions: Some(stages.resolutions),
             rules: stages.rules,
             alerts: Vec::new(),
             stamper,
@@ -131,6 +141,7 @@ impl Drain {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
         self.status(Phase::Started);
         let ring = self.ring.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
+        let mut resolutions = self.resolutions.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
         // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd
         // (which owns the RingBuf) is registered; nothing else closes or replaces it.
         let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)? };
@@ -149,7 +160,20 @@ impl Drain {
                         self.drain_once(g.get_inner_mut());
                     }
                 }
-                _ = tick.tick() => self.drain_once(ring.get_mut()),
+                _ = tick.tick() => {
+                    self.drain_once(ring.get_mut());
+                    for e in self.containers.expire(std::time::Instant::now()) {
+                        self.finish(e);
+                    }
+                }
+                Some(answer) = resolutions.recv() => {
+                    // Records already in the ring may belong to this container: take them
+                    // first, so its held events and these leave in kernel order.
+                    self.drain_once(ring.get_mut());
+                    for e in self.containers.resolved(answer) {
+                        self.finish(e);
+                    }
+                }
                 _ = expiry.tick() => {
                     let now = boot_now_ns();
                     for kind in self.net.expire(now, &self.tracker) {
@@ -161,6 +185,7 @@ impl Drain {
                     self.drain_once(ring.get_mut());
                     self.stamper.resample_clock();
                     self.tracker.sweep(boot_now_ns());
+                    self.containers.sweep(boot_now_ns());
                     self.metrics.process_cache_entries.set(i64::try_from(self.tracker.len()).unwrap_or(i64::MAX));
                     catch_up(&self.metrics.process_cache_evicted, self.tracker.evicted_early());
                     if let Some(rules) = &mut self.rules {
@@ -174,6 +199,10 @@ impl Drain {
         }
         self.config.pause_file = None;
         self.drain_once(ring.get_mut());
+        // Whatever still waits for metadata leaves now, partial.
+        for e in self.containers.expire(std::time::Instant::now() + std::time::Duration::from_secs(3600)) {
+            self.finish(e);
+        }
         if let Some(rules) = &mut self.rules {
             rules.drain(&mut self.alerts);
         }
@@ -197,6 +226,7 @@ impl Drain {
                 None => break,
             };
             match decoded {
+                Ok(decode::Record::Cgroup(cgroup)) => self.containers.apply_cgroup(&cgroup),
                 Ok(decode::Record::Conn(conn)) => {
                     let boot_ns = conn.boot_ns;
                     for kind in self.net.apply(conn, &self.tracker) {
@@ -219,13 +249,30 @@ impl Drain {
         self.report_losses();
     }
 
-    /// The stages after the process cache: enrichment, stamping, rules; then the queue.
+    /// The stages after the process cache: container context (which may hold the event for
+    /// a new container's metadata), then [`Self::finish`].
     fn emit(&mut self, boot_ns: u64, kind: Kind) {
-        let event = self.stamper.stamp(boot_ns, pipeline::enrich(kind));
+        if let Some(enriched) = self.containers.enrich(boot_ns, kind) {
+            self.finish(enriched);
+        }
+    }
+
+    /// Stamping, rules, the queue; alerts right behind their event, with its context.
+    fn finish(&mut self, e: Enriched) {
+        let mut event = self.stamper.stamp(e.boot_ns, e.kind);
+        event.container = e.container;
+        event.enrichment = e.enrichment.to_owned();
+        event.privilege = e.privilege;
         if let Some(rules) = &mut self.rules {
             rules.evaluate(&event, &mut self.alerts);
         }
-        let trigger = (!self.alerts.is_empty()).then(|| (event.id.clone(), process_of(&event)));
+        let trigger = (!self.alerts.is_empty()).then(|| Trigger {
+            event_id: event.id.clone(),
+            process: process_of(&event),
+            container: event.container.clone(),
+            enrichment: event.enrichment.clone(),
+            privilege: event.privilege.clone(),
+        });
         self.push(event);
         self.send_alerts(trigger);
     }
@@ -285,15 +332,21 @@ impl Drain {
 
     /// Stamps and queues pending alerts, right behind the event that triggered them. Folded
     /// follow-ups (no trigger at hand) carry the rule's context fields only.
-    fn send_alerts(&mut self, trigger: Option<(String, Option<peregrine_proto::Process>)>) {
+    fn send_alerts(&mut self, trigger: Option<Trigger>) {
         if self.alerts.is_empty() {
             return;
         }
-        let (event_id, process) = trigger.unwrap_or_default();
+        let trigger = trigger.unwrap_or_default();
         for alert in std::mem::take(&mut self.alerts) {
-            let process = if alert.folded { None } else { process.clone() };
-            let proto = rules::to_proto(alert, &event_id, process);
-            let event = self.stamper.stamp(boot_now_ns(), Kind::Alert(proto));
+            let folded = alert.folded;
+            let process = if folded { None } else { trigger.process.clone() };
+            let proto = rules::to_proto(alert, &trigger.event_id, process);
+            let mut event = self.stamper.stamp(boot_now_ns(), Kind::Alert(proto));
+            if !folded {
+                event.container = trigger.container.clone();
+                event.enrichment = trigger.enrichment.clone();
+                event.privilege = trigger.privilege.clone();
+            }
             self.push(event);
         }
     }
@@ -302,7 +355,11 @@ impl Drain {
         let status = AgentStatus {
             phase: phase as i32,
             hooks: self.sensor.hooks.clone(),
-            drained_until_boot_ns: self.drained_until,
+            // Held events were made before they leave: the barrier stops short of them.
+            drained_until_boot_ns: self
+                .containers
+                .oldest_held()
+                .map_or(self.drained_until, |held| self.drained_until.min(held.saturating_sub(1))),
             kernel_records_lost: self.metrics.kernel_lost.get(),
             events_dropped: self.metrics.dropped_total(),
             events_sent: self.metrics.sent.get(),
@@ -311,6 +368,16 @@ impl Drain {
         let event = self.stamper.stamp(boot_now_ns(), Kind::Status(status));
         self.push(event);
     }
+}
+
+/// The event an alert fired on: the alert carries its identity and context.
+#[derive(Default)]
+struct Trigger {
+    event_id: String,
+    process: Option<peregrine_proto::Process>,
+    container: Option<peregrine_proto::Container>,
+    enrichment: String,
+    privilege: Vec<String>,
 }
 
 /// Advances a counter that mirrors a cumulative total kept elsewhere (kernel maps, the

@@ -3,12 +3,13 @@
 
 mod clock;
 mod config;
+mod container;
 mod decode;
 mod drain;
+mod k8s;
 mod kernel;
 mod metrics;
 mod net;
-mod pipeline;
 mod process;
 mod rules;
 mod sender;
@@ -94,6 +95,10 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    let k8s_metrics = k8s::K8sMetrics::default();
+    if config.kubernetes.enabled {
+        k8s_metrics.register(&mut registry);
+    }
     let (ready_tx, ready_rx) = watch::channel(false);
     let http = peregrine_service::http::serve(config.http.listen, Arc::new(registry), ready_rx).await?;
     tracing::info!(%http, "serving /healthz /readyz /metrics");
@@ -123,10 +128,16 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         pod_cidrs: config.network.pod_cidrs().unwrap_or_default(),
         service_cidrs: config.network.service_cidrs().unwrap_or_default(),
     });
+    let (mut containers, resolutions) = start_containers(&config, &metrics);
+    if config.kubernetes.enabled {
+        let (pods, _watch) = k8s::start(&config.kubernetes, &config.node_name, k8s_metrics)?;
+        tracing::info!(node = %config.node_name, "watching this node's pods in the Kubernetes API");
+        containers = containers.with_pods(Box::new(move |uid| pods.get(uid).map(|p| api_pod(&p))));
+    }
     let drain = Drain::new(
         sensor,
         ring,
-        Stages { tracker, net, rules },
+        Stages { tracker, net, containers, resolutions, rules },
         stamper,
         tx,
         metrics,
@@ -146,4 +157,39 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     draining.await.context("drain task")?.context("ring buffer readiness")?;
     sending.await.context("sender task")?;
     Ok(())
+}
+
+/// The container stage and the resolver task answering its runtime lookups. Seeded after the
+/// kernel programs are attached, like the process cache: a container created in between is
+/// in the ring as a cgroup mkdir.
+fn start_containers(
+    config: &AgentConfig,
+    metrics: &Metrics,
+) -> (container::ContainerStage, mpsc::Receiver<container::Resolution>) {
+    let (answer_tx, answer_rx) = mpsc::channel(1024);
+    let host = container::HostView::of_self();
+    if !config.container.enabled {
+        return (container::ContainerStage::new(config.container.clone(), None, host, metrics.clone()), answer_rx);
+    }
+    let (request_tx, request_rx) = mpsc::channel(4096);
+    let resolver = container::Resolver { config: config.container.clone(), requests: request_rx, answers: answer_tx };
+    tokio::spawn(resolver.run());
+    let mut stage = container::ContainerStage::new(config.container.clone(), Some(request_tx), host, metrics.clone());
+    match kernel::cgroup2_mount() {
+        Ok(mount) => {
+            let n = stage.seed(&mount);
+            tracing::info!(cgroups = n, mount = %mount.display(), "cgroup map seeded");
+        }
+        Err(e) => tracing::warn!(error = %e, "no cgroup2 hierarchy: events carry no container context"),
+    }
+    (stage, answer_rx)
+}
+
+fn api_pod(p: &k8s::PodMeta) -> container::ApiPod {
+    container::ApiPod {
+        labels: p.labels.clone(),
+        service_account: p.service_account.clone(),
+        workload_kind: p.workload_kind.clone(),
+        workload_name: p.workload_name.clone(),
+    }
 }

@@ -32,6 +32,16 @@ pub mod reason {
     pub const KERNEL_READ_FAILED: &str = "kernel_read_failed";
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: &'static str,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     pub events: Family<KindLabel, Counter>,
@@ -46,6 +56,10 @@ pub struct Metrics {
     pub process_cache_evicted: Counter,
     pub connects_pending: Gauge,
     pub connects_unattributed: Counter,
+    pub container_lookups: Family<ResultLabel, Counter>,
+    pub enrichment_incomplete: Family<StatusLabel, Counter>,
+    pub containers_known: Gauge,
+    pub events_held: Gauge,
 }
 
 impl Metrics {
@@ -70,6 +84,27 @@ impl Metrics {
             "process_cache_evicted",
             "Processes evicted from the cache before their exit grace ended (cache full)",
             self.process_cache_evicted.clone(),
+        );
+        self.register_context(registry);
+    }
+
+    pub fn register_context(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("peregrine_agent");
+        r.register(
+            "container_lookups",
+            "Container runtime (CRI) lookups, by result: ok, not_found (gave up), error",
+            self.container_lookups.clone(),
+        );
+        r.register(
+            "events_enrichment_incomplete",
+            "Events that left without full container context, by enrichment status (partial, none)",
+            self.enrichment_incomplete.clone(),
+        );
+        r.register("containers_known", "Containers with runtime metadata in the agent's cache", self.containers_known.clone());
+        r.register(
+            "container_events_held",
+            "Events waiting for their new container's metadata (bounded by container.resolve_wait_ms)",
+            self.events_held.clone(),
         );
     }
 

@@ -11,7 +11,7 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Every hook the agent attaches by default, in the order it reports them.
-const ALL_HOOKS: [&str; 12] = [
+const ALL_HOOKS: [&str; 14] = [
     "tracepoint/sched/sched_process_exec",
     "raw_tracepoint/sched_process_fork",
     "tracepoint/sched/sched_process_exit",
@@ -24,6 +24,8 @@ const ALL_HOOKS: [&str; 12] = [
     "cgroup/sendmsg6",
     "cgroup/recvmsg4",
     "cgroup/recvmsg6",
+    "tracepoint/cgroup/cgroup_mkdir",
+    "tracepoint/cgroup/cgroup_rmdir",
 ];
 
 /// A copy of /bin/true under a unique name: it exits within a millisecond, so nothing could
@@ -74,6 +76,9 @@ fn exec_reaches_the_collector_with_exact_fields() {
 
     let event = collector.wait_event(WAIT, "the probe's exec event", |e| probe.matches(e));
     let exec = &event["kind"]["exec"]["process"];
+    // A host process: its cgroup is known and is no container.
+    assert_eq!(event["enrichment"], "complete");
+    assert!(event["container"].is_null() && event["privilege"] == serde_json::json!([]), "{event}");
     assert_eq!(exec["pid"], pid);
     assert_eq!(exec["tid"], pid);
     assert_eq!(exec["ppid"], std::process::id());

@@ -12,6 +12,17 @@ pub fn init_logging(level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // kube-rs logs every retry of an unreachable API server; the agent's own watch logs each
+    // cause once. Asking for kube's logs by name (RUST_LOG=kube_client=debug) still works.
+    let asked_for_kube = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube")) || level.contains("kube");
+    let filter = if asked_for_kube {
+        filter
+    } else {
+        ["kube_client=off", "kube_runtime=off"]
+            .into_iter()
+            .filter_map(|d| d.parse().ok())
+            .fold(filter, |f, d| f.add_directive(d))
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
