@@ -115,6 +115,8 @@ pub struct RuleEvent<'a> {
     args: String,
     cwd: String,
     ancestor_cmdlines: Vec<String>,
+    /// `k8s.pod.labels` elements, `key:value`, made once (empty outside pods).
+    pod_labels: Vec<String>,
 }
 
 /// A connection's endpoints, parsed once, as client and server (Falco's view).
@@ -161,7 +163,30 @@ impl<'a> RuleEvent<'a> {
             // Falco's directories end with a slash.
             cwd: if process.cwd.ends_with('/') { process.cwd.clone() } else { format!("{}/", process.cwd) },
             ancestor_cmdlines: ancestors.iter().map(|a| cmdline(&a.comm, &a.argv)).collect(),
+            pod_labels: event
+                .container
+                .as_ref()
+                .and_then(|c| c.pod.as_ref())
+                .map(|p| p.labels.iter().map(|(k, v)| format!("{k}:{v}")).collect())
+                .unwrap_or_default(),
         })
+    }
+
+    fn pod(&self) -> Option<&'a peregrine_proto::Pod> {
+        self.event.container.as_ref().and_then(|c| c.pod.as_ref())
+    }
+
+    /// A container field, `host` style: on the host (context complete, no container) Falco
+    /// reports `host` for the id and name; with no context at all the value is absent.
+    fn container_str(&self, f: impl Fn(&'a peregrine_proto::Container) -> &'a str) -> Value<'a> {
+        match &self.event.container {
+            Some(c) => Value::Str(f(c)),
+            None => Value::Absent,
+        }
+    }
+
+    fn on_host(&self) -> bool {
+        self.event.container.is_none() && self.event.enrichment == "complete"
     }
 
     /// (client, server) endpoints: the remote is the server for outbound connections.
@@ -254,10 +279,41 @@ impl EventView for RuleEvent<'_> {
                 .and_then(|uid| self.users.get(&uid))
                 .map_or(Value::Absent, |n| Value::Str(n)),
             FieldId::GroupGid => creds.map_or(Value::Absent, |c| Value::U64(u64::from(c.gid))),
-            // Host processes: Falco reports container.id `host`. Container context arrives with
-            // the enrichment stage; until then nothing else is claimed.
-            FieldId::ContainerId if p.cgroup_id == 1 => Value::Str("host"),
-            FieldId::PeregrineEnrichment => Value::Str("none"),
+            // Falco's container.id and container.name are `host` for host processes.
+            FieldId::ContainerId | FieldId::ContainerName if self.on_host() => Value::Str("host"),
+            FieldId::ContainerId => self.container_str(|c| short_id(&c.id)),
+            FieldId::ContainerName => self.container_str(|c| &c.name),
+            FieldId::ContainerImage => self.container_str(|c| &c.image),
+            FieldId::ContainerImageRepository => self.container_str(|c| image_parts(&c.image).0),
+            FieldId::ContainerImageTag => self.container_str(|c| image_parts(&c.image).1),
+            FieldId::ContainerImageDigest => self.container_str(|c| &c.image_digest),
+            FieldId::ContainerPrivileged => match &self.event.container {
+                Some(c) => Value::Bool(c.security.as_ref().is_some_and(|s| s.privileged)),
+                None if self.on_host() => Value::Bool(false),
+                None => Value::Absent,
+            },
+            FieldId::PeregrineContainerHostPid => match &self.event.container {
+                Some(_) => Value::Bool(self.event.privilege.iter().any(|r| r == "host_pid")),
+                None => Value::Absent,
+            },
+            FieldId::K8sNsName => self.pod().map_or(Value::Absent, |p| Value::Str(&p.namespace)),
+            FieldId::K8sPodName => self.pod().map_or(Value::Absent, |p| Value::Str(&p.name)),
+            FieldId::K8sPodUid => self.pod().map_or(Value::Absent, |p| Value::Str(&p.uid)),
+            FieldId::K8sPodLabels => match arg {
+                FieldArg::Index(i) => {
+                    usize::try_from(i).ok().and_then(|i| self.pod_labels.get(i)).map_or(Value::Absent, |s| Value::Str(s))
+                }
+                _ => Value::Absent,
+            },
+            FieldId::K8sPodLabel => match arg {
+                FieldArg::Key(k) => self.pod().and_then(|p| p.labels.get(k)).map_or(Value::Absent, |v| Value::Str(v)),
+                _ => Value::Absent,
+            },
+            FieldId::PeregrineK8sSaName => self.pod().map_or(Value::Absent, |p| Value::Str(&p.service_account)),
+            FieldId::PeregrineK8sWorkloadKind => self.pod().map_or(Value::Absent, |p| Value::Str(&p.workload_kind)),
+            FieldId::PeregrineK8sWorkloadName => self.pod().map_or(Value::Absent, |p| Value::Str(&p.workload_name)),
+            FieldId::PeregrineEnrichment if self.event.enrichment.is_empty() => Value::Str("none"),
+            FieldId::PeregrineEnrichment => Value::Str(&self.event.enrichment),
             FieldId::FdCip => self.client_server().map_or(Value::Absent, |(c, _)| Value::Ip(c.0)),
             FieldId::FdSip => self.client_server().map_or(Value::Absent, |(_, s)| Value::Ip(s.0)),
             FieldId::FdCport => self.client_server().map_or(Value::Absent, |(c, _)| Value::U64(u64::from(c.1))),
@@ -277,6 +333,22 @@ impl EventView for RuleEvent<'_> {
             FieldId::PeregrineNetOutcome => self.conn.as_ref().map_or(Value::Absent, |n| Value::Str(&n.c.outcome)),
             _ => Value::Absent,
         }
+    }
+}
+
+/// Falco's container.id: the first 12 characters of a runtime id.
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+/// (repository, tag) of an image reference: `registry:5000/app:1.2@sha256:..` gives
+/// (`registry:5000/app`, `1.2`); no tag gives an empty tag.
+fn image_parts(image: &str) -> (&str, &str) {
+    let name = image.split('@').next().unwrap_or(image);
+    let last_slash = name.rfind('/').map_or(0, |i| i + 1);
+    match name[last_slash..].rfind(':') {
+        Some(i) => (&name[..last_slash + i], &name[last_slash + i + 1..]),
+        None => (name, ""),
     }
 }
 
@@ -322,8 +394,57 @@ mod tests {
                     Ancestor { pid: 1, comm: "sshd".into(), argv: vec!["/usr/sbin/sshd".into()], ..Ancestor::default() },
                 ],
             })),
+            enrichment: "complete".into(),
             ..Event::default()
         }
+    }
+
+    #[test]
+    fn container_and_pod_fields() {
+        let mut e = exec_event();
+        e.container = Some(peregrine_proto::Container {
+            id: "6be1d2d140c936c34ac9c67f27e133a9fc1432da9ad205b0ac2f4a22d9d68a77".into(),
+            name: "web".into(),
+            image: "registry:5000/shop/web:1.2@sha256:abcd".into(),
+            image_digest: "sha256:abcd".into(),
+            pod: Some(peregrine_proto::Pod {
+                name: "web-1".into(),
+                namespace: "shop".into(),
+                uid: "u-1".into(),
+                labels: [("app".to_owned(), "web".to_owned())].into_iter().collect(),
+                service_account: "web-sa".into(),
+                workload_kind: "Deployment".into(),
+                workload_name: "web".into(),
+            }),
+            security: Some(peregrine_proto::SecurityContext { privileged: true, ..Default::default() }),
+            ..Default::default()
+        });
+        e.privilege = vec!["privileged".into(), "host_pid".into()];
+        let users = HashMap::new();
+        let v = RuleEvent::new(&e, &users).unwrap();
+        let f = |id| v.field(id, FieldArg::None);
+        assert_eq!(f(FieldId::ContainerId), Value::Str("6be1d2d140c9"));
+        assert_eq!(f(FieldId::ContainerName), Value::Str("web"));
+        assert_eq!(f(FieldId::ContainerImageRepository), Value::Str("registry:5000/shop/web"));
+        assert_eq!(f(FieldId::ContainerImageTag), Value::Str("1.2"));
+        assert_eq!(f(FieldId::ContainerImageDigest), Value::Str("sha256:abcd"));
+        assert_eq!(f(FieldId::ContainerPrivileged), Value::Bool(true));
+        assert_eq!(f(FieldId::PeregrineContainerHostPid), Value::Bool(true));
+        assert_eq!(f(FieldId::K8sNsName), Value::Str("shop"));
+        assert_eq!(f(FieldId::K8sPodName), Value::Str("web-1"));
+        assert_eq!(f(FieldId::PeregrineK8sWorkloadKind), Value::Str("Deployment"));
+        assert_eq!(f(FieldId::PeregrineK8sSaName), Value::Str("web-sa"));
+        assert_eq!(v.field(FieldId::K8sPodLabels, FieldArg::Index(0)), Value::Str("app:web"));
+        assert_eq!(v.field(FieldId::K8sPodLabel, FieldArg::Key("app")), Value::Str("web"));
+        assert_eq!(v.field(FieldId::K8sPodLabel, FieldArg::Key("nope")), Value::Absent);
+        assert_eq!(image_parts("busybox"), ("busybox", ""));
+        assert_eq!(image_parts("localhost:5000/busybox"), ("localhost:5000/busybox", ""));
+        // No context at all: nothing is claimed, not even `host`.
+        let mut unknown = exec_event();
+        unknown.enrichment = "none".into();
+        let v = RuleEvent::new(&unknown, &users).unwrap();
+        assert_eq!(v.field(FieldId::ContainerId, FieldArg::None), Value::Absent);
+        assert_eq!(v.field(FieldId::ContainerPrivileged, FieldArg::None), Value::Absent);
     }
 
     #[test]

@@ -45,7 +45,19 @@ fn pods_get_their_identity_image_and_privilege_from_cri_alone() {
     let ctrd = Containerd::start();
     let dir = TempDir::new("context");
     let collector = Collector::start(dir.path());
-    let _agent = Agent::start(dir.path(), &collector.address(), &[&cri_socket_set(&ctrd)]);
+    // A rule on the context: Falco's container.* and k8s.* fields come from CRI here.
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "- rule: Echo in privileged container\n  desc: test\n  condition: evt.type = execve and container.privileged = true and proc.name = echo\n  \
+output: echo in privileged container (id=%container.id pod=%k8s.pod.name ns=%k8s.ns.name image=%container.image)\n  priority: WARNING\n",
+    )
+    .unwrap();
+    let _agent = Agent::start(
+        dir.path(),
+        &collector.address(),
+        &[&cri_socket_set(&ctrd), &format!("rules.paths=[\"{}\"]", rules.display())],
+    );
 
     let mut web = PodSpec::new("web");
     web.namespace = "shop".into();
@@ -87,6 +99,7 @@ fn pods_get_their_identity_image_and_privilege_from_cri_alone() {
     assert_eq!(c["security"]["host_pid"], false);
     assert_eq!(c["sandbox"], false);
     assert_eq!(privilege(&e), Vec::<&str>::new(), "an unprivileged pod is not flagged: {e}");
+    let web_exec_id = e["id"].clone();
 
     let e = exec_with(&collector, &["/bin/echo", &admin_marker]);
     let c = &e["container"];
@@ -101,6 +114,16 @@ fn pods_get_their_identity_image_and_privilege_from_cri_alone() {
     // namespace and holds every capability we hold (0x1fffeffffff here: no CAP_SYS_RESOURCE).
     assert_eq!(privilege(&e), vec!["privileged", "host_pid", "all_capabilities"], "{e}");
     assert_eq!(e["kind"]["exec"]["process"]["creds"]["cap_effective"], 0x1fffeffffffu64);
+    let alert = collector.wait_event(WAIT, "the rule's alert", |a| a["kind"]["alert"]["event_id"] == e["id"]);
+    assert_eq!(
+        alert["kind"]["alert"]["output"],
+        format!("echo in privileged container (id={} pod=node-admin ns=kube-system image={BUSYBOX_IMAGE})", &admin_pod.container_id[..12])
+    );
+    assert_eq!(alert["container"]["id"], admin_pod.container_id.as_str(), "the alert carries its event's context");
+    assert_eq!(privilege(&alert), vec!["privileged", "host_pid", "all_capabilities"]);
+    // The web exec came earlier in the stream: had it fired, its alert would be there by now.
+    let web_alerts = collector.events().into_iter().filter(|a| a["kind"]["alert"]["event_id"] == web_exec_id).count();
+    assert_eq!(web_alerts, 0, "the rule does not fire outside a privileged container");
 
     let e = exec_with(&collector, &["/bin/sh", "-c", &short_script]);
     assert_eq!(e["enrichment"], "complete", "the short-lived container's first exec: {e}");
