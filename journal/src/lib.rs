@@ -1,0 +1,1043 @@
+//! peregrine-journal: a bounded, segmented, append-only record log with a persisted commit
+//! cursor. The agent's spool and the collector's per-output queues are journals.
+//!
+//! # On disk
+//!
+//! A journal is a directory:
+//!
+//! - `<first seq, 20 digits>.seg`: segment files, each a run of records with consecutive
+//!   sequence numbers, the first one's in the file name. A segment is rolled when the next
+//!   record would take it past `segment_bytes`. Each process starts a new segment when it
+//!   opens the journal, so a file is only ever appended to by one run.
+//! - `commit`: the highest committed sequence number, in decimal, replaced atomically (written
+//!   to `commit.tmp`, then renamed).
+//! - `lock`: held (`flock`) while the journal is open, so two processes never write one journal.
+//!
+//! A record is a 20-byte header, then the stored payload, all little-endian:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 4 | magic `0x9D5AC3E1` |
+//! | 4 | stored payload length |
+//! | 4 | CRC-32 (IEEE) of the sequence number's 8 bytes and the stored payload |
+//! | 8 | sequence number, strictly increasing over the journal's life |
+//! | n | stored payload: the write time (i64, Unix ms), then the caller's bytes |
+//!
+//! The write time is kept per record (not per segment) so that `depth().oldest_unix_ms` is
+//! the age of the oldest uncommitted record itself, not of the segment it landed in, which
+//! on a quiet node may have been opened hours earlier.
+//!
+//! # Guarantees
+//!
+//! - Records `flush()` has returned for survive the writer being killed (`kill -9`); with
+//!   [`Fsync::OnFlush`] they also survive power loss.
+//! - Every record read back has a valid checksum, an in-place sequence number and a length
+//!   that fits its file. A damaged region is skipped: the reader looks for the next magic
+//!   that starts a valid record, and reports the region ([`Damage`]: file, offset, why, how
+//!   many bytes). A torn tail (a partial last record after `kill -9`) is truncated at open
+//!   and reported by the first `read_after`.
+//! - Nothing read from disk is trusted: lengths are checked against the file before anything
+//!   is allocated, so garbage neither panics nor allocates more than the file holds.
+//! - Segments plus the write buffer never exceed `max_bytes`; when the next record would,
+//!   [`FullPolicy`] decides what is lost, and [`Journal::dropped`] counts it.
+
+use std::{
+    collections::VecDeque,
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+/// The first four bytes of every record (little-endian `E1 C3 5A 9D`: not ASCII, so ordinary
+/// text in payloads does not look like a record start when the reader resynchronises).
+pub const MAGIC: u32 = 0x9D5A_C3E1;
+/// Bytes before a record's stored payload.
+pub const HEADER_BYTES: usize = 20;
+/// The write time at the start of each stored payload.
+const STAMP_BYTES: usize = 8;
+/// The largest stored payload a reader considers, whatever the segment size: a length field
+/// above this is damage, never an allocation.
+const HARD_MAX_STORED: u64 = 64 << 20;
+/// Smallest segment; `max_bytes` must hold two of them.
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+/// Buffered bytes that are written out even before `flush()`, to bound memory.
+const WRITE_OUT_BYTES: usize = 1 << 20;
+/// What a reader loads from a segment at a time.
+const READ_CHUNK: usize = 256 << 10;
+/// Read positions remembered, so that sequential `read_after` calls do not rescan segments.
+const POSITIONS_KEPT: usize = 64;
+/// Sequence numbers (and cursors, segment names) above this are damage: the journal never
+/// gets there, and `+ 1` must never overflow on anything read from disk.
+const MAX_SEQ: u64 = u64::MAX / 2;
+const COMMIT_FILE: &str = "commit";
+const COMMIT_TMP: &str = "commit.tmp";
+const LOCK_FILE: &str = "lock";
+
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// Bound on the segment files plus the write buffer. At least two `MIN_SEGMENT_BYTES`.
+    pub max_bytes: u64,
+    /// A segment is rolled when the next record would take it past this. Lowered to
+    /// `max_bytes / 2` when larger, so that dropping the oldest segment always makes room.
+    pub segment_bytes: u64,
+    pub full: FullPolicy,
+    pub fsync: Fsync,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self { max_bytes: 256 << 20, segment_bytes: 8 << 20, full: FullPolicy::DropOldest, fsync: Fsync::OnFlush }
+    }
+}
+
+/// What happens when a record does not fit within `max_bytes`. Both lose records; both are
+/// counted in [`Journal::dropped`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullPolicy {
+    /// Delete whole oldest segments (committed or not) until the record fits.
+    DropOldest,
+    /// Refuse the record ([`Appended::Dropped`]).
+    DropNewest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Data goes to the OS at `flush()`: survives the process being killed, not power loss.
+    Never,
+    /// `fsync` at `flush()`, `commit()` and when a segment is sealed: survives power loss.
+    OnFlush,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored (buffered until `flush()`) with this sequence number.
+    Stored(u64),
+    /// `DropNewest` and full: this record was not stored (counted in `dropped()`).
+    Dropped,
+}
+
+/// Uncommitted records: how many, their bytes on disk and in the buffer (headers included),
+/// and the write time of the oldest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Depth {
+    pub records: u64,
+    pub bytes: u64,
+    pub oldest_unix_ms: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("a record of {len} bytes is larger than this journal stores ({max} bytes at most)")]
+    TooLarge { len: usize, max: u64 },
+    #[error("{dir} is in use by another process (it holds {dir}/lock)")]
+    Locked { dir: PathBuf },
+    #[error("journal configuration: {message}")]
+    Config { message: String },
+}
+
+/// A damaged region found while reading: which file, the byte offset, why; reading resumes
+/// at the next valid record. `reason` also says how many records the region cost (from the
+/// gap in sequence numbers, which are consecutive within a segment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub reason: String,
+    pub bytes_skipped: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    /// Sequence number of its first record (from the file name).
+    first: u64,
+    path: PathBuf,
+    /// Bytes in the file (for the active segment: written out, not counting the buffer).
+    len: u64,
+    /// Damage at offsets below this has been reported (and counted) already.
+    reported_until: u64,
+}
+
+/// Just past record `seq`, in the segment whose first record is `segment`.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    seq: u64,
+    segment: u64,
+    offset: u64,
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    max_bytes: u64,
+    segment_bytes: u64,
+    /// Largest caller payload `append` takes.
+    max_payload: u64,
+    full: FullPolicy,
+    fsync: Fsync,
+    /// Held for the journal's life: the flock is what keeps a second writer out.
+    _lock: File,
+    /// Oldest first; never empty; the last one is being appended to.
+    segs: Vec<Segment>,
+    active: File,
+    buf: Vec<u8>,
+    buf_first_stamp: Option<i64>,
+    /// Written out since the last fsync.
+    unsynced: bool,
+    /// Sum of `segs[].len`.
+    disk_bytes: u64,
+    last_seq: u64,
+    /// Highest sequence number written out to the file (readers see up to here).
+    flushed_seq: u64,
+    committed: u64,
+    /// Bytes (of `disk_bytes` + buffer) before the first uncommitted record.
+    committed_bytes: u64,
+    oldest_stamp: Option<i64>,
+    positions: VecDeque<Position>,
+    window: Option<Window>,
+    /// Found at open (torn tail, unreadable cursor); handed out by the next `read_after`.
+    pending_damage: Vec<Damage>,
+    dropped: u64,
+    damage_total: u64,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.dir)
+            .field("segments", &self.segs.len())
+            .field("last_seq", &self.last_seq)
+            .field("committed", &self.committed)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> JournalError + 'a {
+    move |source| JournalError::Io { path: path.to_owned(), op, source }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}.seg")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&first| (1..=MAX_SEQ).contains(&first))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir, "syncing directory"))
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+fn checksum(seq: u64, stored: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&seq.to_le_bytes());
+    h.update(stored);
+    h.finalize()
+}
+
+/// A segment file being read, with the bytes last loaded from it.
+struct Window {
+    segment: u64,
+    file: File,
+    start: u64,
+    data: Vec<u8>,
+}
+
+impl Window {
+    fn open(seg: &Segment) -> io::Result<Self> {
+        Ok(Self { segment: seg.first, file: File::open(&seg.path)?, start: 0, data: Vec::new() })
+    }
+
+    /// `n` bytes at `off`, or `None` when the file is shorter. Callers have checked `n`
+    /// against the segment's length, so this never loads more than the file holds.
+    fn get(&mut self, off: u64, n: usize) -> io::Result<Option<&[u8]>> {
+        let loaded = off >= self.start && off + n as u64 <= self.start + self.data.len() as u64;
+        if !loaded {
+            let want = n.max(READ_CHUNK);
+            self.data.clear();
+            self.data.resize(want, 0);
+            let mut filled = 0;
+            while filled < want {
+                match self.file.read_at(&mut self.data[filled..], off + filled as u64) {
+                    Ok(0) => break,
+                    Ok(k) => filled += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.data.clear();
+                        return Err(e);
+                    }
+                }
+            }
+            self.data.truncate(filled);
+            self.start = off;
+        }
+        let at = (off - self.start) as usize;
+        Ok(self.data.get(at..at + n))
+    }
+
+    /// The bytes already loaded from `off` on, without reading.
+    fn loaded_from(&self, off: u64) -> &[u8] {
+        match off.checked_sub(self.start) {
+            Some(at) if at < self.data.len() as u64 => &self.data[at as usize..],
+            _ => &[],
+        }
+    }
+}
+
+struct Header {
+    seq: u64,
+    stored: u64,
+    stamp: i64,
+}
+
+/// Checks the record at `off`: magic, a length that fits before `end`, a sequence number in
+/// `(prev, max_seq]`, the checksum. `Ok(Err(why))` is damage.
+fn parse_at(w: &mut Window, off: u64, end: u64, prev: u64, max_seq: u64) -> io::Result<Result<Header, &'static str>> {
+    if end < off || end - off < HEADER_BYTES as u64 {
+        return Ok(Err("incomplete record header"));
+    }
+    let Some(h) = w.get(off, HEADER_BYTES)? else { return Ok(Err("file shorter than expected")) };
+    let (magic, stored, crc, seq) = (le_u32(h, 0), u64::from(le_u32(h, 4)), le_u32(h, 8), le_u64(h, 12));
+    if magic != MAGIC {
+        return Ok(Err("bad magic"));
+    }
+    if stored < STAMP_BYTES as u64 || stored > HARD_MAX_STORED {
+        return Ok(Err("implausible length"));
+    }
+    if stored > end - off - HEADER_BYTES as u64 {
+        return Ok(Err("record runs past the end of the segment"));
+    }
+    if seq <= prev || seq > max_seq {
+        return Ok(Err("sequence number out of place"));
+    }
+    let Some(body) = w.get(off + HEADER_BYTES as u64, stored as usize)? else {
+        return Ok(Err("file shorter than expected"));
+    };
+    if checksum(seq, body) != crc {
+        return Ok(Err("checksum mismatch"));
+    }
+    let stamp = le_u64(body, 0) as i64;
+    Ok(Ok(Header { seq, stored, stamp }))
+}
+
+enum Item {
+    Record { seq: u64, stamp: i64, offset: u64, next: u64, payload: Vec<u8> },
+    /// `resumes`: the sequence number of the valid record the reader resynchronised on, or
+    /// `None` when the damage runs to the end of the segment.
+    Damage { offset: u64, skipped: u64, reason: &'static str, resumes: Option<u64> },
+}
+
+/// Walks one segment from `off`: valid records, and damaged regions between them.
+struct Scan<'w> {
+    w: &'w mut Window,
+    off: u64,
+    end: u64,
+    /// Sequence number of the last valid record (or the segment's first - 1).
+    prev: u64,
+    max_seq: u64,
+}
+
+impl Scan<'_> {
+    fn next(&mut self, want_payload: bool) -> io::Result<Option<Item>> {
+        if self.off >= self.end {
+            return Ok(None);
+        }
+        let at = self.off;
+        match parse_at(self.w, at, self.end, self.prev, self.max_seq)? {
+            Ok(h) => {
+                let next = at + HEADER_BYTES as u64 + h.stored;
+                let payload = if want_payload {
+                    let data_at = at + (HEADER_BYTES + STAMP_BYTES) as u64;
+                    match self.w.get(data_at, h.stored as usize - STAMP_BYTES)? {
+                        Some(p) => p.to_vec(),
+                        None => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "segment shrank while read")),
+                    }
+                } else {
+                    Vec::new()
+                };
+                self.prev = h.seq;
+                self.off = next;
+                Ok(Some(Item::Record { seq: h.seq, stamp: h.stamp, offset: at, next, payload }))
+            }
+            Err(reason) => {
+                let (resume_at, resumes) = self.resync(at + 1)?;
+                self.off = resume_at;
+                Ok(Some(Item::Damage { offset: at, skipped: resume_at - at, reason, resumes }))
+            }
+        }
+    }
+
+    /// The next offset from `p` holding a valid record (and its sequence number), or the end.
+    fn resync(&mut self, mut p: u64) -> io::Result<(u64, Option<u64>)> {
+        let magic = MAGIC.to_le_bytes();
+        while self.end > p && self.end - p >= HEADER_BYTES as u64 {
+            let left = self.end - p;
+            // Search what is loaded before reading more: payloads full of magic-looking bytes
+            // must not cost a reload per candidate.
+            let loaded = self.w.loaded_from(p);
+            let chunk = if loaded.len() >= HEADER_BYTES {
+                &loaded[..loaded.len().min(left as usize)]
+            } else {
+                let n = left.min(READ_CHUNK as u64) as usize;
+                let Some(chunk) = self.w.get(p, n)? else { break };
+                chunk
+            };
+            let n = chunk.len();
+            match chunk.windows(4).position(|x| x == magic) {
+                Some(i) => {
+                    let candidate = p + i as u64;
+                    if let Ok(h) = parse_at(self.w, candidate, self.end, self.prev, self.max_seq)? {
+                        return Ok((candidate, Some(h.seq)));
+                    }
+                    p = candidate + 1;
+                }
+                // Keep the last three bytes: a magic may straddle two chunks.
+                None => p += (n as u64).saturating_sub(3).max(1),
+            }
+        }
+        Ok((self.end, None))
+    }
+}
+
+/// What `read_after` returns: (sequence number, payload), oldest first.
+pub type Records = Vec<(u64, Vec<u8>)>;
+
+impl Journal {
+    /// Opens (creating) the journal in `dir` and recovers it: a torn or damaged tail of the
+    /// last segment is truncated and reported (as [`Damage`], by the first `read_after`);
+    /// damage elsewhere is reported when read. Appends go to a new segment.
+    pub fn open(dir: &Path, config: JournalConfig) -> Result<Journal, JournalError> {
+        if config.max_bytes < 2 * MIN_SEGMENT_BYTES {
+            return Err(JournalError::Config {
+                message: format!("max_bytes is {}; it must be at least {}", config.max_bytes, 2 * MIN_SEGMENT_BYTES),
+            });
+        }
+        let segment_bytes = config.segment_bytes.clamp(MIN_SEGMENT_BYTES, config.max_bytes / 2);
+        let max_payload = (segment_bytes.min(HARD_MAX_STORED) - (HEADER_BYTES + STAMP_BYTES) as u64).min(u64::from(u32::MAX));
+        fs::create_dir_all(dir).map_err(io_err(dir, "creating directory"))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path, "opening"))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(JournalError::Locked { dir: dir.to_owned() }),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path, "locking")(e)),
+        }
+        let tmp = dir.join(COMMIT_TMP);
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&tmp, "removing")(e)),
+        }
+        let mut pending_damage = Vec::new();
+        let committed = read_cursor(dir, &mut pending_damage)?;
+
+        let mut segs = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir, "listing"))? {
+            let entry = entry.map_err(io_err(dir, "listing"))?;
+            let Some(first) = entry.file_name().to_str().and_then(parse_segment_name) else { continue };
+            let path = entry.path();
+            let len = entry.metadata().map_err(io_err(&path, "reading metadata of"))?.len();
+            segs.push(Segment { first, path, len, reported_until: 0 });
+        }
+        segs.sort_by_key(|s| s.first);
+
+        let mut damage_total = 0;
+        let mut last_seq = committed;
+        if let Some(tail) = segs.last_mut() {
+            last_seq = last_seq.max(tail.first.saturating_sub(1));
+            let (valid_end, last_valid, reason) = scan_tail(tail).map_err(io_err(&tail.path, "reading"))?;
+            last_seq = last_seq.max(last_valid);
+            if valid_end < tail.len {
+                let file = OpenOptions::new().write(true).open(&tail.path).map_err(io_err(&tail.path, "opening"))?;
+                file.set_len(valid_end).map_err(io_err(&tail.path, "truncating"))?;
+                if config.fsync == Fsync::OnFlush {
+                    file.sync_all().map_err(io_err(&tail.path, "syncing"))?;
+                }
+                pending_damage.push(Damage {
+                    segment: tail.path.clone(),
+                    offset: valid_end,
+                    reason: format!("torn or damaged tail truncated at open ({reason}); at least 1 record lost"),
+                    bytes_skipped: tail.len - valid_end,
+                });
+                damage_total += 1;
+                tail.len = valid_end;
+            }
+        }
+        if segs.last().is_some_and(|s| s.len == 0)
+            && let Some(empty) = segs.pop()
+        {
+            fs::remove_file(&empty.path).map_err(io_err(&empty.path, "removing"))?;
+        }
+
+        let first = last_seq + 1;
+        let path = dir.join(segment_name(first));
+        let active = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path, "creating"))?;
+        if config.fsync == Fsync::OnFlush {
+            sync_dir(dir)?;
+        }
+        segs.push(Segment { first, path, len: 0, reported_until: 0 });
+        let disk_bytes = segs.iter().map(|s| s.len).sum();
+
+        let mut journal = Journal {
+            dir: dir.to_owned(),
+            max_bytes: config.max_bytes,
+            segment_bytes,
+            max_payload,
+            full: config.full,
+            fsync: config.fsync,
+            _lock: lock,
+            segs,
+            active,
+            buf: Vec::new(),
+            buf_first_stamp: None,
+            unsynced: false,
+            disk_bytes,
+            last_seq,
+            flushed_seq: last_seq,
+            committed,
+            committed_bytes: 0,
+            oldest_stamp: None,
+            positions: VecDeque::new(),
+            window: None,
+            pending_damage,
+            dropped: 0,
+            damage_total,
+        };
+        journal.collect_committed()?;
+        journal.recompute_commit_point();
+        Ok(journal)
+    }
+
+    /// Appends one record (buffered: readers and the disk see it after `flush()`). When the
+    /// journal is full, `DropOldest` deletes whole oldest segments (their uncommitted records
+    /// are counted in `dropped()`) and `DropNewest` refuses this record.
+    pub fn append(&mut self, payload: &[u8]) -> Result<Appended, JournalError> {
+        if payload.len() as u64 > self.max_payload {
+            return Err(JournalError::TooLarge { len: payload.len(), max: self.max_payload });
+        }
+        let stored = STAMP_BYTES + payload.len();
+        let record = (HEADER_BYTES + stored) as u64;
+        let active_len = self.active_len();
+        if active_len > 0 && active_len + record > self.segment_bytes {
+            self.roll()?;
+        }
+        if self.total_bytes() + record > self.max_bytes && !self.make_room(record)? {
+            self.dropped += 1;
+            return Ok(Appended::Dropped);
+        }
+        let seq = self.last_seq + 1;
+        let stamp = now_ms();
+        let mut body = Vec::with_capacity(stored);
+        body.extend_from_slice(&stamp.to_le_bytes());
+        body.extend_from_slice(payload);
+        self.buf.reserve(HEADER_BYTES + stored);
+        self.buf.extend_from_slice(&MAGIC.to_le_bytes());
+        self.buf.extend_from_slice(&(stored as u32).to_le_bytes());
+        self.buf.extend_from_slice(&checksum(seq, &body).to_le_bytes());
+        self.buf.extend_from_slice(&seq.to_le_bytes());
+        self.buf.extend_from_slice(&body);
+        if self.buf_first_stamp.is_none() {
+            self.buf_first_stamp = Some(stamp);
+        }
+        if self.last_seq <= self.effective_committed() {
+            self.oldest_stamp = Some(stamp);
+        }
+        self.last_seq = seq;
+        if self.buf.len() >= WRITE_OUT_BYTES {
+            self.write_out()?;
+        }
+        Ok(Appended::Stored(seq))
+    }
+
+    /// Writes buffered records to the OS (and fsyncs with `Fsync::OnFlush`). After this
+    /// returns, they survive the process being killed and readers see them.
+    pub fn flush(&mut self) -> Result<(), JournalError> {
+        self.write_out()?;
+        if self.fsync == Fsync::OnFlush && self.unsynced {
+            let path = &self.segs[self.segs.len() - 1].path;
+            self.active.sync_data().map_err(io_err(path, "syncing"))?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    /// Up to `max_records` records with sequence numbers above `after`, oldest first, at most
+    /// `max_bytes` of payload (but always at least one record when there is one); only what
+    /// was flushed. Damaged regions are skipped and reported, each once per open (the first
+    /// call also hands out what `open` found). Sequence numbers may jump: over damage, and
+    /// over records the full policy dropped.
+    pub fn read_after(
+        &mut self,
+        after: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<(Records, Vec<Damage>), JournalError> {
+        let mut damage = std::mem::take(&mut self.pending_damage);
+        let mut out: Records = Vec::new();
+        if max_records == 0 || after >= self.flushed_seq {
+            return Ok((out, damage));
+        }
+        let (mut idx, mut off, mut scan_prev) = self.start_point(after);
+        // Highest sequence number accounted for: returned, skipped as <= after, or lost.
+        let mut acct = scan_prev;
+        let mut bytes = 0usize;
+        let mut last_pos = None;
+        while idx < self.segs.len() {
+            let end = self.segs[idx].len;
+            let max_seq = self.nominal_last(idx);
+            let mut w = self.take_window(idx)?;
+            let mut scan = Scan { w: &mut w, off, end, prev: scan_prev, max_seq };
+            let mut full = false;
+            let mut failed = None;
+            loop {
+                let item = match scan.next(true) {
+                    Ok(Some(item)) => item,
+                    Ok(None) => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                match item {
+                    Item::Record { seq, offset, next, payload, .. } => {
+                        if seq > acct + 1 && seq - 1 > after {
+                            // Records missing with no damaged bytes between: count them.
+                            let lost = seq - 1 - acct.max(after);
+                            self.report(idx, offset, 0, "records missing", lost, &mut damage);
+                        }
+                        if seq <= after {
+                            acct = acct.max(seq);
+                            continue;
+                        }
+                        if !out.is_empty() && bytes + payload.len() > max_bytes {
+                            full = true;
+                            break;
+                        }
+                        acct = seq;
+                        bytes += payload.len();
+                        last_pos = Some(Position { seq, segment: self.segs[idx].first, offset: next });
+                        out.push((seq, payload));
+                        if out.len() >= max_records || bytes >= max_bytes {
+                            full = true;
+                            break;
+                        }
+                    }
+                    Item::Damage { offset, skipped, reason, resumes } => {
+                        let next_seq = resumes.unwrap_or(max_seq.saturating_add(1));
+                        if next_seq > after + 1 {
+                            let lost = next_seq.saturating_sub(acct.max(after) + 1);
+                            self.report(idx, offset, skipped, reason, lost, &mut damage);
+                        }
+                        acct = acct.max(next_seq.saturating_sub(1));
+                    }
+                }
+            }
+            self.window = Some(w);
+            if let Some(e) = failed {
+                return Err(io_err(&self.segs[idx].path, "reading")(e));
+            }
+            if full {
+                break;
+            }
+            if idx + 1 < self.segs.len() && acct < max_seq && max_seq > after {
+                // A sealed segment that ends early (cut short without garbage).
+                let lost = max_seq - acct.max(after);
+                self.report(idx, end, 0, "segment ends before its last record", lost, &mut damage);
+                acct = max_seq;
+            }
+            idx += 1;
+            off = 0;
+            scan_prev = self.segs.get(idx).map_or(0, |s| s.first - 1);
+        }
+        if let Some(p) = last_pos {
+            self.positions.retain(|q| q.seq != p.seq);
+            self.positions.push_back(p);
+            if self.positions.len() > POSITIONS_KEPT {
+                self.positions.pop_front();
+            }
+        }
+        Ok((out, damage))
+    }
+
+    /// Marks everything up to `seq` done: persists the cursor, then deletes the segments
+    /// wholly at or below it. Lower values than the current cursor are ignored.
+    pub fn commit(&mut self, seq: u64) -> Result<(), JournalError> {
+        let seq = seq.min(self.last_seq);
+        if seq <= self.committed {
+            return Ok(());
+        }
+        let tmp = self.dir.join(COMMIT_TMP);
+        let dst = self.dir.join(COMMIT_FILE);
+        let mut f = File::create(&tmp).map_err(io_err(&tmp, "creating"))?;
+        f.write_all(format!("{seq}\n").as_bytes()).map_err(io_err(&tmp, "writing"))?;
+        if self.fsync == Fsync::OnFlush {
+            f.sync_data().map_err(io_err(&tmp, "syncing"))?;
+        }
+        drop(f);
+        fs::rename(&tmp, &dst).map_err(io_err(&dst, "replacing"))?;
+        if self.fsync == Fsync::OnFlush {
+            sync_dir(&self.dir)?;
+        }
+        self.committed = seq;
+        let collected = self.collect_committed();
+        self.recompute_commit_point();
+        collected
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// The sequence number of the last record appended (buffered or not).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Uncommitted records, buffered ones included. `oldest_unix_ms` is the write time of the
+    /// oldest one (each record carries its own).
+    pub fn depth(&self) -> Depth {
+        let records = self.last_seq.saturating_sub(self.effective_committed());
+        let bytes = self.total_bytes().saturating_sub(self.committed_bytes);
+        Depth { records, bytes, oldest_unix_ms: if records > 0 { self.oldest_stamp } else { None } }
+    }
+
+    /// Records lost to the full policy since open, never committed: refused (`DropNewest`) or
+    /// deleted with their segment (`DropOldest`).
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Records lost to damage since open (a torn tail counts one; elsewhere the gap in
+    /// sequence numbers says how many).
+    pub fn damage_total(&self) -> u64 {
+        self.damage_total
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn active_len(&self) -> u64 {
+        self.segs[self.segs.len() - 1].len + self.buf.len() as u64
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.disk_bytes + self.buf.len() as u64
+    }
+
+    /// The cursor, or just before the oldest record still present when the full policy
+    /// deleted past it.
+    fn effective_committed(&self) -> u64 {
+        self.committed.max(self.segs[0].first - 1)
+    }
+
+    /// The last sequence number segment `idx` should hold.
+    fn nominal_last(&self, idx: usize) -> u64 {
+        match self.segs.get(idx + 1) {
+            Some(next) => next.first - 1,
+            None => self.flushed_seq,
+        }
+    }
+
+    fn report(&mut self, idx: usize, offset: u64, skipped: u64, reason: &str, lost: u64, out: &mut Vec<Damage>) {
+        let seg = &mut self.segs[idx];
+        if offset < seg.reported_until {
+            return;
+        }
+        seg.reported_until = offset + skipped.max(1);
+        self.damage_total += lost;
+        let lost = match lost {
+            1 => "1 record lost".to_owned(),
+            n => format!("{n} records lost"),
+        };
+        out.push(Damage { segment: seg.path.clone(), offset, reason: format!("{reason}; {lost}"), bytes_skipped: skipped });
+    }
+
+    /// Where to start reading for records after `after`: (segment index, offset, the
+    /// sequence number just before that offset).
+    fn start_point(&self, after: u64) -> (usize, u64, u64) {
+        if after < self.segs[0].first {
+            return (0, 0, self.segs[0].first - 1);
+        }
+        let idx = self.segs.partition_point(|s| s.first <= after + 1).saturating_sub(1);
+        let seg = &self.segs[idx];
+        if seg.first == after + 1 {
+            return (idx, 0, after);
+        }
+        match self.positions.iter().rev().find(|p| p.seq == after && p.segment == seg.first) {
+            Some(p) => (idx, p.offset, after),
+            None => (idx, 0, seg.first - 1),
+        }
+    }
+
+    fn take_window(&mut self, idx: usize) -> Result<Window, JournalError> {
+        let seg = &self.segs[idx];
+        match self.window.take() {
+            Some(w) if w.segment == seg.first => Ok(w),
+            _ => Window::open(seg).map_err(io_err(&seg.path, "opening")),
+        }
+    }
+
+    /// The first valid record after `after`: (segment index, offset, write time).
+    fn locate(&mut self, after: u64) -> io::Result<Option<(usize, u64, i64)>> {
+        let (mut idx, mut off, mut prev) = self.start_point(after);
+        while idx < self.segs.len() {
+            let end = self.segs[idx].len;
+            let max_seq = self.nominal_last(idx);
+            let mut w = match self.window.take() {
+                Some(w) if w.segment == self.segs[idx].first => w,
+                _ => Window::open(&self.segs[idx])?,
+            };
+            let mut scan = Scan { w: &mut w, off, end, prev, max_seq };
+            let mut found = None;
+            let mut failed = None;
+            loop {
+                match scan.next(false) {
+                    Ok(Some(Item::Record { seq, stamp, offset, .. })) if seq > after => {
+                        found = Some((idx, offset, stamp));
+                        break;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            self.window = Some(w);
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if found.is_some() {
+                return Ok(found);
+            }
+            idx += 1;
+            off = 0;
+            prev = self.segs.get(idx).map_or(0, |s| s.first - 1);
+        }
+        Ok(None)
+    }
+
+    /// Recomputes where the uncommitted records start (for `depth`): bytes before them and
+    /// the oldest one's write time.
+    fn recompute_commit_point(&mut self) {
+        let eff = self.effective_committed();
+        if eff >= self.last_seq {
+            self.committed_bytes = self.total_bytes();
+            self.oldest_stamp = None;
+            return;
+        }
+        if eff >= self.flushed_seq {
+            self.committed_bytes = self.disk_bytes;
+            self.oldest_stamp = self.buf_first_stamp;
+            return;
+        }
+        let before = |segs: &[Segment], idx: usize| segs[..idx].iter().map(|s| s.len).sum::<u64>();
+        match self.locate(eff) {
+            Ok(Some((idx, off, stamp))) => {
+                self.committed_bytes = before(&self.segs, idx) + off;
+                self.oldest_stamp = Some(stamp);
+            }
+            // Nothing valid left on disk (damage) or unreadable: depth stays approximate.
+            _ => {
+                let (idx, _, _) = self.start_point(eff);
+                self.committed_bytes = before(&self.segs, idx);
+                self.oldest_stamp = self.buf_first_stamp;
+            }
+        }
+    }
+
+    /// Deletes sealed segments whose records are all committed.
+    fn collect_committed(&mut self) -> Result<(), JournalError> {
+        let mut removed = false;
+        while self.segs.len() > 1 && self.segs[1].first - 1 <= self.committed {
+            self.remove_oldest()?;
+            removed = true;
+        }
+        if removed {
+            self.recompute_commit_point();
+        }
+        Ok(())
+    }
+
+    fn remove_oldest(&mut self) -> Result<(), JournalError> {
+        let seg = &self.segs[0];
+        match fs::remove_file(&seg.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&seg.path, "removing")(e)),
+        }
+        if self.window.as_ref().is_some_and(|w| w.segment == seg.first) {
+            self.window = None;
+        }
+        self.disk_bytes -= seg.len;
+        self.segs.remove(0);
+        Ok(())
+    }
+
+    /// Frees space for a record of `need` bytes under the full policy; false when the record
+    /// must be refused.
+    fn make_room(&mut self, need: u64) -> Result<bool, JournalError> {
+        self.collect_committed()?;
+        if self.total_bytes() + need <= self.max_bytes {
+            return Ok(true);
+        }
+        if self.full == FullPolicy::DropNewest {
+            return Ok(false);
+        }
+        while self.total_bytes() + need > self.max_bytes {
+            if self.segs.len() == 1 {
+                if self.active_len() == 0 {
+                    // Cannot happen: a record is at most half of max_bytes.
+                    return Ok(false);
+                }
+                self.roll()?;
+            }
+            let nominal_last = self.segs[1].first - 1;
+            let lost = nominal_last.saturating_sub(self.committed.max(self.segs[0].first - 1));
+            self.remove_oldest()?;
+            self.dropped += lost;
+        }
+        self.recompute_commit_point();
+        Ok(true)
+    }
+
+    /// Seals the active segment (fsynced with `OnFlush`) and starts the next one.
+    fn roll(&mut self) -> Result<(), JournalError> {
+        self.write_out()?;
+        if self.fsync == Fsync::OnFlush && self.unsynced {
+            let path = &self.segs[self.segs.len() - 1].path;
+            self.active.sync_data().map_err(io_err(path, "syncing"))?;
+            self.unsynced = false;
+        }
+        let first = self.last_seq + 1;
+        let path = self.dir.join(segment_name(first));
+        let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path, "creating"))?;
+        if self.fsync == Fsync::OnFlush {
+            sync_dir(&self.dir)?;
+        }
+        self.active = file;
+        self.segs.push(Segment { first, path, len: 0, reported_until: 0 });
+        Ok(())
+    }
+
+    /// Moves the buffer to the OS. A failed write is cut back off the file, so the segment
+    /// never ends in a half record while the process lives; the buffer is kept for a retry.
+    fn write_out(&mut self) -> Result<(), JournalError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let idx = self.segs.len() - 1;
+        if let Err(e) = self.active.write_all(&self.buf) {
+            let _ = self.active.set_len(self.segs[idx].len);
+            if self.window.as_ref().is_some_and(|w| w.segment == self.segs[idx].first) {
+                self.window = None;
+            }
+            return Err(io_err(&self.segs[idx].path, "writing")(e));
+        }
+        let n = self.buf.len() as u64;
+        self.segs[idx].len += n;
+        self.disk_bytes += n;
+        self.flushed_seq = self.last_seq;
+        self.buf.clear();
+        self.buf_first_stamp = None;
+        self.unsynced = true;
+        Ok(())
+    }
+}
+
+impl Drop for Journal {
+    /// Like a `BufWriter`, hands what is buffered to the OS (no fsync); errors have nowhere
+    /// to go. A crash (`kill -9`) loses what was not flushed.
+    fn drop(&mut self) {
+        let _ = self.write_out();
+    }
+}
+
+/// The committed cursor; an unreadable one counts as nothing committed (everything is read
+/// again: duplicates, never loss) and is reported.
+fn read_cursor(dir: &Path, damage: &mut Vec<Damage>) -> Result<u64, JournalError> {
+    let path = dir.join(COMMIT_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => match std::str::from_utf8(&bytes).ok().and_then(|t| t.trim().parse().ok()).filter(|&s| s <= MAX_SEQ) {
+            Some(seq) => Ok(seq),
+            None => {
+                damage.push(Damage {
+                    segment: path,
+                    offset: 0,
+                    reason: "commit cursor unreadable; reading again from the oldest record".into(),
+                    bytes_skipped: bytes.len() as u64,
+                });
+                Ok(0)
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io_err(&path, "reading")(e)),
+    }
+}
+
+/// Scans the last segment whole: (end of the last valid record, its sequence number, why the
+/// bytes after it are not a record).
+fn scan_tail(seg: &Segment) -> io::Result<(u64, u64, &'static str)> {
+    let mut w = Window::open(seg)?;
+    let mut scan = Scan { w: &mut w, off: 0, end: seg.len, prev: seg.first.saturating_sub(1), max_seq: MAX_SEQ };
+    let (mut valid_end, mut last_valid, mut why) = (0, 0, "");
+    while let Some(item) = scan.next(false)? {
+        match item {
+            Item::Record { seq, next, .. } => {
+                valid_end = next;
+                last_valid = seq;
+            }
+            Item::Damage { reason, .. } => why = reason,
+        }
+    }
+    Ok((valid_end, last_valid, why))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip_and_refuse_others() {
+        assert_eq!(segment_name(42), "00000000000000000042.seg");
+        assert_eq!(parse_segment_name("00000000000000000042.seg"), Some(42));
+        assert_eq!(parse_segment_name("0000000000000000042.seg"), None);
+        assert_eq!(parse_segment_name("99999999999999999999.seg"), None, "above u64::MAX");
+        assert_eq!(parse_segment_name("0000000000000000004x.seg"), None);
+        assert_eq!(parse_segment_name("00000000000000000042.tmp"), None);
+    }
+}
