@@ -30,6 +30,108 @@ pub struct CollectorConfig {
     pub http: HttpConfig,
     /// Largest accepted gRPC message (a batch); larger ones are refused with a clear status.
     pub max_message_bytes: usize,
+    /// The durable per-output queues between ingest and the outputs.
+    pub queue: QueueConfig,
+    /// Mutual TLS on the ingest port: agents must present a certificate from `client_ca_file`,
+    /// valid for the node name every one of their events carries.
+    pub tls: ServerTls,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTls {
+    /// PEM certificate (chain) and key of the collector (its Service's DNS name).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle that signs the agents' node certificates.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl ServerTls {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some() || self.client_ca_file.is_some()
+    }
+}
+
+/// `[queue]`: every output has its own queue on disk, `<dir>/<output name>/` (a
+/// `peregrine-journal`). A batch is acknowledged once it is in every output's queue; each
+/// output delivers from its own queue at its own pace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    pub dir: PathBuf,
+    /// Bound on each output's queue on disk.
+    pub max_bytes: u64,
+    /// Queue files are this size; must hold the largest event (`max_message_bytes`).
+    pub segment_bytes: u64,
+    /// What a full queue gives up: `drop_oldest` or `drop_newest`. Either way events are lost,
+    /// and counted (`peregrine_collector_events_dropped_total{reason="queue_full"}`).
+    pub full_policy: QueueFullPolicy,
+    /// `on_flush` (default): a batch is fsynced before it is acknowledged, so an acknowledged
+    /// event survives the collector's node losing power; the agent deletes what was
+    /// acknowledged, so without this an acknowledgement could be a promise the disk does not
+    /// keep. `never`: survives the collector being killed, not power loss; cheaper on slow
+    /// disks.
+    pub fsync: QueueFsync,
+    /// Event ids each output remembers having delivered (also on disk, so across restarts):
+    /// an event arriving again within this window (an agent replaying what it saw no
+    /// acknowledgement for) is not delivered twice. About 40 bytes of memory per id.
+    pub dedup_window: usize,
+    /// Events per batch an output is handed from its queue.
+    pub batch_max_events: usize,
+    /// On SIGTERM, how long outputs may keep delivering what is queued before the collector
+    /// exits; what is left stays queued for the next start.
+    pub drain_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    DropOldest,
+    DropNewest,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFsync {
+    Never,
+    OnFlush,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            dir: "/var/lib/peregrine/queue".into(),
+            max_bytes: 1 << 30,
+            segment_bytes: 32 << 20,
+            full_policy: QueueFullPolicy::DropOldest,
+            fsync: QueueFsync::OnFlush,
+            dedup_window: 1_000_000,
+            batch_max_events: 1000,
+            drain_timeout_ms: 5000,
+        }
+    }
+}
+
+impl QueueConfig {
+    pub fn journal(&self) -> peregrine_journal::JournalConfig {
+        peregrine_journal::JournalConfig {
+            max_bytes: self.max_bytes,
+            segment_bytes: self.segment_bytes,
+            full: match self.full_policy {
+                QueueFullPolicy::DropOldest => peregrine_journal::FullPolicy::DropOldest,
+                QueueFullPolicy::DropNewest => peregrine_journal::FullPolicy::DropNewest,
+            },
+            fsync: self.journal_fsync(),
+        }
+    }
+
+    pub fn journal_fsync(&self) -> peregrine_journal::Fsync {
+        match self.fsync {
+            QueueFsync::Never => peregrine_journal::Fsync::Never,
+            QueueFsync::OnFlush => peregrine_journal::Fsync::OnFlush,
+        }
+    }
 }
 
 /// Where events go in the single-output form: JSON lines on stdout or appended to a file.
@@ -57,6 +159,8 @@ impl Default for CollectorConfig {
             outputs: Vec::new(),
             http: HttpConfig::default(),
             max_message_bytes: 16 << 20,
+            queue: QueueConfig::default(),
+            tls: ServerTls::default(),
         }
     }
 }
@@ -213,6 +317,13 @@ impl CollectorConfig {
 
 impl Validate for CollectorConfig {
     fn validate(&self) -> Result<(), (String, String)> {
+        let t = &self.tls;
+        if t.enabled() && (t.cert_file.is_none() || t.key_file.is_none() || t.client_ca_file.is_none()) {
+            return Err((
+                "tls".into(),
+                "mutual TLS needs tls.cert_file, tls.key_file and tls.client_ca_file (the CA of the agents' node certificates)".into(),
+            ));
+        }
         if let Some(output) = &self.output {
             match (output.kind.as_str(), &output.path) {
                 ("stdout", _) | ("file", Some(_)) => {}
@@ -225,6 +336,52 @@ impl Validate for CollectorConfig {
         }
         if self.max_message_bytes < 1024 {
             return Err(("max_message_bytes".into(), "must be at least 1024".into()));
+        }
+        self.validate_queue()?;
+        self.validate_names()
+    }
+}
+
+impl CollectorConfig {
+    fn validate_queue(&self) -> Result<(), (String, String)> {
+        let q = &self.queue;
+        // A record is the event plus a 28-byte header; an event can be as large as a message.
+        let need = self.max_message_bytes as u64 + 1024;
+        if q.segment_bytes < need {
+            return Err((
+                "queue.segment_bytes".into(),
+                format!("must be at least max_message_bytes + 1 KiB ({need}): every event must fit in one queue file"),
+            ));
+        }
+        if q.max_bytes < 2 * q.segment_bytes {
+            return Err(("queue.max_bytes".into(), format!("must be at least twice queue.segment_bytes ({})", 2 * q.segment_bytes)));
+        }
+        if q.batch_max_events == 0 {
+            return Err(("queue.batch_max_events".into(), "must be at least 1".into()));
+        }
+        if q.dedup_window > 100_000_000 {
+            return Err(("queue.dedup_window".into(), "must be at most 100000000".into()));
+        }
+        Ok(())
+    }
+
+    /// Output names become queue directories: unique, and plain file names.
+    fn validate_names(&self) -> Result<(), (String, String)> {
+        let legacy = usize::from(self.output.is_some() || self.outputs.is_empty());
+        let mut seen = std::collections::HashSet::new();
+        for (i, spec) in self.effective_outputs().iter().enumerate() {
+            let key = if i < legacy { "output".to_owned() } else { format!("outputs[{}].name", i - legacy) };
+            let name = crate::output::output_name(spec, i);
+            let plain = !name.is_empty()
+                && name.len() <= 100
+                && !name.starts_with('.')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !plain {
+                return Err((key, format!("`{name}`: an output name may use letters, digits, `.`, `_` and `-` (it names the output's queue directory)")));
+            }
+            if !seen.insert(name.clone()) {
+                return Err((key, format!("`{name}` names two outputs (each output needs its own queue)")));
+            }
         }
         Ok(())
     }
@@ -260,12 +417,45 @@ mod tests {
     fn from_toml(text: &str) -> Result<CollectorConfig, String> {
         let dir = std::env::temp_dir().join(format!("peregrine-collector-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("c{}.toml", text.len()));
+        // Tests run in parallel: one file each.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let path = dir.join(format!("c{}.toml", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
         std::fs::write(&path, text).unwrap();
         let r = Layers::new().file(&path).unwrap().build::<CollectorConfig>().map_err(|e| e.to_string());
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_dir(&dir);
         r
+    }
+
+    #[test]
+    fn queue_keys_have_defaults_and_are_checked() {
+        let c = Layers::new().build::<CollectorConfig>().unwrap();
+        assert_eq!(c.queue.dir, std::path::Path::new("/var/lib/peregrine/queue"));
+        assert_eq!((c.queue.full_policy, c.queue.fsync), (QueueFullPolicy::DropOldest, QueueFsync::OnFlush));
+        let c = Layers::new()
+            .overrides(["queue.dir=/q", "queue.full_policy=drop_newest", "queue.fsync=never", "queue.dedup_window=10"])
+            .unwrap()
+            .build::<CollectorConfig>()
+            .unwrap();
+        assert_eq!(c.queue.journal().full, peregrine_journal::FullPolicy::DropNewest);
+        assert_eq!(c.queue.journal().fsync, peregrine_journal::Fsync::Never);
+        let e = Layers::new().overrides(["queue.segment_bytes=1000"]).unwrap().build::<CollectorConfig>().unwrap_err();
+        assert!(e.to_string().contains("queue.segment_bytes"), "{e}");
+        let e = Layers::new().overrides(["queue.max_bytes=40000000"]).unwrap().build::<CollectorConfig>().unwrap_err();
+        assert!(e.to_string().contains("queue.max_bytes"), "{e}");
+        let e = Layers::new().overrides(["queue.full_policy=drop_all"]).unwrap().build::<CollectorConfig>().unwrap_err();
+        assert!(e.to_string().contains("queue.full_policy"), "{e}");
+    }
+
+    #[test]
+    fn output_names_must_be_unique_plain_file_names() {
+        let e = from_toml("[[outputs]]\nkind = \"stdout\"\nname = \"a/b\"\n").unwrap_err();
+        assert!(e.contains("outputs[0].name") && e.contains("a/b"), "{e}");
+        let e = from_toml("[[outputs]]\nkind = \"stdout\"\nname = \"x\"\n[[outputs]]\nkind = \"stdout\"\nname = \"x\"\n").unwrap_err();
+        assert!(e.contains("outputs[1].name") && e.contains("two outputs"), "{e}");
+        let e = from_toml("[output]\nkind = \"stdout\"\n[[outputs]]\nkind = \"stdout\"\nname = \"output\"\n").unwrap_err();
+        assert!(e.contains("outputs[0].name"), "{e}");
+        from_toml("[[outputs]]\nkind = \"stdout\"\n[[outputs]]\nkind = \"stdout\"\n").unwrap();
     }
 
     #[test]

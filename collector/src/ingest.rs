@@ -1,4 +1,5 @@
-//! The gRPC ingest service: delivers each batch to every output, then acknowledges it.
+//! The gRPC ingest service: puts each batch into every output's durable queue, then
+//! acknowledges it. Delivery to the outputs happens behind the queues (`crate::queue`).
 
 use std::pin::Pin;
 
@@ -8,11 +9,12 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::sync::mpsc;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::output::Outputs;
+use crate::queue::Queues;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -31,20 +33,41 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("peregrine_collector");
-        r.register("events_received", "Events every output accepted, by kind", self.events.clone());
-        r.register("batches_acked", "Batches written and acknowledged", self.batches.clone());
-        r.register("output_write_errors", "Batches an output failed to accept (not acknowledged)", self.write_errors.clone());
+        r.register("events_received", "Events received and queued for every output, by kind", self.events.clone());
+        r.register("batches_acked", "Batches queued and acknowledged", self.batches.clone());
+        r.register("output_write_errors", "Batches that could not be queued (not acknowledged; the agent resends)", self.write_errors.clone());
         r.register("stream_errors", "Agent streams that ended with an error", self.stream_errors.clone());
         r.register("agent_streams", "Open agent streams", self.streams.clone());
     }
 }
 
 pub struct IngestService {
-    pub outputs: Outputs,
+    pub queues: Queues,
     pub metrics: Metrics,
+    /// Turns true at shutdown: open streams end (agents reconnect, to another replica if
+    /// there is one) rather than hold the collector up.
+    pub stopping: watch::Receiver<bool>,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
+
+/// Every event's `node` must be a name the client certificate is valid for (its DNS SANs), so
+/// one node's credentials cannot speak for another node.
+fn check_nodes(cert: &rustls::pki_types::CertificateDer<'static>, events: &[peregrine_proto::Event]) -> Result<(), String> {
+    let cert = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("unreadable client certificate: {e}"))?;
+    let mut checked: Option<&str> = None;
+    for e in events {
+        if checked == Some(e.node.as_str()) {
+            continue;
+        }
+        let name = rustls::pki_types::ServerName::try_from(e.node.as_str())
+            .map_err(|_| format!("event node `{}` is not a valid DNS name", e.node))?;
+        cert.verify_is_valid_for_subject_name(&name)
+            .map_err(|_| format!("the client certificate is not valid for node `{}`", e.node))?;
+        checked = Some(e.node.as_str());
+    }
+    Ok(())
+}
 
 #[tonic::async_trait]
 impl Ingest for IngestService {
@@ -52,27 +75,47 @@ impl Ingest for IngestService {
 
     async fn stream(&self, request: Request<Streaming<EventBatch>>) -> Result<Response<AckStream>, Status> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        // With mutual TLS, the node the client certificate names; every event must be from it.
+        let identity = request.peer_certs().and_then(|certs| certs.first().cloned());
         let mut batches = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let outputs = self.outputs.clone();
+        let queues = self.queues.clone();
         let metrics = self.metrics.clone();
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             metrics.streams.inc();
             tracing::info!(%peer, "agent stream opened");
-            while let Some(next) = batches.next().await {
+            loop {
+                let next = tokio::select! {
+                    next = batches.next() => next,
+                    () = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                        let _ = tx.send(Err(Status::unavailable("collector shutting down"))).await;
+                        break;
+                    }
+                };
                 let batch = match next {
-                    Ok(b) => b,
-                    Err(status) => {
+                    Some(Ok(b)) => b,
+                    Some(Err(status)) => {
                         metrics.stream_errors.inc();
                         tracing::warn!(%peer, error = %status, "agent stream failed");
                         break;
                     }
+                    None => break,
                 };
-                let delivered = outputs.deliver(&batch.events).await;
-                if let Err(e) = delivered {
+                if let Some(cert) = &identity
+                    && let Err(why) = check_nodes(cert, &batch.events)
+                {
+                    metrics.stream_errors.inc();
+                    tracing::warn!(%peer, error = %why, "agent batch refused: its certificate does not name the node its events come from");
+                    let _ = tx.send(Err(Status::permission_denied(why))).await;
+                    break;
+                }
+                // Encoded once, the same bytes go to every output's queue.
+                let payloads: Vec<Vec<u8>> = batch.events.iter().map(Message::encode_to_vec).collect();
+                if let Err(e) = queues.append(payloads).await {
                     metrics.write_errors.inc();
-                    tracing::error!(%peer, error = %e, "output failed; batch not acknowledged");
-                    let _ = tx.send(Err(Status::unavailable(format!("output failed: {e}")))).await;
+                    tracing::error!(%peer, error = %e, "cannot queue the batch; not acknowledged");
+                    let _ = tx.send(Err(Status::unavailable(format!("queue failed: {e}")))).await;
                     break;
                 }
                 for event in &batch.events {

@@ -4,4 +4,5 @@
 pub mod config;
 pub mod ingest;
 pub mod output;
+pub mod queue;
 pub mod timefmt;

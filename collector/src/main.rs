@@ -1,6 +1,6 @@
 //! peregrine-collector: receives agents' event streams and writes them to outputs.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -11,6 +11,7 @@ use peregrine_collector::{
     config::CollectorConfig,
     ingest::{self, IngestService},
     output::{OutputMetrics, Outputs},
+    queue::{self, QueueMetrics},
 };
 use tokio::sync::watch;
 
@@ -56,13 +57,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
+/// After SIGTERM, how long agent streams get to end before the server stops waiting for them.
+const STREAMS_GRACE: Duration = Duration::from_secs(2);
+
 async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     let output_metrics = OutputMetrics::default();
     let outputs = Outputs::build(&config.effective_outputs(), &output_metrics).context("building the outputs")?;
     let metrics = ingest::Metrics::default();
+    let queue_metrics = QueueMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     output_metrics.register(&mut registry);
+    queue_metrics.register(&mut registry);
+    let (queues, workers) = queue::start(&config.queue, &outputs, &queue_metrics)
+        .with_context(|| format!("opening the output queues in {} (queue.dir)", config.queue.dir.display()))?;
     let (ready_tx, ready_rx) = watch::channel(false);
     let http = peregrine_service::http::serve(config.http.listen, Arc::new(registry), ready_rx).await?;
 
@@ -72,18 +80,52 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     let ingest_addr = listener.local_addr().context("ingest address")?;
     tracing::info!(ingest = %ingest_addr, %http, outputs = ?outputs.names(), "collector listening");
 
-    let service = IngestService { outputs, metrics };
+    let (stopping_tx, stopping) = watch::channel(false);
+    let service = IngestService { queues, metrics, stopping: stopping.clone() };
     let server = IngestServer::new(service)
+        // Agents compress their batches (collector.compression = gzip by default).
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
         .max_decoding_message_size(config.max_message_bytes);
     let _ = ready_tx.send(true);
-    tonic::transport::Server::builder()
-        .add_service(server)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            peregrine_service::shutdown_signal(),
-        )
-        .await
-        .context("ingest server")?;
+    let mut builder = tonic::transport::Server::builder();
+    if config.tls.enabled() {
+        builder = builder.tls_config(server_tls(&config.tls)?).context("collector TLS settings (tls.*)")?;
+        tracing::info!("mutual TLS: agents must present a node certificate from tls.client_ca_file");
+    }
+    let served = builder.add_service(server).serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        async move {
+            peregrine_service::shutdown_signal().await;
+            tracing::info!("stopping: no new streams; open ones are closed");
+            let _ = stopping_tx.send(true);
+        },
+    );
+    tokio::pin!(served);
+    let mut signalled = stopping.clone();
+    tokio::select! {
+        r = &mut served => r.context("ingest server")?,
+        () = async {
+            if signalled.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(STREAMS_GRACE).await;
+        } => tracing::warn!("agent streams still open after the grace period; dropping them"),
+    }
+    let _ = ready_tx.send(false);
+    // Every acknowledged batch is already flushed to the queues; the workers get a bounded
+    // time to deliver what is queued, the rest waits for the next start.
+    workers.stop(Duration::from_millis(config.queue.drain_timeout_ms)).await;
     tracing::info!("collector stopped");
     Ok(())
+}
+
+fn server_tls(tls: &peregrine_collector::config::ServerTls) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |path: &Option<std::path::PathBuf>, key: &str| -> anyhow::Result<Vec<u8>> {
+        let path = path.as_ref().with_context(|| format!("{key} is not set"))?;
+        std::fs::read(path).with_context(|| format!("reading {key} {}", path.display()))
+    };
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&tls.cert_file, "tls.cert_file")?, read(&tls.key_file, "tls.key_file")?))
+        .client_ca_root(Certificate::from_pem(read(&tls.client_ca_file, "tls.client_ca_file")?)))
 }

@@ -5,7 +5,9 @@
 //! Every output sees the same batch through its own routing (`kinds`, `min_priority`) and
 //! redaction, then its own size limit (`truncate`). What an output cannot take is set aside in
 //! its dead-letter file and counted, never dropped silently. The collector acknowledges a batch
-//! only when every output has accepted it (`Outputs::deliver`).
+//! once it is in every output's durable queue (`crate::queue`); each output's worker then
+//! hands it to [`Output::send`] and keeps it queued until `send` succeeds.
+//! [`Outputs::deliver`] sends one batch to every output directly.
 
 pub mod asim;
 pub mod auth;
@@ -21,13 +23,13 @@ pub mod sentinel;
 pub mod syslog;
 pub mod truncate;
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
 use peregrine_proto::Event;
 use serde::Deserialize;
-use tokio::task::JoinSet;
+use tokio::{sync::OnceCell, task::JoinSet};
 
-use crate::config::{CommonSettings, KindSettings, OutputSpec};
+use crate::config::{CommonSettings, KindSettings, OutputSpec, RetrySettings};
 
 pub use metrics::OutputMetrics;
 
@@ -86,10 +88,23 @@ pub enum OutputError {
 pub struct Output {
     pub name: String,
     pub kind: OutputKind,
+    /// Also paces the queue worker's retries of a batch `send` gave up on.
+    pub retry: RetrySettings,
     route: route::Route,
     redactor: route::Redactor,
     sink: Sink,
     ctx: Ctx,
+    /// The JSON-lines file this output writes, which can be read back.
+    readback: Option<PathBuf>,
+}
+
+impl Output {
+    /// Event ids this output's destination already holds, when the destination can be read
+    /// back (JSON-lines files): the queue treats them as delivered, which closes the window
+    /// between a write and the delivered-id log after a crash. Other sinks return none.
+    pub fn written_ids(&self, tail_bytes: u64) -> Vec<String> {
+        self.readback.as_deref().map(|p| file::written_ids(p, tail_bytes)).unwrap_or_default()
+    }
 }
 
 /// What every sink uses while sending: its name, metrics, dead-letter file and size limit.
@@ -102,9 +117,24 @@ pub struct Ctx {
 
 pub enum Sink {
     JsonLines(file::JsonLines),
+    PendingFile(PendingFile),
     CefSyslog(syslog::CefSyslog),
     Sentinel(Box<sentinel::Sentinel>),
     OcsfFile(ocsf::OcsfFile),
+}
+
+/// A `file` output whose file could not be opened at start (say, its directory is not
+/// mounted yet): opened by the first `send` that can, its events waiting in the output's
+/// queue until then rather than the collector refusing to start.
+pub struct PendingFile {
+    path: PathBuf,
+    opened: OnceCell<file::JsonLines>,
+}
+
+/// The output's name: its `name`, or `<kind>-<position>` among all outputs (the legacy
+/// `[output]` first).
+pub fn output_name(spec: &OutputSpec, index: usize) -> String {
+    spec.common.name.clone().unwrap_or_else(|| format!("{}-{index}", spec.common.kind.as_str()))
 }
 
 /// Checks one `[[outputs]]` entry beyond its types; errors name the key inside the entry.
@@ -147,7 +177,7 @@ impl OutputSpec {
     /// Builds the output: opens files, loads certificates, compiles patterns.
     pub fn build(&self, index: usize, metrics: &OutputMetrics) -> Result<Output, OutputError> {
         let c: &CommonSettings = &self.common;
-        let name = c.name.clone().unwrap_or_else(|| format!("{}-{index}", c.kind.as_str()));
+        let name = output_name(self, index);
         let config_err = |message: String| OutputError::Config { output: name.clone(), message };
         let kinds = if c.kinds.is_empty() { default_kinds(&self.settings) } else { c.kinds.clone() };
         let route = route::Route::new(&kinds, c.min_priority.as_deref()).map_err(config_err)?;
@@ -165,13 +195,23 @@ impl OutputSpec {
             max_event_bytes: c.max_event_bytes.or(default_limit),
         };
         let sink = match &self.settings {
-            KindSettings::File(f) => Sink::JsonLines(file::JsonLines::file(&name, &f.path)?),
+            KindSettings::File(f) => match file::JsonLines::file(&name, &f.path) {
+                Ok(sink) => Sink::JsonLines(sink),
+                Err(e) => {
+                    tracing::warn!(output = %name, error = %e, "output file not writable yet; its events wait in its queue");
+                    Sink::PendingFile(PendingFile { path: f.path.clone(), opened: OnceCell::new() })
+                }
+            },
             KindSettings::Stdout(_) => Sink::JsonLines(file::JsonLines::stdout()),
             KindSettings::CefSyslog(s) => Sink::CefSyslog(s.build(&name, &c.retry)?),
             KindSettings::Sentinel(s) => Sink::Sentinel(Box::new(s.build(&name, &c.retry)?)),
             KindSettings::OcsfFile(s) => Sink::OcsfFile(s.build(&name)?),
         };
-        Ok(Output { name, kind: c.kind, route, redactor, sink, ctx })
+        let readback = match &self.settings {
+            KindSettings::File(f) => Some(f.path.clone()),
+            _ => None,
+        };
+        Ok(Output { name, kind: c.kind, retry: c.retry.clone(), route, redactor, sink, ctx, readback })
     }
 }
 
@@ -198,6 +238,12 @@ impl Output {
         }
         let r = match &self.sink {
             Sink::JsonLines(s) => s.send(&selected, &self.ctx).await,
+            Sink::PendingFile(p) => {
+                match p.opened.get_or_try_init(|| async { file::JsonLines::file(&self.name, &p.path) }).await {
+                    Ok(s) => s.send(&selected, &self.ctx).await,
+                    Err(e) => Err(e),
+                }
+            }
             Sink::CefSyslog(s) => s.send(&selected, &self.ctx).await,
             Sink::Sentinel(s) => s.send(&selected, &self.ctx).await,
             Sink::OcsfFile(s) => s.send(&selected, &self.ctx).await,
@@ -228,9 +274,11 @@ impl Outputs {
         self.outputs.iter().map(|o| o.name.clone()).collect()
     }
 
-    /// Sends the batch to every output at once and waits for all; the first error is returned
-    /// (the batch is then not acknowledged, and the agent sends it again: an output that had
-    /// accepted it receives it twice, with the same event ids).
+    pub fn list(&self) -> &[Arc<Output>] {
+        &self.outputs
+    }
+
+    /// Sends the batch to every output at once and waits for all; the first error is returned.
     pub async fn deliver(&self, events: &[Event]) -> Result<(), OutputError> {
         if self.outputs.len() == 1 {
             return match self.outputs.first() {

@@ -1,0 +1,631 @@
+//! Durable per-output queues: the stage between ingest and the outputs.
+//!
+//! Ingest encodes each event once (protobuf) and hands the batch to the queue writer, a
+//! thread that appends it to every output's queue (a `peregrine-journal` in
+//! `queue.dir/<output>/`) and flushes it (fsynced with `queue.fsync = "on_flush"`); only
+//! then is the batch acknowledged. Batches arriving together share one flush per queue.
+//!
+//! One worker per output reads its queue after the commit cursor, decodes, removes events it
+//! has delivered already (by event id), hands the rest to the output's `send` (which has its
+//! own retries), and commits. A batch the output fails stays queued and is offered again with
+//! jittered backoff, without limit: nothing leaves a queue undelivered except by the full
+//! policy or damage, both counted. A restarted collector resumes from each cursor.
+//!
+//! De-duplication: an agent replays what it saw no acknowledgement for, with the same event
+//! ids. Each output remembers the ids it delivered last (`queue.dedup_window`), in memory and
+//! in a log beside its queue (`queue.dir/<output>/delivered/`, also a journal, bounded, its
+//! oldest files dropped first), read back at start. The ids of a batch are logged before its
+//! commit, so a batch delivered just before a crash and read again after it is recognised too.
+//! Delivered events are gone from the queue (commit deletes them), so the id log, not the
+//! queue, is what makes duplicates recognisable across restarts.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    hash::{BuildHasher, RandomState},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use peregrine_journal::{Damage, FullPolicy, Fsync, Journal, JournalConfig, JournalError, Records};
+use peregrine_proto::Event;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use prost::Message;
+use tokio::{
+    sync::{Notify, mpsc, oneshot, watch},
+    task::JoinHandle,
+};
+
+use crate::{
+    config::{QueueConfig, RetrySettings},
+    output::{Output, Outputs, metrics::OutputLabel},
+};
+
+/// Batches the writer takes together (one flush per queue for all of them).
+const GROUP_MAX: usize = 64;
+/// Payload bytes a worker reads from its queue per batch (at least one event, whatever its size).
+const READ_MAX_BYTES: usize = 4 << 20;
+/// How much of a readable destination's tail is read back at start (a few batches' worth).
+const READBACK_BYTES: u64 = 64 << 20;
+
+/// Bytes per record of the delivered-id log.
+const ID_RECORD_BYTES: usize = 2000;
+/// Disk budget of the delivered-id log per remembered id.
+const ID_LOG_BYTES_PER_ID: u64 = 64;
+/// How often an idle worker refreshes its queue gauges (the oldest event's age grows).
+const IDLE_REFRESH: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    pub output: String,
+    pub reason: &'static str,
+}
+
+pub mod reason {
+    /// The queue was full; its `full_policy` gave up events.
+    pub const QUEUE_FULL: &str = "queue_full";
+    /// Queue records found damaged on disk, or that did not decode.
+    pub const QUEUE_DAMAGED: &str = "queue_damaged";
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct QueueMetrics {
+    pub records: Family<OutputLabel, Gauge>,
+    pub bytes: Family<OutputLabel, Gauge>,
+    pub oldest_age_ms: Family<OutputLabel, Gauge>,
+    pub appended: Family<OutputLabel, Counter>,
+    pub delivered: Family<OutputLabel, Counter>,
+    pub duplicates_removed: Family<OutputLabel, Counter>,
+    pub dropped: Family<DropLabel, Counter>,
+    pub damage_detected: Family<OutputLabel, Counter>,
+    pub delivery_retries: Family<OutputLabel, Counter>,
+}
+
+impl QueueMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("peregrine_collector");
+        r.register("queue_records", "Events waiting in an output's queue (read or not, not yet delivered)", self.records.clone());
+        r.register("queue_bytes", "Bytes of those events on disk", self.bytes.clone());
+        r.register("queue_oldest_age_ms", "Age of the oldest event waiting in an output's queue", self.oldest_age_ms.clone());
+        r.register("queue_appended", "Events written to an output's queue", self.appended.clone());
+        r.register(
+            "queue_delivered",
+            "Events from an output's queue that the output accepted (after de-duplication)",
+            self.delivered.clone(),
+        );
+        r.register(
+            "duplicates_removed",
+            "Events not delivered again: the output had delivered an event with the same id",
+            self.duplicates_removed.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Events lost before delivery, by reason (queue_full: the full policy; queue_damaged: damaged on disk)",
+            self.dropped.clone(),
+        );
+        r.register(
+            "queue_damage_detected",
+            "Damaged regions found in queue files (each logged with its file and offset)",
+            self.damage_detected.clone(),
+        );
+        r.register(
+            "queue_delivery_retries",
+            "Batches an output failed; they stay queued and are offered again",
+            self.delivery_retries.clone(),
+        );
+    }
+
+    fn label(output: &str) -> OutputLabel {
+        OutputLabel { output: output.to_owned() }
+    }
+
+    fn drop(&self, output: &str, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.dropped.get_or_create(&DropLabel { output: output.to_owned(), reason }).inc_by(n);
+        }
+    }
+
+    /// Current values, for tests and logs.
+    pub fn dropped_count(&self, output: &str, reason: &'static str) -> u64 {
+        self.dropped.get_or_create(&DropLabel { output: output.to_owned(), reason }).get()
+    }
+    pub fn duplicates_count(&self, output: &str) -> u64 {
+        self.duplicates_removed.get_or_create(&Self::label(output)).get()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("output `{output}`: queue: {source}")]
+    Journal {
+        output: String,
+        #[source]
+        source: JournalError,
+    },
+    #[error("writing the queues: {0}")]
+    Write(String),
+    #[error("the queue writer has stopped")]
+    Stopped,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves a journal that is still consistent on
+    // disk (every operation is a complete write or an error): carry on with it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One output's queue, shared by the writer thread (appends) and the output's worker.
+struct Queue {
+    output: Arc<Output>,
+    label: OutputLabel,
+    dir: PathBuf,
+    journal: Mutex<Journal>,
+    delivered: Mutex<DeliveredIds>,
+    new_data: Notify,
+    metrics: QueueMetrics,
+    /// The journal's loss counters as last added to the metrics.
+    seen_dropped: AtomicU64,
+    seen_damaged: AtomicU64,
+}
+
+impl Queue {
+    /// Appends and flushes; the caller acknowledges the batch only after this.
+    fn append<'a>(&self, payloads: impl Iterator<Item = &'a Vec<u8>>) -> Result<(), JournalError> {
+        let mut journal = lock(&self.journal);
+        let mut stored = 0u64;
+        let mut result = Ok(());
+        for p in payloads {
+            match journal.append(p) {
+                // A refused event is in the journal's dropped count, mirrored below.
+                Ok(peregrine_journal::Appended::Stored(_)) => stored += 1,
+                Ok(peregrine_journal::Appended::Dropped) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let result = result.and_then(|()| journal.flush());
+        self.metrics.appended.get_or_create(&self.label).inc_by(stored);
+        self.mirror(&journal);
+        drop(journal);
+        self.new_data.notify_one();
+        result
+    }
+
+    /// Copies the journal's depth and loss counters into the metrics.
+    fn mirror(&self, journal: &Journal) {
+        let depth = journal.depth();
+        self.metrics.records.get_or_create(&self.label).set(i64::try_from(depth.records).unwrap_or(i64::MAX));
+        self.metrics.bytes.get_or_create(&self.label).set(i64::try_from(depth.bytes).unwrap_or(i64::MAX));
+        let age = depth.oldest_unix_ms.map_or(0, |t| unix_now_ms().saturating_sub(t).max(0));
+        self.metrics.oldest_age_ms.get_or_create(&self.label).set(age);
+        let dropped = journal.dropped();
+        let before = self.seen_dropped.swap(dropped, Ordering::Relaxed);
+        self.metrics.drop(&self.output.name, reason::QUEUE_FULL, dropped.saturating_sub(before));
+        let damaged = journal.damage_total();
+        let before = self.seen_damaged.swap(damaged, Ordering::Relaxed);
+        self.metrics.drop(&self.output.name, reason::QUEUE_DAMAGED, damaged.saturating_sub(before));
+    }
+
+    fn read(&self, after: u64, max_events: usize) -> Result<(Records, Vec<Damage>), JournalError> {
+        let mut journal = lock(&self.journal);
+        let read = journal.read_after(after, max_events, READ_MAX_BYTES);
+        self.mirror(&journal);
+        read
+    }
+
+    /// After a delivery: log the ids first, then commit (see the module comment).
+    fn finish(&self, ids: &[String], last: u64) {
+        if let Err(e) = lock(&self.delivered).remember(ids) {
+            tracing::warn!(output = %self.output.name, error = %e, "cannot log delivered event ids; after a restart, replays of them may be delivered again");
+        }
+        let mut journal = lock(&self.journal);
+        if let Err(e) = journal.commit(last) {
+            tracing::warn!(output = %self.output.name, error = %e, "queue commit failed; after a restart these events are read again (and recognised as duplicates)");
+        }
+        self.mirror(&journal);
+    }
+
+    fn refresh(&self) {
+        self.mirror(&lock(&self.journal));
+    }
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The event ids an output delivered last: a bounded set (oldest forgotten first) and its log.
+struct DeliveredIds {
+    keys: HashSet<u128>,
+    order: VecDeque<u128>,
+    capacity: usize,
+    /// Two independently keyed hashes make a 128-bit key: memory per id stays small, and
+    /// with per-process random keys nobody can craft an id that collides with another's.
+    hashers: (RandomState, RandomState),
+    log: Option<Journal>,
+}
+
+impl DeliveredIds {
+    fn open(dir: &Path, capacity: usize, fsync: Fsync) -> Result<Self, JournalError> {
+        let mut ids = Self {
+            keys: HashSet::with_capacity(capacity.min(1 << 20)),
+            order: VecDeque::with_capacity(capacity.min(1 << 20)),
+            capacity,
+            hashers: (RandomState::new(), RandomState::new()),
+            log: None,
+        };
+        if capacity == 0 {
+            return Ok(ids);
+        }
+        let max_bytes = (capacity as u64).saturating_mul(ID_LOG_BYTES_PER_ID).max(64 << 10);
+        let config = JournalConfig { max_bytes, segment_bytes: max_bytes / 16, full: FullPolicy::DropOldest, fsync };
+        let mut log = Journal::open(dir, config)?;
+        let mut after = 0;
+        loop {
+            let (records, damage) = log.read_after(after, 4096, 4 << 20)?;
+            for d in &damage {
+                tracing::warn!(segment = %d.segment.display(), offset = d.offset, reason = %d.reason, "damaged delivered-id log skipped (some replays may be delivered again)");
+            }
+            let Some(&(last, _)) = records.last() else { break };
+            after = last;
+            for (_, payload) in &records {
+                for id in decode_ids(payload) {
+                    let k = ids.key(id);
+                    ids.insert(k);
+                }
+            }
+        }
+        ids.log = Some(log);
+        Ok(ids)
+    }
+
+    fn key(&self, id: &[u8]) -> u128 {
+        (u128::from(self.hashers.0.hash_one(id)) << 64) | u128::from(self.hashers.1.hash_one(id))
+    }
+
+    fn contains(&self, k: u128) -> bool {
+        self.keys.contains(&k)
+    }
+
+    fn insert(&mut self, k: u128) {
+        if self.capacity == 0 || !self.keys.insert(k) {
+            return;
+        }
+        self.order.push_back(k);
+        if self.order.len() > self.capacity
+            && let Some(old) = self.order.pop_front()
+        {
+            self.keys.remove(&old);
+        }
+    }
+
+    fn remember(&mut self, ids: &[String]) -> Result<(), JournalError> {
+        for id in ids {
+            let k = self.key(id.as_bytes());
+            self.insert(k);
+        }
+        let Some(log) = &mut self.log else { return Ok(()) };
+        let mut record = Vec::with_capacity(ID_RECORD_BYTES + 64);
+        for id in ids {
+            let Ok(len) = u16::try_from(id.len()) else { continue };
+            record.extend_from_slice(&len.to_le_bytes());
+            record.extend_from_slice(id.as_bytes());
+            if record.len() >= ID_RECORD_BYTES {
+                log.append(&record)?;
+                record.clear();
+            }
+        }
+        if !record.is_empty() {
+            log.append(&record)?;
+        }
+        log.flush()
+    }
+}
+
+/// Ids in one record of the delivered-id log: (u16 length, bytes) repeated. Stops at the
+/// first malformed entry.
+fn decode_ids(mut payload: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (len, rest) = payload.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_le_bytes(*len));
+        if rest.len() < len {
+            return None;
+        }
+        let (id, rest) = rest.split_at(len);
+        payload = rest;
+        Some(id)
+    })
+}
+
+/// A batch for the writer thread, and where to say it is on disk.
+struct Append {
+    payloads: Vec<Vec<u8>>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Where ingest puts batches: every output's queue.
+#[derive(Clone)]
+pub struct Queues {
+    writer: mpsc::Sender<Append>,
+}
+
+/// The per-output workers, stopped by [`Workers::stop`].
+pub struct Workers {
+    queues: Vec<Arc<Queue>>,
+    handles: Vec<(String, JoinHandle<()>)>,
+    stop: watch::Sender<bool>,
+}
+
+/// Opens every output's queue (recovering what an earlier run left: workers resume after
+/// each commit cursor), starts the writer thread and one worker per output. Needs a tokio
+/// runtime.
+pub fn start(config: &QueueConfig, outputs: &Outputs, metrics: &QueueMetrics) -> Result<(Queues, Workers), QueueError> {
+    let mut queues = Vec::new();
+    for output in outputs.list() {
+        let dir = config.dir.join(&output.name);
+        let err = |source| QueueError::Journal { output: output.name.clone(), source };
+        let journal = Journal::open(&dir, config.journal()).map_err(err)?;
+        let mut delivered = DeliveredIds::open(&dir.join("delivered"), config.dedup_window, config.journal_fsync()).map_err(err)?;
+        // What the destination already holds counts as delivered, logged or not.
+        for id in output.written_ids(READBACK_BYTES) {
+            let k = delivered.key(id.as_bytes());
+            delivered.insert(k);
+        }
+        let depth = journal.depth();
+        tracing::info!(output = %output.name, dir = %dir.display(), queued = depth.records, remembered_ids = delivered.order.len(), "output queue opened");
+        let queue = Queue {
+            output: output.clone(),
+            label: QueueMetrics::label(&output.name),
+            dir: dir.clone(),
+            journal: Mutex::new(journal),
+            delivered: Mutex::new(delivered),
+            new_data: Notify::new(),
+            metrics: metrics.clone(),
+            seen_dropped: AtomicU64::new(0),
+            seen_damaged: AtomicU64::new(0),
+        };
+        queue.refresh();
+        queues.push(Arc::new(queue));
+    }
+    let (tx, rx) = mpsc::channel(GROUP_MAX);
+    let for_writer = queues.clone();
+    std::thread::Builder::new()
+        .name("queue-writer".into())
+        .spawn(move || write_loop(rx, &for_writer))
+        .map_err(|e| QueueError::Write(format!("starting the queue writer: {e}")))?;
+    let (stop, stopping) = watch::channel(false);
+    let handles = queues
+        .iter()
+        .map(|q| (q.output.name.clone(), tokio::spawn(work(q.clone(), config.batch_max_events, stopping.clone()))))
+        .collect();
+    Ok((Queues { writer: tx }, Workers { queues, handles, stop }))
+}
+
+impl Queues {
+    /// Puts encoded events into every output's queue; `Ok` once they are flushed there (the
+    /// full policy may have dropped some, counted).
+    pub async fn append(&self, payloads: Vec<Vec<u8>>) -> Result<(), QueueError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let (done, written) = oneshot::channel();
+        self.writer.send(Append { payloads, done }).await.map_err(|_| QueueError::Stopped)?;
+        written.await.map_err(|_| QueueError::Stopped)?.map_err(QueueError::Write)
+    }
+}
+
+fn write_loop(mut rx: mpsc::Receiver<Append>, queues: &[Arc<Queue>]) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(a) => group.push(a),
+                Err(_) => break,
+            }
+        }
+        let mut result = Ok(());
+        for q in queues {
+            if let Err(e) = q.append(group.iter().flat_map(|a| a.payloads.iter())) {
+                tracing::error!(output = %q.output.name, error = %e, "cannot write the output's queue; batches not acknowledged");
+                result = Err(format!("output `{}`: {e}", q.output.name));
+                break;
+            }
+        }
+        for a in group {
+            let _ = a.done.send(result.clone());
+        }
+    }
+}
+
+impl Workers {
+    /// Lets every worker deliver what is queued for at most `drain`, then stops them; what
+    /// is left stays queued for the next start.
+    pub async fn stop(self, drain: Duration) {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + drain;
+        for (name, mut handle) in self.handles {
+            if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
+                handle.abort();
+                let _ = handle.await;
+                tracing::warn!(output = %name, "output did not deliver its whole queue before the drain timeout; the rest stays queued");
+            }
+        }
+        for q in &self.queues {
+            let mut journal = lock(&q.journal);
+            if let Err(e) = journal.flush() {
+                tracing::error!(output = %q.output.name, error = %e, "flushing the queue at shutdown");
+            }
+            q.mirror(&journal);
+            let depth = journal.depth();
+            tracing::info!(output = %q.output.name, queued = depth.records, "output queue closed");
+        }
+    }
+}
+
+/// One output's worker: read, de-duplicate, deliver (until it succeeds), log ids, commit.
+async fn work(q: Arc<Queue>, batch_max: usize, mut stop: watch::Receiver<bool>) {
+    let name = q.output.name.clone();
+    let mut cursor = lock(&q.journal).committed();
+    loop {
+        let reader = q.clone();
+        let read = tokio::task::spawn_blocking(move || reader.read(cursor, batch_max)).await;
+        let (records, damage) = match read {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!(output = %name, error = %e, "cannot read the output's queue; retrying");
+                tokio::time::sleep(IDLE_REFRESH).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(output = %name, error = %e, "queue read task failed; retrying");
+                tokio::time::sleep(IDLE_REFRESH).await;
+                continue;
+            }
+        };
+        for d in &damage {
+            tracing::warn!(output = %name, segment = %d.segment.display(), offset = d.offset, bytes_skipped = d.bytes_skipped, reason = %d.reason,
+                "damaged queue records skipped");
+        }
+        if !damage.is_empty() {
+            q.metrics.damage_detected.get_or_create(&q.label).inc_by(damage.len() as u64);
+        }
+        let Some(&(last, _)) = records.last() else {
+            if *stop.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = q.new_data.notified() => {}
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(IDLE_REFRESH) => q.refresh(),
+            }
+            continue;
+        };
+
+        let (events, ids) = unique_events(&q, records);
+        let mut attempt = 0u32;
+        while !events.is_empty() {
+            match q.output.send(&events).await {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    q.metrics.delivery_retries.get_or_create(&q.label).inc();
+                    // Logged at the first failure and then ever more rarely (1, 2, 4, 8...).
+                    if attempt.is_power_of_two() {
+                        tracing::warn!(output = %name, error = %e, attempt, events = events.len(), "output failed; the batch stays queued and is retried");
+                    }
+                    tokio::time::sleep(backoff(&q.output.retry, attempt)).await;
+                }
+            }
+        }
+        if attempt > 0 {
+            tracing::info!(output = %name, attempts = attempt + 1, "output accepted the batch it had failed");
+        }
+        q.metrics.delivered.get_or_create(&q.label).inc_by(events.len() as u64);
+        let finisher = q.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || finisher.finish(&ids, last)).await {
+            tracing::error!(output = %name, error = %e, "queue commit task failed");
+        }
+        cursor = last;
+    }
+}
+
+/// Decodes a batch read from the queue and leaves out what was delivered already (or is in
+/// the batch twice); returns the events and their ids.
+fn unique_events(q: &Queue, records: Records) -> (Vec<Event>, Vec<String>) {
+    let delivered = lock(&q.delivered);
+    let mut in_batch = HashSet::new();
+    let mut events = Vec::with_capacity(records.len());
+    let mut ids = Vec::with_capacity(records.len());
+    let mut duplicates = 0u64;
+    for (seq, payload) in records {
+        let event = match Event::decode(payload.as_slice()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(output = %q.output.name, queue = %q.dir.display(), seq, error = %e, "undecodable event in the queue skipped");
+                q.metrics.drop(&q.output.name, reason::QUEUE_DAMAGED, 1);
+                continue;
+            }
+        };
+        // An event without an id cannot be told apart from another: always delivered.
+        if !event.id.is_empty() {
+            let k = delivered.key(event.id.as_bytes());
+            if delivered.contains(k) || !in_batch.insert(k) {
+                duplicates += 1;
+                continue;
+            }
+            ids.push(event.id.clone());
+        }
+        events.push(event);
+    }
+    if duplicates > 0 {
+        q.metrics.duplicates_removed.get_or_create(&q.label).inc_by(duplicates);
+        tracing::debug!(output = %q.output.name, duplicates, "replayed events removed");
+    }
+    (events, ids)
+}
+
+/// Jittered exponential backoff without a limit on attempts: random in [base/2, base], the
+/// base doubling from the output's `retry.initial_backoff_ms` up to `retry.max_backoff_ms`.
+fn backoff(retry: &RetrySettings, attempt: u32) -> Duration {
+    let exp = retry.initial_backoff_ms.max(1).saturating_mul(1u64 << attempt.saturating_sub(1).min(20));
+    let base = exp.min(retry.max_backoff_ms.max(1));
+    Duration::from_millis(base / 2 + fastrand::u64(0..=base - base / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_records_round_trip_and_garbage_stops_cleanly() {
+        let mut record = Vec::new();
+        for id in ["a", "", "0190-abc"] {
+            record.extend_from_slice(&(id.len() as u16).to_le_bytes());
+            record.extend_from_slice(id.as_bytes());
+        }
+        let got: Vec<&[u8]> = decode_ids(&record).collect();
+        assert_eq!(got, [b"a".as_slice(), b"", b"0190-abc"]);
+        record.extend_from_slice(&[200, 0, 1, 2]);
+        assert_eq!(decode_ids(&record).count(), 3);
+        assert_eq!(decode_ids(&[7]).count(), 0);
+    }
+
+    #[test]
+    fn the_window_forgets_the_oldest_ids_and_the_log_brings_them_back() {
+        let dir = std::env::temp_dir().join(format!("peregrine-dedup-{}-{}", std::process::id(), fastrand::u64(..)));
+        let ids: Vec<String> = (0..30).map(|i| format!("id-{i}")).collect();
+        {
+            let mut d = DeliveredIds::open(&dir, 10, Fsync::Never).unwrap();
+            d.remember(&ids[..20]).unwrap();
+            d.remember(&ids[20..]).unwrap();
+            assert_eq!(d.order.len(), 10);
+            assert!(!d.contains(d.key(b"id-19")));
+            assert!(d.contains(d.key(b"id-20")) && d.contains(d.key(b"id-29")));
+        }
+        let d = DeliveredIds::open(&dir, 10, Fsync::Never).unwrap();
+        assert!(d.contains(d.key(b"id-29")) && d.contains(d.key(b"id-20")));
+        assert!(!d.contains(d.key(b"id-5")));
+        let off = DeliveredIds::open(&dir.join("off"), 0, Fsync::Never).unwrap();
+        assert!(off.log.is_none() && !off.contains(off.key(b"id-29")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        let r = RetrySettings { max_retries: 0, initial_backoff_ms: 100, max_backoff_ms: 1000, max_retry_after_ms: 0 };
+        assert!((50..=100).contains(&backoff(&r, 1).as_millis()));
+        assert!((100..=200).contains(&backoff(&r, 2).as_millis()));
+        assert!((500..=1000).contains(&backoff(&r, 40).as_millis()));
+    }
+}
