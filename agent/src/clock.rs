@@ -24,6 +24,13 @@ pub fn boot_now_ns() -> u64 {
     u64::try_from(nanos(ClockId::CLOCK_BOOTTIME)).unwrap_or(0)
 }
 
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 impl BootClock {
     pub fn sample() -> Self {
         // Read realtime between two boottime reads and take the midpoint, halving the error

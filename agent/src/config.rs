@@ -20,9 +20,69 @@ pub struct AgentConfig {
     pub rules: RulesConfig,
     pub network: NetworkConfig,
     pub container: ContainerConfig,
+    pub spool: SpoolConfig,
     /// This node's pods from the Kubernetes API (owner workload, service account, labels).
     pub kubernetes: crate::k8s::K8sConfig,
     pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Where events wait for the collector's acknowledgement; a hostPath in Kubernetes, so they
+    /// survive the agent's restarts.
+    pub dir: PathBuf,
+    /// Size bound; past it `full_policy` applies (every dropped event is counted and reported).
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    /// `drop_oldest` (keep the newest events) or `drop_newest` (keep the oldest).
+    pub full_policy: FullPolicy,
+    /// `never`: records survive the agent being killed (the OS has them), not a power loss —
+    /// which takes the kernel's ring buffer with it anyway. `on_flush`: fsync every batch.
+    pub fsync: FsyncPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FullPolicy {
+    DropOldest,
+    DropNewest,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    Never,
+    OnFlush,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            dir: "/var/lib/peregrine/spool".into(),
+            max_bytes: 256 << 20,
+            segment_bytes: 8 << 20,
+            full_policy: FullPolicy::DropOldest,
+            fsync: FsyncPolicy::Never,
+        }
+    }
+}
+
+impl SpoolConfig {
+    pub fn journal(&self) -> peregrine_journal::JournalConfig {
+        peregrine_journal::JournalConfig {
+            max_bytes: self.max_bytes,
+            segment_bytes: self.segment_bytes,
+            full: match self.full_policy {
+                FullPolicy::DropOldest => peregrine_journal::FullPolicy::DropOldest,
+                FullPolicy::DropNewest => peregrine_journal::FullPolicy::DropNewest,
+            },
+            fsync: match self.fsync {
+                FsyncPolicy::Never => peregrine_journal::Fsync::Never,
+                FsyncPolicy::OnFlush => peregrine_journal::Fsync::OnFlush,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,11 +211,36 @@ impl Default for ProcessConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorConfig {
-    /// `http://host:port` of the collector's ingest endpoint.
+    /// `http://host:port`, or `https://host:port` for mutual TLS (then `tls.*` are required).
     pub address: String,
     pub connect_timeout_ms: u64,
     /// Upper bound of the reconnect backoff.
     pub max_backoff_ms: u64,
+    /// `gzip` or `none`: batches compressed on the wire (the spool keeps them uncompressed).
+    pub compression: Compression,
+    pub tls: ClientTls,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+/// This node's identity towards the collector: a certificate whose DNS name is the node's
+/// name, signed by a CA the collector trusts. Files are read at every connect, so a renewed
+/// certificate (cert-manager, see docs/DELIVERY.md) is picked up without a restart.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTls {
+    /// PEM CA bundle the collector's server certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate (chain) and PKCS#8/RSA/EC key of this node.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// The name the collector's certificate must carry; default: the address's host.
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +310,7 @@ impl Default for AgentConfig {
             rules: RulesConfig::default(),
             network: NetworkConfig::default(),
             container: ContainerConfig::default(),
+            spool: SpoolConfig::default(),
             kubernetes: crate::k8s::K8sConfig::default(),
             http: HttpConfig::default(),
         }
@@ -233,7 +319,13 @@ impl Default for AgentConfig {
 
 impl Default for CollectorConfig {
     fn default() -> Self {
-        Self { address: "http://127.0.0.1:7700".into(), connect_timeout_ms: 2000, max_backoff_ms: 5000 }
+        Self {
+            address: "http://127.0.0.1:7700".into(),
+            connect_timeout_ms: 2000,
+            max_backoff_ms: 5000,
+            compression: Compression::Gzip,
+            tls: ClientTls::default(),
+        }
     }
 }
 
@@ -303,6 +395,17 @@ impl Validate for AgentConfig {
         if !(self.collector.address.starts_with("http://") || self.collector.address.starts_with("https://")) {
             return err("collector.address", format!("`{}` is not an http:// or https:// URL", self.collector.address));
         }
+        let tls = &self.collector.tls;
+        let tls_files = [&tls.ca_file, &tls.cert_file, &tls.key_file];
+        if self.collector.address.starts_with("https://") && tls_files.iter().any(|f| f.is_none()) {
+            return err(
+                "collector.tls",
+                "an https:// collector needs collector.tls.ca_file, cert_file and key_file (this node's certificate)",
+            );
+        }
+        if self.collector.address.starts_with("http://") && tls_files.iter().any(|f| f.is_some()) {
+            return err("collector.address", "collector.tls.* is set but the address is http://: use https://");
+        }
         let ring = self.ebpf.ring_buffer_bytes;
         if !ring.is_power_of_two() || ring < 4096 {
             return err("ebpf.ring_buffer_bytes", format!("{ring} is not a power of two of at least 4096"));
@@ -328,6 +431,9 @@ impl Validate for AgentConfig {
         self.network.pod_cidrs()?;
         self.network.service_cidrs()?;
         self.network.deny4()?;
+        if self.spool.segment_bytes < 4096 || self.spool.max_bytes < self.spool.segment_bytes.saturating_mul(2) {
+            return err("spool.max_bytes", "must hold at least two segments (spool.segment_bytes, at least 4096)");
+        }
         if self.container.resolve_wait_ms > 10_000 {
             return err("container.resolve_wait_ms", "must be at most 10000: events wait this long for a new container's metadata");
         }

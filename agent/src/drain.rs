@@ -106,6 +106,8 @@ pub struct Drain {
     /// Losses not yet reported in a Loss event, by reason.
     unreported: BTreeMap<&'static str, u64>,
     reported_total: BTreeMap<&'static str, u64>,
+    /// The sender's loss counters as last turned into Loss reports.
+    sender_losses_seen: BTreeMap<&'static str, u64>,
 }
 
 impl Drain {
@@ -134,6 +136,7 @@ impl Drain {
             drained_until: 0,
             unreported: BTreeMap::new(),
             reported_total: BTreeMap::new(),
+            sender_losses_seen: BTreeMap::new(),
         }
     }
 
@@ -290,6 +293,15 @@ impl Drain {
             *self.unreported.entry(reason::KERNEL_READ_FAILED).or_default() += failed;
         }
         catch_up(&self.metrics.connects_unattributed, self.sensor.connects_unattributed());
+        // The sender counts what its spool lost; the Loss events for them go out from here.
+        for why in [reason::SPOOL_FULL, reason::SPOOL_DAMAGED, reason::SPOOL_ERROR] {
+            let total = self.metrics.dropped.get_or_create(&crate::metrics::ReasonLabel { reason: why }).get();
+            let seen = self.sender_losses_seen.entry(why).or_default();
+            if total > *seen {
+                *self.unreported.entry(why).or_default() += total - *seen;
+                *seen = total;
+            }
+        }
     }
 
     /// Counts a user-space drop and queues its Loss report.
@@ -326,7 +338,7 @@ impl Drain {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => self.lose(reason::QUEUE_FULL, 1),
             // The sender is gone only during shutdown; what remains cannot be delivered.
-            Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.drop_event(reason::COLLECTOR_UNAVAILABLE, 1),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.drop_event(reason::SHUTDOWN, 1),
         }
     }
 

@@ -104,7 +104,17 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(%http, "serving /healthz /readyz /metrics");
 
     let (tx, rx) = mpsc::channel(config.pipeline.queue_capacity);
-    let sender = Sender { collector: config.collector.clone(), pipeline: config.pipeline.clone(), metrics: metrics.clone() };
+    let spool = peregrine_journal::Journal::open(&config.spool.dir, config.spool.journal())
+        .with_context(|| format!("opening the spool at {} (spool.dir)", config.spool.dir.display()))?;
+    tracing::info!(dir = %config.spool.dir.display(), unacknowledged = spool.depth().records, "spool opened");
+    let sender = Sender {
+        collector: config.collector.clone(),
+        pipeline: config.pipeline.clone(),
+        metrics: metrics.clone(),
+        spool,
+        seen_dropped: 0,
+        seen_damaged: 0,
+    };
     let sending = tokio::spawn(sender.run(rx));
 
     let stamper = drain::Stamper::new(config.node_name.clone(), config.cluster_name.clone());

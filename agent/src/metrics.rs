@@ -21,10 +21,14 @@ pub struct ReasonLabel {
 pub mod reason {
     /// The queue between drain and sender was full.
     pub const QUEUE_FULL: &str = "queue_full";
-    /// No collector connection while the event was due.
-    pub const COLLECTOR_UNAVAILABLE: &str = "collector_unavailable";
-    /// Sent, but the connection ended before the collector acknowledged it.
-    pub const UNACKNOWLEDGED: &str = "unacknowledged";
+    /// The agent was stopping and its sender was already gone.
+    pub const SHUTDOWN: &str = "shutdown";
+    /// The spool was full: its policy dropped the oldest records or refused new ones.
+    pub const SPOOL_FULL: &str = "spool_full";
+    /// Spool records found damaged (checksum) on reading back.
+    pub const SPOOL_DAMAGED: &str = "spool_damaged";
+    /// The spool could not be written (disk full, I/O error).
+    pub const SPOOL_ERROR: &str = "spool_error";
     /// A ring-buffer record that could not be decoded.
     pub const DECODE: &str = "decode_error";
     /// Loss event reasons for what the kernel counted (their metrics are the kernel_* ones).
@@ -60,6 +64,9 @@ pub struct Metrics {
     pub enrichment_incomplete: Family<StatusLabel, Counter>,
     pub containers_known: Gauge,
     pub events_held: Gauge,
+    pub spool_records: Gauge,
+    pub spool_bytes: Gauge,
+    pub spool_oldest_age_ms: Gauge,
 }
 
 impl Metrics {
@@ -86,6 +93,7 @@ impl Metrics {
             self.process_cache_evicted.clone(),
         );
         self.register_context(registry);
+        r_spool(registry, self);
     }
 
     pub fn register_context(&self, registry: &mut Registry) {
@@ -114,9 +122,16 @@ impl Metrics {
 
     /// Sum over all drop reasons.
     pub fn dropped_total(&self) -> u64 {
-        [reason::QUEUE_FULL, reason::COLLECTOR_UNAVAILABLE, reason::UNACKNOWLEDGED, reason::DECODE]
+        [reason::QUEUE_FULL, reason::SHUTDOWN, reason::SPOOL_FULL, reason::SPOOL_DAMAGED, reason::SPOOL_ERROR, reason::DECODE]
             .into_iter()
             .map(|reason| self.dropped.get_or_create(&ReasonLabel { reason }).get())
             .sum()
     }
+}
+
+fn r_spool(registry: &mut Registry, m: &Metrics) {
+    let r = registry.sub_registry_with_prefix("peregrine_agent");
+    r.register("spool_records", "Events in the spool not yet acknowledged by the collector", m.spool_records.clone());
+    r.register("spool_bytes", "Bytes of those events", m.spool_bytes.clone());
+    r.register("spool_oldest_age_ms", "Age of the oldest unacknowledged spooled event (0 when empty)", m.spool_oldest_age_ms.clone());
 }

@@ -1,12 +1,21 @@
-//! Streams batches to the collector and counts acknowledgements.
+//! Streams events to the collector through the on-disk spool; nothing leaves the spool before
+//! the collector has acknowledged it.
 //!
-//! An event counts as sent only when the collector acknowledges its batch. Without a collector
-//! the sender keeps consuming the queue and counts each event as dropped, so the agent keeps
-//! running and the drain never stalls (durable spooling replaces this in the transport issue).
+//! Every event from the drain is appended to the spool (a `peregrine-journal`: checksummed
+//! records in segment files) and flushed to the OS once per batch, so it survives the agent
+//! being killed. Batches are read back from the spool and sent as they are stored (the
+//! `EventBatchRaw` message, wire-identical to `EventBatch`), with a window of batches in flight;
+//! each acknowledgement commits the spool up to its batch. After a reconnect (or a restart) the
+//! spool is replayed from its commit point: the collector recognises the replayed events by
+//! their ids. While no collector answers, events accumulate in the spool, up to its size
+//! bound; then the configured policy drops the oldest or the newest, each counted, and the drain
+//! reports the count in a Loss event. The drain never waits on any of this.
 
 use std::{collections::VecDeque, time::Duration};
 
-use peregrine_proto::{Event, EventBatch, v1::ingest_client::IngestClient};
+use peregrine_journal::{Appended, Journal};
+use peregrine_proto::{Ack, Event, v1::EventBatchRaw};
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -20,6 +29,10 @@ pub struct Sender {
     pub collector: CollectorConfig,
     pub pipeline: PipelineConfig,
     pub metrics: Metrics,
+    pub spool: Journal,
+    /// The spool's own counters as last mirrored into the metrics.
+    pub seen_dropped: u64,
+    pub seen_damaged: u64,
 }
 
 enum Outcome {
@@ -29,170 +42,271 @@ enum Outcome {
     Disconnected(String),
 }
 
+/// Batches sent and not yet acknowledged, at most.
+const WINDOW: usize = 8;
+/// Bytes of events per batch, at most (the collector's message limit is larger).
+const BATCH_MAX_BYTES: usize = 4 << 20;
+
+/// A batch in flight: its number, the last spool record in it, its size.
+struct InFlight {
+    batch_seq: u64,
+    last_record: u64,
+    events: u64,
+}
+
 impl Sender {
-    pub async fn run(self, mut rx: mpsc::Receiver<Event>) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
         let mut backoff = Duration::from_millis(100);
         let max_backoff = Duration::from_millis(self.collector.max_backoff_ms.max(100));
         let mut connected_before = false;
         let mut last_error = String::new();
+        self.report_spool();
         loop {
             match self.connect().await {
-                Ok(client) => {
+                Ok(channel) => {
                     if connected_before {
                         self.metrics.reconnects.inc();
                     }
                     connected_before = true;
-                    tracing::info!(collector = %self.collector.address, "connected to collector");
+                    tracing::info!(collector = %self.collector.address, spooled = self.spool.depth().records, "connected to collector");
                     backoff = Duration::from_millis(100);
                     last_error.clear();
-                    match self.stream(client, &mut rx).await {
-                        Outcome::Finished => return,
+                    match self.stream(channel, &mut rx).await {
+                        Outcome::Finished => break,
                         Outcome::Disconnected(e) => {
-                            tracing::warn!(collector = %self.collector.address, error = %e, "collector stream ended; reconnecting");
+                            tracing::warn!(collector = %self.collector.address, error = %e, "collector stream ended; spooling and reconnecting");
                         }
                     }
                 }
                 Err(e) => {
                     // Log a failure once until it changes, not on every retry.
                     if e != last_error {
-                        tracing::warn!(collector = %self.collector.address, error = %e, "collector unreachable; events are counted as dropped until it is back");
+                        tracing::warn!(collector = %self.collector.address, error = %e, "collector unreachable; events are spooled until it is back");
                         last_error = e;
                     }
                 }
             }
-            // Wait out the backoff while still consuming (and counting) what arrives.
-            let jitter = Duration::from_millis(u64::from(uuid::Uuid::now_v7().as_bytes()[15]) % 50);
+            // Wait out the backoff while still taking (and spooling) what arrives.
+            let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4 + 10));
             let deadline = tokio::time::Instant::now() + backoff + jitter;
-            loop {
+            let mut flush = tokio::time::interval(Duration::from_millis(self.pipeline.batch_max_delay_ms.max(1)));
+            let open = loop {
                 tokio::select! {
                     next = rx.recv() => match next {
-                        Some(_) => self.metrics.drop_event(reason::COLLECTOR_UNAVAILABLE, 1),
-                        None => return,
+                        Some(event) => self.accept(&event),
+                        None => break false,
                     },
-                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = flush.tick() => self.flush(),
+                    _ = tokio::time::sleep_until(deadline) => break true,
                 }
+            };
+            if !open {
+                break;
             }
             backoff = (backoff * 2).min(max_backoff);
         }
+        self.flush();
+        tracing::info!(spooled = self.spool.depth().records, "sender stopped; unacknowledged events stay in the spool");
     }
 
-    async fn connect(&self) -> Result<IngestClient<Channel>, String> {
-        let endpoint = Endpoint::from_shared(self.collector.address.clone())
+    /// Appends one event to the spool (buffered; see [`Self::flush`]).
+    fn accept(&mut self, event: &Event) {
+        let bytes = event.encode_to_vec();
+        match self.spool.append(&bytes) {
+            // A refused record is in the spool's dropped count, mirrored below.
+            Ok(Appended::Stored(_) | Appended::Dropped) => {}
+            Err(e) => {
+                self.metrics.drop_event(reason::SPOOL_ERROR, 1);
+                tracing::warn!(error = %e, "spool write failed: event dropped");
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.spool.flush() {
+            tracing::warn!(error = %e, "spool flush failed");
+        }
+        self.report_spool();
+    }
+
+    /// Mirrors the spool's counters into the metrics after a flush (so the depth gauge counts
+    /// what is on its way to disk): depth, and the records its full policy dropped (the drain
+    /// turns those into Loss events).
+    fn report_spool(&mut self) {
+        let depth = self.spool.depth();
+        self.metrics.spool_records.set(i64::try_from(depth.records).unwrap_or(i64::MAX));
+        self.metrics.spool_bytes.set(i64::try_from(depth.bytes).unwrap_or(i64::MAX));
+        let age_ms = depth.oldest_unix_ms.map_or(0, |t| crate::clock::unix_now_ms().saturating_sub(t));
+        self.metrics.spool_oldest_age_ms.set(age_ms);
+        let dropped = self.spool.dropped();
+        if dropped > self.seen_dropped {
+            self.metrics.drop_event(reason::SPOOL_FULL, dropped - self.seen_dropped);
+            self.seen_dropped = dropped;
+        }
+        let damaged = self.spool.damage_total();
+        if damaged > self.seen_damaged {
+            self.metrics.drop_event(reason::SPOOL_DAMAGED, damaged - self.seen_damaged);
+            self.seen_damaged = damaged;
+        }
+    }
+
+    async fn connect(&self) -> Result<Channel, String> {
+        let mut endpoint = Endpoint::from_shared(self.collector.address.clone())
             .map_err(|e| format!("invalid collector.address: {e}"))?
             .connect_timeout(Duration::from_millis(self.collector.connect_timeout_ms))
             .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|e| crate::kernel::error_chain(&e))?;
-        Ok(IngestClient::new(channel))
+        if let Some(tls) = self.client_tls()? {
+            endpoint = endpoint.tls_config(tls).map_err(|e| format!("collector TLS settings: {}", crate::kernel::error_chain(&e)))?;
+        }
+        endpoint.connect().await.map_err(|e| crate::kernel::error_chain(&e))
     }
 
-    async fn stream(&self, mut client: IngestClient<Channel>, rx: &mut mpsc::Receiver<Event>) -> Outcome {
-        let (out, out_rx) = mpsc::channel::<EventBatch>(4);
-        let call = client.stream(ReceiverStream::new(out_rx));
-        // The call resolves once the collector answers with headers; keep consuming meanwhile
-        // would complicate ordering, and the answer is immediate on a healthy collector.
+    /// mTLS settings, read from the files at every connect (certificates get renewed).
+    fn client_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let tls = &self.collector.tls;
+        let (Some(ca), Some(cert), Some(key)) = (&tls.ca_file, &tls.cert_file, &tls.key_file) else {
+            return Ok(None);
+        };
+        let read = |path: &std::path::PathBuf, what: &str| {
+            std::fs::read(path).map_err(|e| format!("reading {what} {} (collector.tls): {e}", path.display()))
+        };
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(ca, "the collector CA")?))
+            .identity(Identity::from_pem(read(cert, "this node's certificate")?, read(key, "this node's key")?));
+        if let Some(name) = &tls.server_name {
+            config = config.domain_name(name.clone());
+        }
+        Ok(Some(config))
+    }
+
+    /// Opens `peregrine.v1.Ingest/Stream` sending raw batches (the server reads them as
+    /// `EventBatch`).
+    async fn open(
+        &self,
+        channel: Channel,
+        batches: ReceiverStream<EventBatchRaw>,
+    ) -> Result<tonic::Streaming<Ack>, tonic::Status> {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        if self.collector.compression == crate::config::Compression::Gzip {
+            grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        }
+        grpc.ready().await.map_err(|e| tonic::Status::unavailable(format!("collector not ready: {e}")))?;
+        let codec = tonic_prost::ProstCodec::<EventBatchRaw, Ack>::default();
+        let path = http::uri::PathAndQuery::from_static("/peregrine.v1.Ingest/Stream");
+        Ok(grpc.streaming(tonic::Request::new(batches), path, codec).await?.into_inner())
+    }
+
+    async fn stream(&mut self, channel: Channel, rx: &mut mpsc::Receiver<Event>) -> Outcome {
+        let (out, out_rx) = mpsc::channel::<EventBatchRaw>(WINDOW);
         let connect_timeout = Duration::from_millis(self.collector.connect_timeout_ms);
-        let mut acks = match tokio::time::timeout(connect_timeout, call).await {
-            Ok(Ok(response)) => response.into_inner(),
+        let mut acks = match tokio::time::timeout(connect_timeout, self.open(channel, ReceiverStream::new(out_rx))).await {
+            Ok(Ok(acks)) => acks,
             Ok(Err(status)) => return Outcome::Disconnected(format!("collector refused the stream: {status}")),
             Err(_) => return Outcome::Disconnected("collector did not answer the stream in time".into()),
         };
         self.metrics.collector_connected.set(1);
-        let mut pending: VecDeque<(u64, u64)> = VecDeque::new();
-        let mut batch: Vec<Event> = Vec::with_capacity(self.pipeline.batch_max_events);
+        // Replay from the commit point: what was sent before and not acknowledged goes again.
+        let mut cursor = self.spool.committed();
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut batch_seq = 0u64;
-        let delay = Duration::from_millis(self.pipeline.batch_max_delay_ms);
-        let mut flush_at: Option<tokio::time::Instant> = None;
+        let mut unflushed = 0usize;
+        let mut flush = tokio::time::interval(Duration::from_millis(self.pipeline.batch_max_delay_ms.max(1)));
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut queue_open = true;
         // After the queue closes, wait this long at most for the last acknowledgements.
         let mut finish_by: Option<tokio::time::Instant> = None;
 
         let outcome = loop {
-            let flush_timer = async {
-                match flush_at {
-                    Some(t) => tokio::time::sleep_until(t).await,
-                    None => std::future::pending().await,
-                }
-            };
+            if let Err(e) = self.fill_window(&out, &mut cursor, &mut in_flight, &mut batch_seq).await {
+                break Outcome::Disconnected(e);
+            }
+            if !queue_open && in_flight.is_empty() && cursor >= self.spool.last_seq() {
+                break Outcome::Finished;
+            }
             tokio::select! {
                 next = rx.recv(), if queue_open => match next {
                     Some(event) => {
-                        batch.push(event);
-                        if flush_at.is_none() {
-                            flush_at = Some(tokio::time::Instant::now() + delay);
-                        }
-                        if batch.len() >= self.pipeline.batch_max_events
-                            && let Err(e) = self.send(&out, &mut batch, &mut batch_seq, &mut pending, &mut flush_at).await
-                        {
-                            break Outcome::Disconnected(e);
+                        self.accept(&event);
+                        unflushed += 1;
+                        // A full batch goes out at once; smaller ones at the next tick.
+                        if unflushed >= self.pipeline.batch_max_events {
+                            self.flush();
+                            unflushed = 0;
                         }
                     }
                     None => {
                         queue_open = false;
+                        self.flush();
                         finish_by = Some(tokio::time::Instant::now() + Duration::from_secs(5));
-                        if let Err(e) = self.send(&out, &mut batch, &mut batch_seq, &mut pending, &mut flush_at).await {
-                            break Outcome::Disconnected(e);
-                        }
-                        if pending.is_empty() {
-                            break Outcome::Finished;
-                        }
                     }
                 },
-                _ = flush_timer => {
-                    if let Err(e) = self.send(&out, &mut batch, &mut batch_seq, &mut pending, &mut flush_at).await {
-                        break Outcome::Disconnected(e);
+                _ = flush.tick() => {
+                    if unflushed > 0 {
+                        self.flush();
+                        unflushed = 0;
                     }
                 }
                 _ = async { if let Some(t) = finish_by { tokio::time::sleep_until(t).await } }, if finish_by.is_some() => {
-                    tracing::warn!(batches = pending.len(), "stopping without the collector's last acknowledgements");
+                    tracing::warn!(batches = in_flight.len(), "stopping without the collector's last acknowledgements: they stay spooled");
                     break Outcome::Finished;
                 }
                 ack = acks.message() => match ack {
-                    Ok(Some(ack)) => {
-                        while let Some(&(seq, n)) = pending.front() {
-                            if seq > ack.batch_seq {
-                                break;
-                            }
-                            pending.pop_front();
-                            if seq == ack.batch_seq {
-                                self.metrics.sent.inc_by(n);
-                                self.metrics.batches_acked.inc();
-                            } else {
-                                // Acks are in order; a skipped batch was not confirmed.
-                                self.metrics.drop_event(reason::UNACKNOWLEDGED, n);
-                            }
-                        }
-                        if !queue_open && pending.is_empty() {
-                            break Outcome::Finished;
-                        }
-                    }
+                    Ok(Some(ack)) => self.acknowledged(&ack, &mut in_flight),
                     Ok(None) => break Outcome::Disconnected("collector closed the stream".into()),
                     Err(status) => break Outcome::Disconnected(format!("collector stream failed: {status}")),
                 },
             }
         };
         self.metrics.collector_connected.set(0);
-        let unacked: u64 = pending.iter().map(|&(_, n)| n).sum();
-        self.metrics.drop_event(reason::UNACKNOWLEDGED, unacked);
-        self.metrics.drop_event(reason::COLLECTOR_UNAVAILABLE, batch.len() as u64);
         outcome
     }
 
-    async fn send(
-        &self,
-        out: &mpsc::Sender<EventBatch>,
-        batch: &mut Vec<Event>,
+    /// Sends spooled records past `cursor` until the window is full or the spool is exhausted.
+    async fn fill_window(
+        &mut self,
+        out: &mpsc::Sender<EventBatchRaw>,
+        cursor: &mut u64,
+        in_flight: &mut VecDeque<InFlight>,
         batch_seq: &mut u64,
-        pending: &mut VecDeque<(u64, u64)>,
-        flush_at: &mut Option<tokio::time::Instant>,
     ) -> Result<(), String> {
-        *flush_at = None;
-        if batch.is_empty() {
-            return Ok(());
+        while in_flight.len() < WINDOW {
+            let (records, damage) = self
+                .spool
+                .read_after(*cursor, self.pipeline.batch_max_events, BATCH_MAX_BYTES)
+                .map_err(|e| format!("reading the spool: {e}"))?;
+            for d in &damage {
+                tracing::warn!(segment = %d.segment.display(), offset = d.offset, reason = %d.reason, "damaged spool record skipped");
+            }
+            self.report_spool();
+            let Some(&(last, _)) = records.last() else { return Ok(()) };
+            *batch_seq += 1;
+            in_flight.push_back(InFlight { batch_seq: *batch_seq, last_record: last, events: records.len() as u64 });
+            *cursor = last;
+            let events = records.into_iter().map(|(_, payload)| payload).collect();
+            out.send(EventBatchRaw { batch_seq: *batch_seq, events }).await.map_err(|_| "collector stream closed".to_owned())?;
         }
-        *batch_seq += 1;
-        let events = std::mem::take(batch);
-        let n = events.len() as u64;
-        pending.push_back((*batch_seq, n));
-        out.send(EventBatch { batch_seq: *batch_seq, events }).await.map_err(|_| "collector stream closed".to_owned())
+        Ok(())
+    }
+
+    fn acknowledged(&mut self, ack: &Ack, in_flight: &mut VecDeque<InFlight>) {
+        let mut last = None;
+        while let Some(front) = in_flight.front() {
+            if front.batch_seq > ack.batch_seq {
+                break;
+            }
+            // Acks come in order; one covers every batch before it.
+            self.metrics.sent.inc_by(front.events);
+            self.metrics.batches_acked.inc();
+            last = Some(front.last_record);
+            in_flight.pop_front();
+        }
+        if let Some(seq) = last
+            && let Err(e) = self.spool.commit(seq)
+        {
+            // The records were delivered; at worst they are sent again after a restart.
+            tracing::warn!(error = %e, "spool commit failed");
+        }
+        self.report_spool();
     }
 }

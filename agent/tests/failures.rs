@@ -68,26 +68,31 @@ fn missing_object_and_bad_config_are_reported() {
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
 
-/// With no collector the agent keeps running and counts what it could not send; when a
-/// collector appears on that address, events flow again.
+/// With no collector the agent keeps running and spools; when a collector appears on that
+/// address, what happened meanwhile is delivered, nothing dropped.
 #[test]
-fn collector_unreachable_is_counted_and_recovered() {
+fn collector_unreachable_is_spooled_and_delivered_later() {
     let dir = TempDir::new("unreach");
     let port = free_port();
     let mut agent = Agent::start(dir.path(), &format!("http://127.0.0.1:{port}"), &[]);
     let true_bin = tool("true");
-    wait_for(WAIT, "drops counted as collector_unavailable", || {
-        let _ = Command::new(&true_bin).status();
-        metric(&agent.metrics(), "peregrine_agent_events_dropped_total{reason=\"collector_unavailable\"}").filter(|v| *v >= 1.0)
+    let during = unique("during-");
+    assert!(Command::new(&true_bin).arg(&during).status().unwrap().success());
+    wait_for(WAIT, "events waiting in the spool", || {
+        metric(&agent.metrics(), "peregrine_agent_spool_records").filter(|v| *v >= 1.0)
     });
     assert!(agent.proc.alive());
     let collector = Collector::start_on(dir.path(), port);
-    let marker = unique("after-");
-    wait_for(WAIT, "an exec delivered after the collector came up", || {
-        let _ = Command::new(&true_bin).arg(&marker).status();
-        collector.events().into_iter().find(|e| e["kind"]["exec"]["process"]["argv"][1] == marker.as_str())
+    let e = collector.wait_event(WAIT, "the exec made while no collector was there", |e| {
+        e["kind"]["exec"]["process"]["argv"][1] == during.as_str()
     });
-    assert!(metric(&agent.metrics(), "peregrine_agent_collector_reconnects_total").is_some());
+    assert!(e["id"].is_string());
+    let marker = unique("after-");
+    assert!(Command::new(&true_bin).arg(&marker).status().unwrap().success());
+    collector.wait_event(WAIT, "an exec after the collector came up", |e| e["kind"]["exec"]["process"]["argv"][1] == marker.as_str());
+    let m = agent.metrics();
+    assert!(metric(&m, "peregrine_agent_collector_reconnects_total").is_some());
+    assert_eq!(metric(&m, "peregrine_agent_events_dropped_total{reason=\"spool_full\"}").unwrap_or(0.0), 0.0);
 }
 
 /// Garbage on the gRPC port is refused without disturbing the collector or its agents.
@@ -114,7 +119,7 @@ fn garbage_on_the_ingest_port_is_rejected() {
     drop(agent);
 }
 
-/// The agent pointed at something that is not a collector keeps running and counts.
+/// The agent pointed at something that is not a collector keeps running and spools.
 #[test]
 fn agent_pointed_at_a_non_grpc_server_keeps_running() {
     let dir = TempDir::new("nongrpc");
@@ -129,12 +134,9 @@ fn agent_pointed_at_a_non_grpc_server_keeps_running() {
     });
     let mut agent = Agent::start(dir.path(), &format!("http://127.0.0.1:{port}"), &[]);
     let true_bin = tool("true");
-    wait_for(WAIT, "drops counted while the peer is not a collector", || {
+    wait_for(WAIT, "events spooled while the peer is not a collector", || {
         let _ = Command::new(&true_bin).status();
-        let m = agent.metrics();
-        let dropped = metric(&m, "peregrine_agent_events_dropped_total{reason=\"collector_unavailable\"}").unwrap_or(0.0)
-            + metric(&m, "peregrine_agent_events_dropped_total{reason=\"unacknowledged\"}").unwrap_or(0.0);
-        (dropped >= 1.0).then_some(())
+        metric(&agent.metrics(), "peregrine_agent_spool_records").filter(|v| *v >= 1.0)
     });
     assert!(agent.proc.alive(), "agent died: {}", agent.proc.stderr_text());
     drop(agent);

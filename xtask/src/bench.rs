@@ -266,6 +266,7 @@ fn start_stack(bins: &Binaries, cgroup: &CpuCgroup) -> Result<Stack> {
         Command::new(&bins.collector)
             .args(["--set", &format!("listen=127.0.0.1:{ingest}"), "--set", &format!("http.listen=127.0.0.1:{}", free_port()?)])
             .args(["--set", "output.kind=file", "--set", &format!("output.path={}", dir.0.join("events.jsonl").display())])
+            .args(["--set", &format!("queue.dir={}", dir.0.join("queue").display())])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?,
@@ -275,6 +276,7 @@ fn start_stack(bins: &Binaries, cgroup: &CpuCgroup) -> Result<Stack> {
         Command::new(&bins.agent)
             .args(["--set", "cluster_name=bench", "--set", &format!("collector.address=http://127.0.0.1:{ingest}")])
             .args(["--set", &format!("ebpf.object={}", bins.ebpf.display()), "--set", &format!("http.listen=127.0.0.1:{port}")])
+            .args(["--set", &format!("spool.dir={}", dir.0.join("spool").display())])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?,

@@ -201,13 +201,22 @@ impl Collector {
     }
 
     pub fn start_on(dir: &Path, port: u16) -> Self {
+        Self::start_with(dir, port, &[])
+    }
+
+    /// A collector with extra `--set` settings (TLS, queues).
+    pub fn start_with(dir: &Path, port: u16, sets: &[&str]) -> Self {
         let out = dir.join(format!("events-{port}.jsonl"));
         let http_port = free_port();
         let mut cmd = Command::new(collector_bin());
         cmd.args(["--set", &format!("listen=127.0.0.1:{port}")])
             .args(["--set", &format!("http.listen=127.0.0.1:{http_port}")])
+            .args(["--set", &format!("queue.dir={}", dir.join(format!("queue-{port}")).display())])
             .args(["--set", "output.kind=file"])
             .args(["--set", &format!("output.path={}", out.display())]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
         let mut proc = Proc::spawn("collector", cmd, dir);
         wait_for(Duration::from_secs(10), "the collector to listen", || {
             assert!(proc.alive(), "collector exited: {}", proc.stderr_text());
@@ -252,7 +261,9 @@ pub fn agent_command(collector: &str, http_port: u16, sets: &[&str]) -> Command 
         .args(["--set", &format!("ebpf.object={}", ebpf_object().display())])
         .args(["--set", &format!("http.listen=127.0.0.1:{http_port}")])
         .args(["--set", "pipeline.heartbeat_interval_ms=100", "--set", "pipeline.batch_max_delay_ms=10"])
-        .args(["--set", "collector.max_backoff_ms=300"]);
+        .args(["--set", "collector.max_backoff_ms=300"])
+        // Each agent its own spool: a shared one would replay another test's events.
+        .args(["--set", &format!("spool.dir={}", std::env::temp_dir().join(unique("peregrine-spool-")).display())]);
     for s in sets {
         cmd.args(["--set", s]);
     }
