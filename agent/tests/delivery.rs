@@ -167,7 +167,8 @@ fn nothing_is_lost_while_collector_and_agent_are_killed() {
         assert!(missing.is_empty(), "run {run}: {} of 1..={max} missing, first {missing:?}", max - seqs.len() as u64);
     }
     assert_eq!(duplicates, 0, "duplicates at the output, e.g. {examples:?}");
-    assert!(events.len() >= 90_000, "about 100,000 events expected, got {}", events.len());
+    // Fewer than 3 × 34,000: events made while an agent was down were never observed.
+    assert!(events.len() >= 80_000, "about 100,000 events expected, got {}", events.len());
     eprintln!("no-loss: {} events, {} runs, {collector_kills} collector and {agent_kills} agent kills", events.len(), by_run.len());
 }
 
