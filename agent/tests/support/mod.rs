@@ -273,7 +273,13 @@ pub fn agent_command(collector: &str, http_port: u16, sets: &[&str]) -> Command 
 impl Agent {
     pub fn start(dir: &Path, collector: &str, sets: &[&str]) -> Self {
         let http_port = free_port();
-        let mut proc = Proc::spawn("agent", agent_command(collector, http_port, sets), dir);
+        let mut cmd = agent_command(collector, http_port, &[]);
+        // The spool inside the test's directory (removed with it), unless the test names one.
+        cmd.args(["--set", &format!("spool.dir={}", dir.join(unique("spool-")).display())]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        let mut proc = Proc::spawn("agent", cmd, dir);
         wait_for(Duration::from_secs(30), "the agent to be ready", || {
             assert!(proc.alive(), "agent exited: {}", proc.stderr_text());
             http_get(http_port, "/readyz").filter(|(s, _)| *s == 200)
