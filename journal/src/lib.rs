@@ -449,10 +449,20 @@ impl Journal {
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path, "opening"))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(JournalError::Locked { dir: dir.to_owned() }),
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path, "locking")(e)),
+        // A flock follows the open file into a child forked by this process until the child
+        // execs (the descriptor is close-on-exec): a journal closed while some thread forks
+        // stays locked for that moment. Wait it out, briefly, before calling it a second writer.
+        let mut attempts = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if attempts < 50 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(JournalError::Locked { dir: dir.to_owned() }),
+                Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path, "locking")(e)),
+            }
         }
         let tmp = dir.join(COMMIT_TMP);
         match fs::remove_file(&tmp) {

@@ -515,3 +515,99 @@ fn auditd_rounds(args: &Bench, report: &mut String) -> Result<()> {
     drop(daemon);
     result
 }
+
+/// `cargo xtask bench ingest`: the collector alone, fed by `peregrine-loadgen` the way agents
+/// feed it, into a file output through its durable queue. Rounds alternate the two fsync
+/// policies (on_flush, the default, and never). Then one steady-rate run measures event →
+/// output latency, and the journal's own append and replay rates are measured.
+pub fn ingest(bins: &Binaries, rounds: usize, seconds: f64) -> Result<()> {
+    let loadgen = bins.collector.with_file_name("peregrine-loadgen");
+    let dir = TempDir(std::env::temp_dir().join(format!("peregrine-bench-ingest-{}", std::process::id())));
+    fs::create_dir_all(&dir.0)?;
+    let start = |fsync: &str, tag: &str| -> Result<(Owned, u16, PathBuf)> {
+        let port = free_port()?;
+        let out = dir.0.join(format!("events-{tag}.jsonl"));
+        let collector = Owned(
+            Command::new(&bins.collector)
+                .args(["--set", &format!("listen=127.0.0.1:{port}"), "--set", &format!("http.listen=127.0.0.1:{}", free_port()?)])
+                .args(["--set", "output.kind=file", "--set", &format!("output.path={}", out.display())])
+                .args(["--set", &format!("queue.dir={}", dir.0.join(format!("queue-{tag}")).display())])
+                .args(["--set", &format!("queue.fsync={fsync}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < deadline, "the collector did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok((collector, port, out))
+    };
+    let load = |port: u16, extra: &[String]| -> Result<serde_json::Value> {
+        let out = Command::new(&loadgen)
+            .args(["--address", &format!("http://127.0.0.1:{port}"), "--seconds", &seconds.to_string()])
+            .args(extra)
+            .output()?;
+        anyhow::ensure!(out.status.success(), "loadgen failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let mut report = String::new();
+    let cmd = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let _ = writeln!(report, "### `cargo xtask {cmd}`\n");
+    let _ = writeln!(report, "{rounds} rounds × {seconds} s per fsync policy, alternating; batches of 512 exec events, 8 in flight, one stream.\n");
+    // Per fsync policy: events/s acked, collector CPU µs per event, events/s per core.
+    type Samples = (Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut per: BTreeMap<&str, Samples> = BTreeMap::new();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 { ["on_flush", "never"] } else { ["never", "on_flush"] };
+        for fsync in order {
+            let (collector, port, _) = start(fsync, &format!("{fsync}-{round}"))?;
+            let pid = collector.0.id();
+            let cpu0 = cpu_ns(pid);
+            let r = load(port, &[])?;
+            let cpu = cpu_ns(pid).saturating_sub(cpu0) as f64 / 1e9;
+            let acked = r["acked"].as_f64().unwrap_or(0.0);
+            let secs = r["seconds"].as_f64().unwrap_or(1.0);
+            eprintln!("    round={round} fsync={fsync}: {acked} events acked in {secs:.2} s, collector CPU {cpu:.2} s");
+            let e = per.entry(fsync).or_default();
+            e.0.push(acked / secs);
+            e.1.push(if acked > 0.0 { cpu * 1e6 / acked } else { 0.0 });
+            e.2.push(if cpu > 0.0 { acked / cpu } else { 0.0 });
+        }
+    }
+    let _ = writeln!(report, "| fsync | events/s acked (median, 95% CI) | collector CPU µs/event | events/s per collector core |");
+    let _ = writeln!(report, "|---|---|---|---|");
+    for (fsync, (rate, us, per_core)) in &per {
+        let (m, lo, hi) = median_ci(rate);
+        let (u, ulo, uhi) = median_ci(us);
+        let (c, clo, chi) = median_ci(per_core);
+        let _ = writeln!(report, "| {fsync} | {m:.0} [{lo:.0}, {hi:.0}] | {u:.1} [{ulo:.1}, {uhi:.1}] | {c:.0} [{clo:.0}, {chi:.0}] |");
+    }
+    // Latency at a steady 10,000 events/s, default fsync: send time to the line in the file.
+    let (collector, port, out) = start("on_flush", "latency")?;
+    let r = load(port, &["--rate".into(), "10000".into(), "--tail".into(), out.display().to_string()])?;
+    drop(collector);
+    let _ = writeln!(
+        report,
+        "\nLatency at 10,000 events/s (fsync on_flush), event stamped at send → its line read from the output file: p50 {:.1} ms, p99 {:.1} ms ({} samples).",
+        r["latency_p50_ms"].as_f64().unwrap_or(0.0),
+        r["latency_p99_ms"].as_f64().unwrap_or(0.0),
+        r["latency_samples"]
+    );
+    let s = {
+        let out = Command::new(&loadgen).args(["--spool-bench", &dir.0.join("journal").display().to_string()]).output()?;
+        anyhow::ensure!(out.status.success(), "spool bench failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)?
+    };
+    let _ = writeln!(
+        report,
+        "Journal (the agent's spool) alone, {} records of {} bytes, flushed every 512, no fsync: append {:.0}/s, replay {:.0}/s.",
+        s["records"], s["record_bytes"], s["append_per_s"].as_f64().unwrap_or(0.0), s["replay_per_s"].as_f64().unwrap_or(0.0)
+    );
+    println!("{report}");
+    let out = root().join("target/bench");
+    fs::create_dir_all(&out)?;
+    fs::write(out.join("ingest.md"), &report)?;
+    Ok(())
+}

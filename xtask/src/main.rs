@@ -42,9 +42,10 @@ enum Cmd {
         #[arg(long = "agent-set")]
         agent_sets: Vec<String>,
     },
-    /// Benchmarks (never part of `test`): `exec` measures the agent against an exec storm.
+    /// Benchmarks (never part of `test`): `exec` measures the agent against an exec storm,
+    /// `connect` against a connect storm, `rules` the rules engine, `ingest` the collector.
     Bench {
-        /// What to measure: exec, connect or rules.
+        /// What to measure: exec, connect, rules or ingest.
         what: String,
         #[arg(long, default_value_t = 10)]
         rounds: usize,
@@ -106,11 +107,16 @@ fn real_main() -> Result<()> {
                 return Ok(());
             }
             let bins = build_all(&mut stages, true)?;
+            if what == "ingest" {
+                stages.run("bench ingest", || bench::ingest(&bins, rounds, seconds))?;
+                stages.report();
+                return Ok(());
+            }
             let workers = if workers.is_empty() { vec![1, 2] } else { workers };
             let workload = match what.as_str() {
                 "exec" => bench::Workload::Exec,
                 "connect" => bench::Workload::Connect,
-                other => bail!("unknown benchmark `{other}` (known: exec, connect, rules)"),
+                other => bail!("unknown benchmark `{other}` (known: exec, connect, rules, ingest)"),
             };
             stages.run(&format!("bench {what}"), || {
                 bench::run(&bins, &bench::Bench { workload, rounds, seconds, workers, cpu_millis, peers, soak })
