@@ -17,7 +17,7 @@ use crate::{
     container::{ContainerStage, Enriched, Resolution},
     decode,
     kernel::Sensor,
-    metrics::{KindLabel, Metrics, reason},
+    metrics::{KindLabel, Metrics, catch_up, reason},
     net::ConnTracker,
     process::Tracker,
     rules::{self, RulesStage},
@@ -271,7 +271,7 @@ impl Drain {
         }
         let trigger = (!self.alerts.is_empty()).then(|| Trigger {
             event_id: event.id.clone(),
-            process: process_of(&event),
+            process: event.process().cloned(),
             container: event.container.clone(),
             enrichment: event.enrichment.clone(),
             privilege: event.privilege.clone(),
@@ -390,22 +390,4 @@ struct Trigger {
     container: Option<peregrine_proto::Container>,
     enrichment: String,
     privilege: Vec<String>,
-}
-
-/// Advances a counter that mirrors a cumulative total kept elsewhere (kernel maps, the
-/// process cache); returns by how much.
-fn catch_up(counter: &prometheus_client::metrics::counter::Counter, total: u64) -> u64 {
-    let delta = total.saturating_sub(counter.get());
-    if delta > 0 {
-        counter.inc_by(delta);
-    }
-    delta
-}
-
-fn process_of(event: &Event) -> Option<peregrine_proto::Process> {
-    match &event.kind {
-        Some(Kind::Exec(e)) => e.process.clone(),
-        Some(Kind::Connection(c)) => c.process.clone(),
-        _ => None,
-    }
 }

@@ -112,8 +112,6 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         pipeline: config.pipeline.clone(),
         metrics: metrics.clone(),
         spool,
-        seen_dropped: 0,
-        seen_damaged: 0,
     };
     let sending = tokio::spawn(sender.run(rx));
 

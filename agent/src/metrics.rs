@@ -135,3 +135,13 @@ fn r_spool(registry: &mut Registry, m: &Metrics) {
     r.register("spool_bytes", "Bytes of those events", m.spool_bytes.clone());
     r.register("spool_oldest_age_ms", "Age of the oldest unacknowledged spooled event (0 when empty)", m.spool_oldest_age_ms.clone());
 }
+
+/// Advances a counter that mirrors a cumulative total kept elsewhere (kernel maps, the
+/// process cache, the spool); returns by how much.
+pub fn catch_up(counter: &Counter, total: u64) -> u64 {
+    let delta = total.saturating_sub(counter.get());
+    if delta > 0 {
+        counter.inc_by(delta);
+    }
+    delta
+}

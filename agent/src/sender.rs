@@ -22,7 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     config::{CollectorConfig, PipelineConfig},
-    metrics::{Metrics, reason},
+    metrics::{Metrics, ReasonLabel, catch_up, reason},
 };
 
 pub struct Sender {
@@ -30,9 +30,6 @@ pub struct Sender {
     pub pipeline: PipelineConfig,
     pub metrics: Metrics,
     pub spool: Journal,
-    /// The spool's own counters as last mirrored into the metrics.
-    pub seen_dropped: u64,
-    pub seen_damaged: u64,
 }
 
 enum Outcome {
@@ -132,22 +129,15 @@ impl Sender {
     /// Mirrors the spool's counters into the metrics after a flush (so the depth gauge counts
     /// what is on its way to disk): depth, and the records its full policy dropped (the drain
     /// turns those into Loss events).
-    fn report_spool(&mut self) {
+    fn report_spool(&self) {
         let depth = self.spool.depth();
         self.metrics.spool_records.set(i64::try_from(depth.records).unwrap_or(i64::MAX));
         self.metrics.spool_bytes.set(i64::try_from(depth.bytes).unwrap_or(i64::MAX));
         let age_ms = depth.oldest_unix_ms.map_or(0, |t| crate::clock::unix_now_ms().saturating_sub(t));
         self.metrics.spool_oldest_age_ms.set(age_ms);
-        let dropped = self.spool.dropped();
-        if dropped > self.seen_dropped {
-            self.metrics.drop_event(reason::SPOOL_FULL, dropped - self.seen_dropped);
-            self.seen_dropped = dropped;
-        }
-        let damaged = self.spool.damage_total();
-        if damaged > self.seen_damaged {
-            self.metrics.drop_event(reason::SPOOL_DAMAGED, damaged - self.seen_damaged);
-            self.seen_damaged = damaged;
-        }
+        // Only the spool's own counts feed these two reasons.
+        catch_up(&self.metrics.dropped.get_or_create(&ReasonLabel { reason: reason::SPOOL_FULL }), self.spool.dropped());
+        catch_up(&self.metrics.dropped.get_or_create(&ReasonLabel { reason: reason::SPOOL_DAMAGED }), self.spool.damage_total());
     }
 
     async fn connect(&self) -> Result<Channel, String> {
@@ -278,7 +268,9 @@ impl Sender {
             for d in &damage {
                 tracing::warn!(segment = %d.segment.display(), offset = d.offset, reason = %d.reason, "damaged spool record skipped");
             }
-            self.report_spool();
+            if !damage.is_empty() {
+                self.report_spool();
+            }
             let Some(&(last, _)) = records.last() else { return Ok(()) };
             *batch_seq += 1;
             in_flight.push_back(InFlight { batch_seq: *batch_seq, last_record: last, events: records.len() as u64 });

@@ -10,7 +10,42 @@ pub use v1::{
     ProcessFork, SecurityContext, event::Kind,
 };
 
+impl Kind {
+    /// The process the event is about (for an alert, the process of the event that fired it),
+    /// if its kind has one.
+    pub fn process(&self) -> Option<&Process> {
+        match self {
+            Kind::Exec(x) => x.process.as_ref(),
+            Kind::Fork(x) => x.process.as_ref(),
+            Kind::Exit(x) => x.process.as_ref(),
+            Kind::Connection(x) => x.process.as_ref(),
+            Kind::Alert(a) => a.process.as_ref(),
+            Kind::Status(_) | Kind::Loss(_) | Kind::ContainerStarted(_) => None,
+        }
+    }
+
+    pub fn process_mut(&mut self) -> Option<&mut Process> {
+        match self {
+            Kind::Exec(x) => x.process.as_mut(),
+            Kind::Fork(x) => x.process.as_mut(),
+            Kind::Exit(x) => x.process.as_mut(),
+            Kind::Connection(x) => x.process.as_mut(),
+            Kind::Alert(a) => a.process.as_mut(),
+            Kind::Status(_) | Kind::Loss(_) | Kind::ContainerStarted(_) => None,
+        }
+    }
+}
+
 impl Event {
+    /// [`Kind::process`] of the event's kind.
+    pub fn process(&self) -> Option<&Process> {
+        self.kind.as_ref()?.process()
+    }
+
+    pub fn process_mut(&mut self) -> Option<&mut Process> {
+        self.kind.as_mut()?.process_mut()
+    }
+
     /// Short name of the event's kind, used as a metric label and in logs.
     pub fn kind_name(&self) -> &'static str {
         match &self.kind {

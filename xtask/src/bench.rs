@@ -258,19 +258,22 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A quiet collector on `port` writing JSON lines to `out` through a queue in `queue`.
+fn collector_command(bins: &Binaries, port: u16, out: &Path, queue: &Path) -> Result<Command> {
+    let mut cmd = Command::new(&bins.collector);
+    cmd.args(["--set", &format!("listen=127.0.0.1:{port}"), "--set", &format!("http.listen=127.0.0.1:{}", free_port()?)])
+        .args(["--set", "output.kind=file", "--set", &format!("output.path={}", out.display())])
+        .args(["--set", &format!("queue.dir={}", queue.display())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Ok(cmd)
+}
+
 fn start_stack(bins: &Binaries, cgroup: &CpuCgroup) -> Result<Stack> {
     let dir = TempDir(std::env::temp_dir().join(format!("peregrine-bench-{}", std::process::id())));
     fs::create_dir_all(&dir.0)?;
     let ingest = free_port()?;
-    let collector = Owned(
-        Command::new(&bins.collector)
-            .args(["--set", &format!("listen=127.0.0.1:{ingest}"), "--set", &format!("http.listen=127.0.0.1:{}", free_port()?)])
-            .args(["--set", "output.kind=file", "--set", &format!("output.path={}", dir.0.join("events.jsonl").display())])
-            .args(["--set", &format!("queue.dir={}", dir.0.join("queue").display())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let collector = Owned(collector_command(bins, ingest, &dir.0.join("events.jsonl"), &dir.0.join("queue"))?.spawn()?);
     let port = free_port()?;
     let agent = Owned(
         Command::new(&bins.agent)
@@ -527,16 +530,8 @@ pub fn ingest(bins: &Binaries, rounds: usize, seconds: f64) -> Result<()> {
     let start = |fsync: &str, tag: &str| -> Result<(Owned, u16, PathBuf)> {
         let port = free_port()?;
         let out = dir.0.join(format!("events-{tag}.jsonl"));
-        let collector = Owned(
-            Command::new(&bins.collector)
-                .args(["--set", &format!("listen=127.0.0.1:{port}"), "--set", &format!("http.listen=127.0.0.1:{}", free_port()?)])
-                .args(["--set", "output.kind=file", "--set", &format!("output.path={}", out.display())])
-                .args(["--set", &format!("queue.dir={}", dir.0.join(format!("queue-{tag}")).display())])
-                .args(["--set", &format!("queue.fsync={fsync}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        );
+        let mut cmd = collector_command(bins, port, &out, &dir.0.join(format!("queue-{tag}")))?;
+        let collector = Owned(cmd.args(["--set", &format!("queue.fsync={fsync}")]).spawn()?);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             anyhow::ensure!(Instant::now() < deadline, "the collector did not listen");

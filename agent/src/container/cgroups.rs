@@ -87,6 +87,11 @@ impl CgroupMap {
         self.entries.retain(|_, e| e.removed_ns.is_none_or(|t| now_ns.saturating_sub(t) < grace));
     }
 
+    /// The cgroup path and reference of the container with this id, if its cgroup is known.
+    pub fn container(&self, id: &str) -> Option<(Arc<str>, Arc<ContainerRef>)> {
+        self.containers().find(|(_, c)| c.id == id).map(|(p, c)| (p.clone(), c.clone()))
+    }
+
     /// Containers known now (for resolving those that ran before the agent started).
     pub fn containers(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<ContainerRef>)> {
         self.entries.values().filter_map(|e| e.container.as_ref().map(|c| (&e.path, c)))

@@ -77,18 +77,11 @@ pub struct HostView {
 
 impl HostView {
     pub fn of_self() -> Self {
-        let ns = |name: &str| {
-            std::fs::metadata(format!("/proc/self/ns/{name}"))
-                .map(|m| u32::try_from(std::os::unix::fs::MetadataExt::ino(&m)).unwrap_or(0))
-                .unwrap_or(0)
-        };
-        let cap_bounding = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines().find_map(|l| l.strip_prefix("CapBnd:").and_then(|v| u64::from_str_radix(v.trim(), 16).ok()))
-            })
-            .unwrap_or(0);
-        Self { pid_ns: ns("pid"), net_ns: ns("net"), ipc_ns: ns("ipc"), cap_bounding }
+        use crate::process::procfs::ns_inode;
+        let me = i32::try_from(std::process::id()).unwrap_or(0);
+        let cap_bounding =
+            ::procfs::process::Process::myself().and_then(|p| p.status()).ok().and_then(|s| s.capbnd).unwrap_or(0);
+        Self { pid_ns: ns_inode(me, "pid"), net_ns: ns_inode(me, "net"), ipc_ns: ns_inode(me, "ipc"), cap_bounding }
     }
 }
 
@@ -212,7 +205,7 @@ impl ContainerStage {
             return Some(Enriched { boot_ns, kind, container: None, enrichment: status::NONE, privilege: Vec::new() });
         };
         if self.cgroups.get(cgroup_id).is_none() {
-            self.find_cgroup(cgroup_id, process_of(&kind).map_or(0, |p| p.pid));
+            self.find_cgroup(cgroup_id, kind.process().map_or(0, |p| p.pid));
         }
         let Some(entry) = self.cgroups.get(cgroup_id) else {
             self.metrics.enrichment_incomplete.get_or_create(&StatusLabel { status: status::NONE }).inc();
@@ -222,9 +215,8 @@ impl ContainerStage {
             return Some(Enriched { boot_ns, kind, container: None, enrichment: status::COMPLETE, privilege: Vec::new() });
         };
         let cgroup_path = entry.path.clone();
-        if !self.known.contains_key(&cref.id) {
-            self.request(&cref, false);
-        }
+        // Not asked about yet (seen before the resolver existed, or evicted): ask now.
+        self.request(&cref, false);
         let held_max = self.config.max_held_events;
         match self.known.get_mut(&cref.id) {
             Some(Known::Pending { held, .. }) if self.held < held_max => {
@@ -289,7 +281,7 @@ impl ContainerStage {
         if enrichment != status::COMPLETE {
             self.metrics.enrichment_incomplete.get_or_create(&StatusLabel { status: enrichment }).inc();
         }
-        let privilege = privilege(&container, process_of(&kind), &self.host);
+        let privilege = privilege(&container, kind.process(), &self.host);
         Enriched { boot_ns, kind, container: Some(container), enrichment, privilege }
     }
 
@@ -322,8 +314,7 @@ impl ContainerStage {
         };
         self.held = self.held.saturating_sub(held.len());
         self.metrics.events_held.set(i64::try_from(self.held).unwrap_or(i64::MAX));
-        let cref_path = self.cgroups.containers().find(|(_, c)| c.id == id).map(|(p, c)| (p.clone(), c.clone()));
-        let Some((cgroup_path, cref)) = cref_path else {
+        let Some((cgroup_path, cref)) = self.cgroups.container(&id) else {
             // The cgroup went away and was swept; nothing left to attach events to.
             self.remember(id, Known::Failed);
             return held.into_iter().map(|(b, k)| self.unattached(b, k)).collect();
@@ -401,7 +392,7 @@ impl ContainerStage {
         let mut out = Vec::new();
         for (id, held) in due {
             self.held = self.held.saturating_sub(held.len());
-            let found = self.cgroups.containers().find(|(_, c)| c.id == id).map(|(p, c)| (p.clone(), c.clone()));
+            let found = self.cgroups.container(&id);
             for (boot_ns, kind) in held {
                 out.push(match &found {
                     Some((path, cref)) => self.finish(boot_ns, kind, None, cref, path),
@@ -430,17 +421,7 @@ impl ContainerStage {
 }
 
 fn cgroup_of(kind: &Kind) -> Option<u64> {
-    process_of(kind).map(|p| p.cgroup_id).filter(|id| *id != 0)
-}
-
-fn process_of(kind: &Kind) -> Option<&peregrine_proto::Process> {
-    match kind {
-        Kind::Exec(e) => e.process.as_ref(),
-        Kind::Fork(f) => f.process.as_ref(),
-        Kind::Exit(e) => e.process.as_ref(),
-        Kind::Connection(c) => c.process.as_ref(),
-        _ => None,
-    }
+    kind.process().map(|p| p.cgroup_id).filter(|id| *id != 0)
 }
 
 /// Why an event in `container` is privileged activity: the runtime's spec, cross-checked

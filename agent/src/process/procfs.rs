@@ -17,7 +17,8 @@ pub fn tick_ns() -> u64 {
     1_000_000_000u64.checked_div(hz).unwrap_or(10_000_000)
 }
 
-fn ns_inode(pid: i32, name: &str) -> u32 {
+/// The inode of `/proc/<pid>/ns/<name>` (0 when unreadable).
+pub fn ns_inode(pid: i32, name: &str) -> u32 {
     std::fs::read_link(format!("/proc/{pid}/ns/{name}"))
         .ok()
         .and_then(|l| {

@@ -125,29 +125,6 @@ impl Redactor {
     }
 }
 
-/// The event's process, if its kind has one.
-pub fn process_of(e: &Event) -> Option<&Process> {
-    match &e.kind {
-        Some(Kind::Exec(x)) => x.process.as_ref(),
-        Some(Kind::Fork(x)) => x.process.as_ref(),
-        Some(Kind::Exit(x)) => x.process.as_ref(),
-        Some(Kind::Connection(x)) => x.process.as_ref(),
-        Some(Kind::Alert(a)) => a.process.as_ref(),
-        _ => None,
-    }
-}
-
-pub fn process_of_mut(e: &mut Event) -> Option<&mut Process> {
-    match &mut e.kind {
-        Some(Kind::Exec(x)) => x.process.as_mut(),
-        Some(Kind::Fork(x)) => x.process.as_mut(),
-        Some(Kind::Exit(x)) => x.process.as_mut(),
-        Some(Kind::Connection(x)) => x.process.as_mut(),
-        Some(Kind::Alert(a)) => a.process.as_mut(),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,7 +162,7 @@ mod tests {
         let r = Redactor::new(&["--password=\\S+".into(), "AKIA[0-9A-Z]{16}".into()]).unwrap();
         let mut e = exec(&["mysql", "--password=hunter2", "-u", "root", "key=AKIAABCDEFGHIJKLMNOP"]);
         r.apply(&mut e);
-        assert_eq!(process_of(&e).unwrap().argv, ["mysql", "[REDACTED]", "-u", "root", "key=[REDACTED]"]);
+        assert_eq!(e.process().unwrap().argv, ["mysql", "[REDACTED]", "-u", "root", "key=[REDACTED]"]);
         let mut a = alert("Warning");
         if let Some(Kind::Alert(x)) = &mut a.kind {
             x.output = "cmdline=mysql --password=hunter2".into();

@@ -12,7 +12,6 @@
 
 use peregrine_proto::{Event, Kind};
 
-use super::route::process_of_mut;
 
 pub const FLAG: &str = "collector_truncated";
 
@@ -83,7 +82,7 @@ pub fn fit<T, E: std::fmt::Display>(
 }
 
 fn flag(e: &mut Event) {
-    if let Some(p) = process_of_mut(e) {
+    if let Some(p) = e.process_mut() {
         if !p.partial.iter().any(|f| f == FLAG) {
             p.partial.push(FLAG.into());
         }
@@ -116,11 +115,11 @@ fn cut_to(argv: &mut Vec<String>, budget: usize) {
 }
 
 fn argv_total(e: &Event) -> usize {
-    super::route::process_of(e).map_or(0, |p| bytes(&p.argv))
+    e.process().map_or(0, |p| bytes(&p.argv))
 }
 
 fn argv_cut(e: &mut Event, budget: usize) {
-    if let Some(p) = process_of_mut(e) {
+    if let Some(p) = e.process_mut() {
         cut_to(&mut p.argv, budget);
     }
 }
