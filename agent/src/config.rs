@@ -251,6 +251,11 @@ pub struct EbpfConfig {
     /// Kernel BTF used for CO-RE relocation.
     pub btf_path: PathBuf,
     pub tracefs_path: PathBuf,
+    /// The node's cgroup2 hierarchy, where socket hooks attach and the cgroup walk starts.
+    /// Default: the cgroup2 mount in /proc/self/mountinfo. In a pod, /sys/fs/cgroup is the
+    /// pod's own cgroup namespace, so the DaemonSet mounts the node's hierarchy elsewhere
+    /// and names it here.
+    pub cgroup2_path: Option<PathBuf>,
     /// Ring buffer size; a power of two multiple of the page size.
     pub ring_buffer_bytes: u32,
     /// Fill level at which the kernel wakes the agent instead of waiting for the drain timer.
@@ -335,6 +340,7 @@ impl Default for EbpfConfig {
             object: PathBuf::from("/usr/lib/peregrine/peregrine-ebpf.o"),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
             tracefs_path: PathBuf::from("/sys/kernel/tracing"),
+            cgroup2_path: None,
             ring_buffer_bytes: 8 << 20,
             wakeup_watermark_bytes: 2 << 20,
             drain_interval_ms: 20,

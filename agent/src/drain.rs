@@ -18,6 +18,7 @@ use crate::{
     decode,
     kernel::Sensor,
     metrics::{KindLabel, Metrics, catch_up, reason},
+    watermark::Previous,
     net::ConnTracker,
     process::Tracker,
     rules::{self, RulesStage},
@@ -87,6 +88,8 @@ pub struct DrainConfig {
     pub drain_interval: Duration,
     pub heartbeat_interval: Duration,
     pub pause_file: Option<PathBuf>,
+    /// What the previous run recorded of when it last observed (see `watermark.rs`).
+    pub previous_run: Option<Previous>,
 }
 
 pub struct Drain {
@@ -142,6 +145,7 @@ impl Drain {
 
     /// Runs until `shutdown` turns true, then drains once more and emits the stopping status.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+        self.report_gap();
         self.status(Phase::Started);
         let ring = self.ring.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
         let mut resolutions = self.resolutions.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
@@ -212,6 +216,29 @@ impl Drain {
         self.send_alerts(None);
         self.status(Phase::Stopping);
         Ok(())
+    }
+
+    /// The window between the previous run's last observed instant and this run's attach, as
+    /// a Loss event: never lost (queued before anything else) and counted.
+    fn report_gap(&mut self) {
+        let Some(previous) = self.config.previous_run.take() else { return };
+        let start = previous.until_unix_ns;
+        let end = u64::try_from(self.stamper.clock.to_unix_nanos(self.sensor.attached_boot_ns)).unwrap_or(0);
+        let detail = previous.detail();
+        let seconds = end.saturating_sub(start) as f64 / 1e9;
+        tracing::warn!(gap_seconds = seconds, %detail, "no agent observed this node for {seconds:.3} s before this start");
+        self.metrics.observation_gaps.inc();
+        self.metrics.observation_gap_seconds.inc_by(seconds);
+        let gap = Loss {
+            reason: reason::OBSERVATION_GAP.to_owned(),
+            count: 0,
+            total: 0,
+            gap_start_unix_nano: start,
+            gap_end_unix_nano: end,
+            detail,
+        };
+        let event = self.stamper.stamp(boot_now_ns(), Kind::Loss(gap));
+        self.push(event);
     }
 
     fn paused(&self) -> bool {
@@ -319,7 +346,8 @@ impl Drain {
                 continue;
             }
             let total = self.reported_total.get(why).copied().unwrap_or(0) + count;
-            let event = self.stamper.stamp(boot_now_ns(), Kind::Loss(Loss { reason: why.to_owned(), count, total }));
+            let event =
+                self.stamper.stamp(boot_now_ns(), Kind::Loss(Loss { reason: why.to_owned(), count, total, ..Default::default() }));
             match self.tx.try_send(event) {
                 Ok(()) => {
                     self.metrics.events.get_or_create(&KindLabel { kind: "loss" }).inc();

@@ -13,6 +13,7 @@ mod net;
 mod process;
 mod rules;
 mod sender;
+mod watermark;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
@@ -107,11 +108,16 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let spool = peregrine_journal::Journal::open(&config.spool.dir, config.spool.journal())
         .with_context(|| format!("opening the spool at {} (spool.dir)", config.spool.dir.display()))?;
     tracing::info!(dir = %config.spool.dir.display(), unacknowledged = spool.depth().records, "spool opened");
+    // Read before this run records anything: the gap since the previous run's last status.
+    let watermark = watermark::Watermark::in_dir(&config.spool.dir);
+    let previous_run = watermark.previous();
     let sender = Sender {
         collector: config.collector.clone(),
         pipeline: config.pipeline.clone(),
         metrics: metrics.clone(),
         spool,
+        watermark: Some(watermark),
+        unflushed_mark: None,
     };
     let sending = tokio::spawn(sender.run(rx));
 
@@ -153,6 +159,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             drain_interval: Duration::from_millis(config.ebpf.drain_interval_ms),
             heartbeat_interval: Duration::from_millis(config.pipeline.heartbeat_interval_ms),
             pause_file: config.ebpf.drain_pause_file.clone(),
+            previous_run,
         },
     );
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -175,7 +182,7 @@ fn start_containers(
     metrics: &Metrics,
 ) -> (container::ContainerStage, mpsc::Receiver<container::Resolution>) {
     let (answer_tx, answer_rx) = mpsc::channel(1024);
-    let host = container::HostView::of_self();
+    let host = container::HostView::of_node();
     if !config.container.enabled {
         return (container::ContainerStage::new(config.container.clone(), None, host, metrics.clone()), answer_rx);
     }
@@ -183,7 +190,7 @@ fn start_containers(
     let resolver = container::Resolver { config: config.container.clone(), requests: request_rx, answers: answer_tx };
     tokio::spawn(resolver.run());
     let mut stage = container::ContainerStage::new(config.container.clone(), Some(request_tx), host, metrics.clone());
-    match kernel::cgroup2_mount() {
+    match kernel::cgroup2_mount(config.ebpf.cgroup2_path.as_deref()) {
         Ok(mount) => {
             let n = stage.seed(&mount);
             tracing::info!(cgroups = n, mount = %mount.display(), "cgroup map seeded");

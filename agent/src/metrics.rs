@@ -33,6 +33,8 @@ pub mod reason {
     pub const DECODE: &str = "decode_error";
     /// Loss event reasons for what the kernel counted (their metrics are the kernel_* ones).
     pub const KERNEL_RING_FULL: &str = "kernel_ring_full";
+    /// No agent ran: the window between two runs (a Loss event with its bounds).
+    pub const OBSERVATION_GAP: &str = "observation_gap";
     pub const KERNEL_READ_FAILED: &str = "kernel_read_failed";
 }
 
@@ -67,6 +69,8 @@ pub struct Metrics {
     pub spool_records: Gauge,
     pub spool_bytes: Gauge,
     pub spool_oldest_age_ms: Gauge,
+    pub observation_gaps: Counter,
+    pub observation_gap_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -91,6 +95,16 @@ impl Metrics {
             "process_cache_evicted",
             "Processes evicted from the cache before their exit grace ended (cache full)",
             self.process_cache_evicted.clone(),
+        );
+        r.register(
+            "observation_gaps",
+            "Windows in which no agent observed this node (restarts, upgrades, crashes), reported at start",
+            self.observation_gaps.clone(),
+        );
+        r.register(
+            "observation_gap_seconds",
+            "Total length of the observation gaps reported by this run",
+            self.observation_gap_seconds.clone(),
         );
         self.register_context(registry);
         r_spool(registry, self);

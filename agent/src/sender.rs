@@ -14,7 +14,7 @@
 use std::{collections::VecDeque, time::Duration};
 
 use peregrine_journal::{Appended, Journal};
-use peregrine_proto::{Ack, Event, v1::EventBatchRaw};
+use peregrine_proto::{Ack, Event, Kind, v1::EventBatchRaw, v1::agent_status::Phase};
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::{
     config::{CollectorConfig, PipelineConfig},
     metrics::{Metrics, ReasonLabel, catch_up, reason},
+    watermark::Watermark,
 };
 
 pub struct Sender {
@@ -30,6 +31,10 @@ pub struct Sender {
     pub pipeline: PipelineConfig,
     pub metrics: Metrics,
     pub spool: Journal,
+    /// Up to when the node was observed, recorded once the status saying so is in the spool.
+    pub watermark: Option<Watermark>,
+    /// The latest status's (drained-until instant, stopping), until the next flush.
+    pub unflushed_mark: Option<(u64, bool)>,
 }
 
 enum Outcome {
@@ -110,8 +115,16 @@ impl Sender {
     fn accept(&mut self, event: &Event) {
         let bytes = event.encode_to_vec();
         match self.spool.append(&bytes) {
+            Ok(Appended::Stored(_)) => {
+                if let Some(Kind::Status(s)) = &event.kind {
+                    // Everything before the status's barrier is ahead of it in the spool.
+                    let behind = i64::try_from(event.boot_ns.saturating_sub(s.drained_until_boot_ns)).unwrap_or(i64::MAX);
+                    let until = u64::try_from(event.time_unix_nano.saturating_sub(behind)).unwrap_or(0);
+                    self.unflushed_mark = Some((until, s.phase == Phase::Stopping as i32));
+                }
+            }
             // A refused record is in the spool's dropped count, mirrored below.
-            Ok(Appended::Stored(_) | Appended::Dropped) => {}
+            Ok(Appended::Dropped) => {}
             Err(e) => {
                 self.metrics.drop_event(reason::SPOOL_ERROR, 1);
                 tracing::warn!(error = %e, "spool write failed: event dropped");
@@ -120,8 +133,13 @@ impl Sender {
     }
 
     fn flush(&mut self) {
-        if let Err(e) = self.spool.flush() {
-            tracing::warn!(error = %e, "spool flush failed");
+        match self.spool.flush() {
+            Ok(()) => {
+                if let (Some(w), Some((until, stopping))) = (&mut self.watermark, self.unflushed_mark.take()) {
+                    w.record(until, stopping);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "spool flush failed"),
         }
         self.report_spool();
     }

@@ -186,3 +186,74 @@ fn mutual_tls_checks_the_node_identity() {
     let mut collector = collector;
     assert!(collector.proc.alive(), "collector died: {}", collector.proc.stderr_text());
 }
+
+/// The unix instant up to which a status event says everything was observed (its barrier).
+fn barrier_unix_ns(status: &Value) -> u64 {
+    let behind = status["boot_ns"].as_u64().unwrap() - status["kind"]["status"]["drained_until_boot_ns"].as_u64().unwrap();
+    status["time_unix_nano"].as_u64().unwrap() - behind
+}
+
+fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+#[test]
+fn restarts_are_reported_as_observation_gaps_with_their_bounds() {
+    let dir = TempDir::new("gap");
+    let spool_set = format!("spool.dir={}", dir.path().join("spool").display());
+    let collector = Collector::start(dir.path());
+    // AgentStatus.Phase: 1 started, 2 heartbeat, 3 stopping.
+    let status_of = |run: &Value, phase: u64| {
+        let run = run.clone();
+        move |e: &Value| e["agent_run"] == run && e["kind"]["status"]["phase"] == phase
+    };
+    let run_of = |after: &BTreeSet<String>| {
+        collector
+            .wait_event(WAIT, "a new agent run's first status", |e| {
+                !e["kind"]["status"].is_null() && !after.contains(e["agent_run"].as_str().unwrap())
+            })["agent_run"]
+            .clone()
+    };
+    let mut runs = BTreeSet::new();
+
+    // 1. A first start has nothing before it: no gap.
+    let mut first = Agent::start(dir.path(), &collector.address(), &[&spool_set]);
+    let run1 = run_of(&runs);
+    runs.insert(run1.as_str().unwrap().to_owned());
+    // 2. A clean stop, then a start: the gap runs from the stop's barrier to the new attach.
+    first.proc.terminate();
+    let mut second = Agent::start(dir.path(), &collector.address(), &[&spool_set]);
+    // The stopping status may have stayed in the spool (the sender stops without waiting for
+    // acknowledgements): the next run delivers it.
+    let stopping = collector.wait_event(WAIT, "the first run's stopping status", status_of(&run1, 3));
+    let run2 = run_of(&runs);
+    runs.insert(run2.as_str().unwrap().to_owned());
+    let gap = collector.wait_event(WAIT, "the second run's gap", |e| e["agent_run"] == run2 && e["kind"]["loss"]["reason"] == "observation_gap");
+    let started = collector.wait_event(WAIT, "the second run's start", status_of(&run2, 1));
+    let loss = &gap["kind"]["loss"];
+    assert_eq!(loss["gap_start_unix_nano"].as_u64().unwrap(), barrier_unix_ns(&stopping), "{gap}");
+    let end = loss["gap_end_unix_nano"].as_u64().unwrap();
+    assert!(end > barrier_unix_ns(&stopping) && end <= started["time_unix_nano"].as_u64().unwrap(), "{gap}\n{started}");
+    assert_eq!(loss["detail"], format!("previous agent {} stopped", env!("CARGO_PKG_VERSION")));
+    assert!(gap["seq"].as_u64().unwrap() < started["seq"].as_u64().unwrap(), "the gap is the run's first word");
+    assert_eq!(metric(&second.metrics(), "peregrine_agent_observation_gaps_total"), Some(1.0));
+    assert!(collector.events().iter().all(|e| !(e["agent_run"] == run1 && e["kind"]["loss"]["reason"] == "observation_gap")));
+
+    // 3. kill -9 after a heartbeat: the gap starts at the last status that reached the spool
+    //    (the next run replays it), before the kill.
+    collector.wait_event(WAIT, "a heartbeat of the second run", status_of(&run2, 2));
+    let killed_at = now_unix_ns();
+    second.proc.child.kill().unwrap();
+    second.proc.child.wait().unwrap();
+    let _third = Agent::start(dir.path(), &collector.address(), &[&spool_set]);
+    let run3 = run_of(&runs);
+    let gap = collector.wait_event(WAIT, "the third run's gap", |e| e["agent_run"] == run3 && e["kind"]["loss"]["reason"] == "observation_gap");
+    let loss = &gap["kind"]["loss"];
+    let start = loss["gap_start_unix_nano"].as_u64().unwrap();
+    assert!(start <= killed_at, "the gap starts before the kill: {gap}");
+    assert!(loss["gap_end_unix_nano"].as_u64().unwrap() > killed_at);
+    assert_eq!(loss["detail"], format!("previous agent {} ended without stopping (crash, kill, OOM kill or node reboot)", env!("CARGO_PKG_VERSION")));
+    collector.wait_event(WAIT, "the status of the killed run that the gap starts at", |e| {
+        e["agent_run"] == run2 && !e["kind"]["status"].is_null() && barrier_unix_ns(e) == start
+    });
+}

@@ -45,7 +45,7 @@ fn unprivileged_agent_names_the_missing_capabilities() {
         .arg(inner.get_program())
         .args(inner.get_args());
     let (code, stderr) = agent_fails(cmd, dir.path());
-    assert_clean_failure(code, &stderr, "missing capabilities CAP_BPF, CAP_PERFMON: run the agent as root");
+    assert_clean_failure(code, &stderr, "missing capabilities CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN: run the agent as root");
 }
 
 #[test]
@@ -54,6 +54,19 @@ fn missing_btf_is_reported_with_the_fix() {
     let cmd = agent_command("http://127.0.0.1:1", free_port(), &["ebpf.btf_path=/nonexistent/vmlinux"]);
     let (code, stderr) = agent_fails(cmd, dir.path());
     assert_clean_failure(code, &stderr, "kernel BTF not found at /nonexistent/vmlinux: the kernel needs CONFIG_DEBUG_INFO_BTF=y");
+}
+
+#[test]
+fn a_cgroup2_path_that_is_not_the_hierarchys_root_is_refused() {
+    let dir = TempDir::new("cgroup2path");
+    let cmd = agent_command("http://127.0.0.1:1", free_port(), &[&format!("ebpf.cgroup2_path={}", dir.path().display())]);
+    let (code, stderr) = agent_fails(cmd, dir.path());
+    assert_clean_failure(code, &stderr, &format!("ebpf.cgroup2_path = {}: not a cgroup2 file system", dir.path().display()));
+    // A cgroup below the root would attach the socket hooks to part of the node only.
+    let below = TestCgroup::new();
+    let cmd = agent_command("http://127.0.0.1:1", free_port(), &[&format!("ebpf.cgroup2_path={}", below.0.display())]);
+    let (code, stderr) = agent_fails(cmd, dir.path());
+    assert_clean_failure(code, &stderr, "a cgroup below the hierarchy's root, not the root");
 }
 
 #[test]

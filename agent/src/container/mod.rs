@@ -65,8 +65,7 @@ pub struct Resolution {
     pub result: Result<RuntimeMeta, String>,
 }
 
-/// The host's own namespaces and capability bounding set (the agent runs in them), to tell
-/// which processes share them.
+/// The node's own namespaces and capability bounding set, to tell which processes share them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HostView {
     pub pid_ns: u32,
@@ -76,12 +75,28 @@ pub struct HostView {
 }
 
 impl HostView {
-    pub fn of_self() -> Self {
+    /// The node's view is its init's (pid 1), when the agent shares its pid namespace (on the
+    /// host, or in a hostPID pod, whose own network and IPC namespaces are not the node's);
+    /// otherwise the agent's own.
+    pub fn of_node() -> Self {
         use crate::process::procfs::ns_inode;
         let me = i32::try_from(std::process::id()).unwrap_or(0);
-        let cap_bounding =
-            ::procfs::process::Process::myself().and_then(|p| p.status()).ok().and_then(|s| s.capbnd).unwrap_or(0);
-        Self { pid_ns: ns_inode(me, "pid"), net_ns: ns_inode(me, "net"), ipc_ns: ns_inode(me, "ipc"), cap_bounding }
+        let pid_ns = ns_inode(me, "pid");
+        let init_pid_ns = ns_inode(1, "pid");
+        let node = if init_pid_ns != 0 && init_pid_ns == pid_ns { 1 } else { me };
+        let cap_bounding = ::procfs::process::Process::new(node)
+            .and_then(|p| p.status())
+            .ok()
+            .and_then(|s| s.capbnd)
+            .unwrap_or(0);
+        let view = Self { pid_ns, net_ns: ns_inode(node, "net"), ipc_ns: ns_inode(node, "ipc"), cap_bounding };
+        if view.net_ns == 0 {
+            tracing::warn!(
+                pid = node,
+                "cannot read the node's namespaces (/proc/{node}/ns): the host-namespace privilege checks are off (the agent needs CAP_SYS_PTRACE)"
+            );
+        }
+        view
     }
 }
 

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 pub enum KernelError {
     #[error(
         "missing capabilities {missing}: run the agent as root, or grant CAP_BPF and CAP_PERFMON \
-         (CAP_SYS_ADMIN on kernels before 5.8)"
+         (CAP_SYS_ADMIN on kernels before 5.8), and CAP_NET_ADMIN for the socket hooks \
+         (or set ebpf.programs.sock_addr = false)"
     )]
     MissingCapabilities { missing: String },
     #[error(

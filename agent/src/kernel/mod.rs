@@ -86,12 +86,14 @@ pub struct Sensor {
     counters: PerCpuArray<MapData, u64>,
     /// Attached hooks, as `tracepoint/<category>/<name>`.
     pub hooks: Vec<String>,
+    /// Boot-time ns when the last hook was attached: observation starts here.
+    pub attached_boot_ns: u64,
 }
 
 impl Sensor {
     /// Loads and attaches; returns the sensor and the ring buffer the programs write to.
     pub fn load(config: &EbpfConfig, policy: &SocketPolicy) -> Result<(Self, RingBuf<MapData>), KernelError> {
-        preflight::check_caps()?;
+        preflight::check_caps(config.programs.sock_addr)?;
         preflight::check_btf(&config.btf_path)?;
         let btf = Btf::parse_file(&config.btf_path, Endianness::default())
             .map_err(|e| KernelError::BadBtf { path: config.btf_path.clone(), message: e.to_string() })?;
@@ -165,9 +167,14 @@ impl Sensor {
                     .map_err(|e| KernelError::Map { map: "DENY4", message: e.to_string() })?;
             }
         }
-        let cgroup_root = cgroup2_root()?;
+        let cgroup_root = cgroup2_root(config.cgroup2_path.as_deref())?;
+        let socket_programs = preflight::effective_caps().is_some_and(preflight::can_load_socket_programs);
         for (hook, enabled) in wanted {
-            // Every program is loaded (so the verifier checks it) even when not attached.
+            // Every program is loaded (so the verifier checks it) even when not attached;
+            // socket programs only with CAP_NET_ADMIN (turned off, they need not have it).
+            if !enabled && matches!(hook.kind, HookKind::CgroupSockAddr) && !socket_programs {
+                continue;
+            }
             load_program(&mut ebpf, hook)?;
             if enabled {
                 attach(&mut ebpf, hook, &cgroup_root)?;
@@ -177,7 +184,7 @@ impl Sensor {
 
         let ring = take_map(&mut ebpf, "EVENTS")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
-        Ok((Self { _ebpf: ebpf, counters, hooks }, ring))
+        Ok((Self { _ebpf: ebpf, counters, hooks, attached_boot_ns: crate::clock::boot_now_ns() }, ring))
     }
 
     /// Records the kernel could not put in the ring (it was full), summed over CPUs.
@@ -246,16 +253,20 @@ fn load_program(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), KernelError> {
     loaded.map_err(|e| rejected(hook.program, e))
 }
 
-/// The cgroup2 hierarchy's root (found in /proc/self/mountinfo: `/sys/fs/cgroup` on cgroup-v2
-/// hosts, `/sys/fs/cgroup/unified` on hybrid ones), opened for attaching socket hooks.
-fn cgroup2_root() -> Result<std::fs::File, KernelError> {
-    let path = cgroup2_mount()?;
+/// The cgroup2 hierarchy's root (configured, or found in /proc/self/mountinfo: `/sys/fs/cgroup`
+/// on cgroup-v2 hosts, `/sys/fs/cgroup/unified` on hybrid ones), opened for attaching socket hooks.
+fn cgroup2_root(configured: Option<&std::path::Path>) -> Result<std::fs::File, KernelError> {
+    let path = cgroup2_mount(configured)?;
     std::fs::File::open(&path)
         .map_err(|e| KernelError::Map { map: "cgroup2", message: format!("opening {}: {e}", path.display()) })
 }
 
-/// Where the cgroup2 hierarchy is mounted, from /proc/self/mountinfo.
-pub fn cgroup2_mount() -> Result<std::path::PathBuf, KernelError> {
+/// Where the cgroup2 hierarchy is: `configured` (checked to be cgroup2), or the first cgroup2
+/// mount in /proc/self/mountinfo.
+pub fn cgroup2_mount(configured: Option<&std::path::Path>) -> Result<std::path::PathBuf, KernelError> {
+    if let Some(path) = configured {
+        return check_cgroup2(path).map(|()| path.to_owned());
+    }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| KernelError::Map { map: "cgroup2", message: format!("reading /proc/self/mountinfo: {e}") })?;
     let path = mountinfo
@@ -269,6 +280,24 @@ pub fn cgroup2_mount() -> Result<std::path::PathBuf, KernelError> {
             message: "no cgroup2 mount: mount one (mount -t cgroup2 none /sys/fs/cgroup) or set ebpf.programs.sock_addr = false".into(),
         })?;
     Ok(std::path::PathBuf::from(path))
+}
+
+/// A configured cgroup2 path must be a cgroup2 mount's root, or socket hooks would cover only
+/// part of the node (and container lookups would miss the rest).
+fn check_cgroup2(path: &std::path::Path) -> Result<(), KernelError> {
+    let bad = |why: String| KernelError::Map {
+        map: "cgroup2",
+        message: format!("ebpf.cgroup2_path = {}: {why}; point it at the node's cgroup2 root (in a pod, a hostPath mount of /sys/fs/cgroup)", path.display()),
+    };
+    let stat = nix::sys::statfs::statfs(path).map_err(|e| bad(e.to_string()))?;
+    if stat.filesystem_type() != nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Err(bad("not a cgroup2 file system".into()));
+    }
+    // The root of a cgroup2 mount is the only directory without cgroup.procs' sibling cgroup.type.
+    if path.join("cgroup.type").exists() {
+        return Err(bad("a cgroup below the hierarchy's root, not the root".into()));
+    }
+    Ok(())
 }
 
 fn attach(ebpf: &mut Ebpf, hook: &Hook, cgroup_root: &std::fs::File) -> Result<(), KernelError> {

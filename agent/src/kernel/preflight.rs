@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::error::KernelError;
 
+const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -20,10 +21,12 @@ fn parse_cap_eff(status: &str) -> Option<u64> {
     u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
 }
 
-/// Names the capabilities that are missing to load and attach tracing programs.
-pub fn missing_caps(cap_eff: u64) -> Vec<&'static str> {
+/// Names the capabilities that are missing to load and attach tracing programs, and the
+/// socket (cgroup sock_addr) programs when `socket_hooks`: the kernel loads those only for
+/// CAP_NET_ADMIN.
+pub fn missing_caps(cap_eff: u64, socket_hooks: bool) -> Vec<&'static str> {
     let has = |bit: u32| cap_eff & (1u64 << bit) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    if has(CAP_SYS_ADMIN) {
         return Vec::new();
     }
     let mut missing = Vec::new();
@@ -33,12 +36,20 @@ pub fn missing_caps(cap_eff: u64) -> Vec<&'static str> {
     if !has(CAP_PERFMON) {
         missing.push("CAP_PERFMON");
     }
+    if socket_hooks && !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
     missing
 }
 
-pub fn check_caps() -> Result<(), KernelError> {
+/// Whether socket programs can be loaded at all (loaded for verification even when off).
+pub fn can_load_socket_programs(cap_eff: u64) -> bool {
+    cap_eff & ((1u64 << CAP_NET_ADMIN) | (1u64 << CAP_SYS_ADMIN)) != 0
+}
+
+pub fn check_caps(socket_hooks: bool) -> Result<(), KernelError> {
     let caps = effective_caps().unwrap_or(0);
-    let missing = missing_caps(caps);
+    let missing = missing_caps(caps, socket_hooks);
     if missing.is_empty() {
         Ok(())
     } else {
@@ -74,9 +85,14 @@ mod tests {
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001fffeffffff\n";
         let caps = parse_cap_eff(status).unwrap();
         assert_eq!(caps, 0x1fffeffffff);
-        assert!(missing_caps(caps).is_empty());
-        assert_eq!(missing_caps(0), vec!["CAP_BPF", "CAP_PERFMON"]);
-        assert!(missing_caps((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_empty());
-        assert_eq!(missing_caps(1 << CAP_BPF), vec!["CAP_PERFMON"]);
+        assert!(missing_caps(caps, true).is_empty());
+        assert_eq!(missing_caps(0, false), vec!["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(missing_caps(0, true), vec!["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]);
+        assert!(missing_caps((1 << CAP_BPF) | (1 << CAP_PERFMON), false).is_empty());
+        assert_eq!(missing_caps((1 << CAP_BPF) | (1 << CAP_PERFMON), true), vec!["CAP_NET_ADMIN"]);
+        assert!(missing_caps((1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_NET_ADMIN), true).is_empty());
+        assert_eq!(missing_caps(1 << CAP_BPF, false), vec!["CAP_PERFMON"]);
+        assert!(can_load_socket_programs(1 << CAP_NET_ADMIN));
+        assert!(!can_load_socket_programs((1 << CAP_BPF) | (1 << CAP_PERFMON)));
     }
 }

@@ -210,6 +210,13 @@ pub fn encode(e: &Event) -> String {
             x.labelled("flexString1", "priority", &a.priority);
             x.labelled("flexString2", "triggerEventId", &a.event_id);
         }
+        Some(Kind::Loss(l)) if l.gap_end_unix_nano > 0 => {
+            // An observation gap: its bounds in CEF's own start/end (epoch milliseconds).
+            x.add("msg", format!("no agent observed this node: {}", l.detail));
+            x.add("reason", &l.reason);
+            x.add("start", l.gap_start_unix_nano / 1_000_000);
+            x.add("end", l.gap_end_unix_nano / 1_000_000);
+        }
         Some(Kind::Loss(l)) => {
             x.add("msg", format!("{} events lost: {}", l.count, l.reason));
             x.add("reason", &l.reason);
@@ -362,5 +369,27 @@ PeregrinePod=web-1 PeregrineNamespace=shop PeregrinePodUid=u-1 PeregrineEnrichme
         let m = encode(&e);
         assert!(m.starts_with(&format!("CEF:0|Peregrine|peregrine|{VERSION}|Shell \\| in \\\\ container|Shell \\| in \\\\ container|9|")), "{m}");
         assert!(m.contains(" msg=x\\=1 cnt=1 "), "{m}");
+    }
+
+    #[test]
+    fn observation_gap_carries_its_bounds_in_start_and_end() {
+        let e = Event {
+            id: "g1".into(),
+            kind: Some(Kind::Loss(peregrine_proto::Loss {
+                reason: "observation_gap".into(),
+                gap_start_unix_nano: 1_795_456_800_123_456_789,
+                gap_end_unix_nano: 1_795_456_805_999_000_000,
+                detail: "previous agent 0.1.0 stopped".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let m = encode(&e);
+        assert!(m.contains("|loss|Events lost|5|"), "{m}");
+        assert!(
+            m.contains(" msg=no agent observed this node: previous agent 0.1.0 stopped reason=observation_gap start=1795456800123 end=1795456805999"),
+            "{m}"
+        );
+        assert!(!m.contains("cnt="), "a gap has no count: {m}");
     }
 }
