@@ -41,7 +41,7 @@ fn nothing_is_lost_while_collector_and_agent_are_killed() {
     let mut storm = Command::new(tool("sh")).args(["-c", &script]).spawn().unwrap();
     let started = Instant::now();
     let mut collector_kills = 0;
-    let mut agent_kills = 0;
+    let mut agent_kills: usize = 0;
     let mut step = 0;
     // One disruption every 2 s: collector, collector, agent, collector, collector, agent, collector.
     let plan = ["c", "c", "a", "c", "c", "a", "c"];
@@ -84,6 +84,7 @@ fn nothing_is_lost_while_collector_and_agent_are_killed() {
     let mut ids = BTreeSet::new();
     let mut duplicates = 0u64;
     let mut examples = Vec::new();
+    let mut gaps = Vec::new();
     for e in &events {
         if !ids.insert(e["id"].as_str().unwrap().to_owned()) {
             duplicates += 1;
@@ -95,8 +96,15 @@ fn nothing_is_lost_while_collector_and_agent_are_killed() {
         if let Some(lost) = e["kind"]["status"]["kernel_records_lost"].as_u64() {
             assert_eq!(lost, 0, "the kernel lost records: {e}");
         }
+        // While a killed agent was down nothing was observed: each restart says so, nothing else is lost.
+        if e["kind"]["loss"]["reason"] == "observation_gap" {
+            gaps.push(e["kind"]["loss"]["detail"].as_str().unwrap().to_owned());
+            continue;
+        }
         assert!(e["kind"]["loss"].is_null(), "a loss was reported: {e}");
     }
+    assert_eq!(gaps.len(), agent_kills, "one observation gap per agent kill: {gaps:?}");
+    assert!(gaps.iter().all(|d| d.ends_with("ended without stopping (crash, kill, OOM kill or node reboot)")), "{gaps:?}");
     assert_eq!(by_run.len(), 3, "three agent runs");
     for (run, seqs) in &by_run {
         let max = *seqs.iter().next_back().unwrap();
