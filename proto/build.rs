@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_attribute(".peregrine.v1", "#[derive(serde::Serialize)]")
         .type_attribute(".peregrine.v1", "#[serde(rename_all = \"snake_case\")]")
         .btree_map(".peregrine.v1.Alert.fields")
+        .btree_map(".peregrine.v1.AgentStatus.kernel_features")
         .compile_protos(&["proto/peregrine.proto"], &["proto"])?;
     Ok(())
 }

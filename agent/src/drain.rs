@@ -145,6 +145,10 @@ impl Drain {
 
     /// Runs until `shutdown` turns true, then drains once more and emits the stopping status.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+        for (feature, verdict) in &self.sensor.features {
+            let up = i64::from(crate::kernel::features::is_available(verdict));
+            self.metrics.kernel_features.get_or_create(&crate::metrics::FeatureLabel { feature }).set(up);
+        }
         self.report_gap();
         self.status(Phase::Started);
         let ring = self.ring.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
@@ -404,6 +408,11 @@ impl Drain {
             events_dropped: self.metrics.dropped_total(),
             events_sent: self.metrics.sent.get(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel_features: if phase == Phase::Started {
+                self.sensor.features.iter().map(|(name, verdict)| ((*name).to_owned(), verdict.clone())).collect()
+            } else {
+                Default::default()
+            },
         };
         let event = self.stamper.stamp(boot_now_ns(), Kind::Status(status));
         self.push(event);

@@ -48,6 +48,11 @@ pub struct StatusLabel {
     pub status: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeatureLabel {
+    pub feature: &'static str,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     pub events: Family<KindLabel, Counter>,
@@ -70,6 +75,7 @@ pub struct Metrics {
     pub spool_bytes: Gauge,
     pub spool_oldest_age_ms: Gauge,
     pub observation_gaps: Counter,
+    pub kernel_features: Family<FeatureLabel, Gauge>,
     pub observation_gap_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -95,6 +101,11 @@ impl Metrics {
             "process_cache_evicted",
             "Processes evicted from the cache before their exit grace ended (cache full)",
             self.process_cache_evicted.clone(),
+        );
+        r.register(
+            "kernel_feature",
+            "1 if the kernel offers the feature (probed at start; see the started status for why not)",
+            self.kernel_features.clone(),
         );
         r.register(
             "observation_gaps",

@@ -118,6 +118,27 @@ fn exec_reaches_the_collector_with_exact_fields() {
     });
     assert_eq!(metric(&metrics, "peregrine_agent_kernel_records_lost_total"), Some(0.0));
     assert!(metric(&metrics, "peregrine_agent_events_total{kind=\"exec\"}").unwrap() >= 1.0);
+
+    // The started status says what the kernel offers; the metric agrees, feature by feature.
+    let features = started["kind"]["status"]["kernel_features"].as_object().expect("kernel_features in the started status");
+    let names: Vec<&str> = features.keys().map(String::as_str).collect();
+    assert_eq!(names, ["btf", "cgroup_sock_addr", "fentry", "kprobe", "lsm", "raw_tracepoint", "ring_buffer", "tracepoint"]);
+    for needed in ["btf", "cgroup_sock_addr", "raw_tracepoint", "ring_buffer", "tracepoint"] {
+        assert_eq!(features[needed], "available", "{needed}");
+    }
+    // This machine's kernel has no kprobe PMU (docs/KERNELS.md): named, with the reason.
+    let kprobe_pmu = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    if !kprobe_pmu {
+        assert_eq!(features["kprobe"], "unavailable: no kprobe PMU (CONFIG_KPROBES off)");
+    }
+    for (name, verdict) in features {
+        let up = metric(&metrics, &format!("peregrine_agent_kernel_feature{{feature=\"{name}\"}}"));
+        assert_eq!(up, Some(if verdict == "available" { 1.0 } else { 0.0 }), "{name}: {verdict}");
+    }
+    let heartbeat = events.iter().find(|e| e["kind"]["status"]["phase"] == 2);
+    if let Some(h) = heartbeat {
+        assert!(h["kind"]["status"]["kernel_features"].as_object().is_none_or(|m| m.is_empty()), "only the started status carries them");
+    }
 }
 
 /// Negative control: the same program loaded but not attached must produce nothing.

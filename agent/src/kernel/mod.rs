@@ -2,6 +2,7 @@
 //! programs, and handing the ring buffer and counters to the drain.
 
 mod error;
+pub mod features;
 mod object;
 mod preflight;
 mod tracefs;
@@ -88,6 +89,8 @@ pub struct Sensor {
     pub hooks: Vec<String>,
     /// Boot-time ns when the last hook was attached: observation starts here.
     pub attached_boot_ns: u64,
+    /// What the kernel offers (`features.rs`), probed before loading.
+    pub features: Vec<features::Feature>,
 }
 
 impl Sensor {
@@ -95,6 +98,8 @@ impl Sensor {
     pub fn load(config: &EbpfConfig, policy: &SocketPolicy) -> Result<(Self, RingBuf<MapData>), KernelError> {
         preflight::check_caps(config.programs.sock_addr)?;
         preflight::check_btf(&config.btf_path)?;
+        let features = features::probe(&config.btf_path);
+        tracing::info!(?features, "kernel features");
         let btf = Btf::parse_file(&config.btf_path, Endianness::default())
             .map_err(|e| KernelError::BadBtf { path: config.btf_path.clone(), message: e.to_string() })?;
         preflight::ensure_tracefs(&config.tracefs_path)?;
@@ -184,7 +189,7 @@ impl Sensor {
 
         let ring = take_map(&mut ebpf, "EVENTS")?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
-        Ok((Self { _ebpf: ebpf, counters, hooks, attached_boot_ns: crate::clock::boot_now_ns() }, ring))
+        Ok((Self { _ebpf: ebpf, counters, hooks, attached_boot_ns: crate::clock::boot_now_ns(), features }, ring))
     }
 
     /// Records the kernel could not put in the ring (it was full), summed over CPUs.
