@@ -4,6 +4,7 @@
 //! (`xtask/tools.toml`), idempotently: a second run checks and installs nothing.
 
 mod bench;
+mod image;
 mod manifest;
 mod run;
 mod setup;
@@ -65,6 +66,11 @@ enum Cmd {
         #[arg(long)]
         soak: Option<u64>,
     },
+    /// Build the agent and collector OCI images (umoci) into target/images.
+    Image {
+        #[arg(long)]
+        release: bool,
+    },
     /// Set up, build, and run every test.
     Test {
         /// Arguments passed to `cargo test` after `--` (e.g. a test name filter).
@@ -121,6 +127,12 @@ fn real_main() -> Result<()> {
             stages.run(&format!("bench {what}"), || {
                 bench::run(&bins, &bench::Bench { workload, rounds, seconds, workers, cpu_millis, peers, soak })
             })?;
+        }
+        Cmd::Image { release } => {
+            setup::run(&mut stages)?;
+            let bins = build_all(&mut stages, release)?;
+            let (agent, collector) = stages.run("build images", || image::build(&bins, &root().join("target/images")))?;
+            eprintln!("images (OCI layout tarballs; `ctr images import` or `skopeo copy oci-archive:`):\n  {}\n  {}", agent.display(), collector.display());
         }
         Cmd::Test { rest } => {
             setup::run(&mut stages)?;
@@ -234,10 +246,12 @@ fn test(stages: &mut Stages, rest: &[String]) -> Result<()> {
     let wrong = stages.run("build kernel object with a foreign ABI", || {
         build_ebpf(&root().join("target/ebpf-wrong-abi"), Some(WRONG_ABI))
     })?;
+    let (agent_image, _) = stages.run("build images", || image::build(&bins, &root().join("target/images")))?;
     stages.run("cargo test", || {
         let mut c = cargo();
         c.args(["test", "--workspace", "--no-fail-fast"])
             .env("PEREGRINE_EBPF_OBJECT", &bins.ebpf)
+            .env("PEREGRINE_AGENT_IMAGE", &agent_image)
             .env("PEREGRINE_EBPF_OBJECT_WRONG_ABI", &wrong)
             .env("PEREGRINE_EBPF_WRONG_ABI", WRONG_ABI.to_string());
         if !rest.is_empty() {

@@ -214,6 +214,34 @@ pub struct PodSpec {
     pub run_as_user: Option<i64>,
     pub readonly_rootfs: bool,
     pub qos: Qos,
+    /// The container's image (imported into `k8s.io`); default [`BUSYBOX_IMAGE`].
+    pub image: String,
+    /// `args` (appended to `command`, or to the image's entrypoint when `command` is empty).
+    pub args: Vec<String>,
+    pub envs: Vec<(String, String)>,
+    /// Volume mounts, as kubelet resolves them to host paths.
+    pub mounts: Vec<HostMount>,
+    /// `securityContext.capabilities` (names as in a pod spec, without `CAP_`); None: the
+    /// runtime's default set.
+    pub capabilities: Option<Capabilities>,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privs: bool,
+    /// `seccompProfile.type: RuntimeDefault` (else Unconfined: kubelet's default without one).
+    pub seccomp_runtime_default: bool,
+}
+
+/// One mount of a host path into the container.
+#[derive(Clone, Debug)]
+pub struct HostMount {
+    pub host_path: PathBuf,
+    pub container_path: String,
+    pub readonly: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Capabilities {
+    pub add: Vec<String>,
+    pub drop: Vec<String>,
 }
 
 impl PodSpec {
@@ -235,6 +263,13 @@ impl PodSpec {
             run_as_user: None,
             readonly_rootfs: false,
             qos: Qos::BestEffort,
+            image: BUSYBOX_IMAGE.to_owned(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            mounts: Vec::new(),
+            capabilities: None,
+            no_new_privs: false,
+            seccomp_runtime_default: false,
         }
     }
 
@@ -611,6 +646,37 @@ state = "{state}"
         self.state.clone()
     }
 
+    /// Imports an OCI-layout tarball into `k8s.io` as `<base_name>:<its tag>`.
+    pub fn import_image(&self, tar: &Path, base_name: &str) {
+        let mut c = Command::new(tool("ctr"));
+        c.arg("--address").arg(&self.socket).args(["--namespace", K8S_NAMESPACE, "images", "import", "--base-name", base_name]).arg(tar);
+        run(c, &format!("ctr images import {base_name}"));
+    }
+
+    /// What the pod's container wrote to stdout/stderr so far (the CRI log file, one line per
+    /// write: `<time> <stream> <tag> <text>`; the text is returned).
+    pub fn container_log(&self, spec: &PodSpec) -> String {
+        let file = self
+            .pods_log_root
+            .join(format!("{}_{}_{}", spec.namespace, spec.name, spec.uid))
+            .join(&spec.container_name)
+            .join("0.log");
+        let text = fs::read_to_string(file).unwrap_or_default();
+        text.lines().filter_map(|l| l.splitn(4, ' ').nth(3)).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The network namespace file of a pod with its own network (from the container's spec).
+    pub fn netns_path(&self, container_id: &str) -> PathBuf {
+        let info = self.container_info(container_id);
+        let namespaces = info["runtimeSpec"]["linux"]["namespaces"].as_array().cloned().unwrap_or_default();
+        let path = namespaces
+            .iter()
+            .find(|n| n["type"] == "network")
+            .and_then(|n| n["path"].as_str())
+            .unwrap_or_else(|| panic!("container {container_id} has no network namespace path in its spec: {info}"));
+        PathBuf::from(path)
+    }
+
     /// containerd's log so far.
     pub fn log(&self) -> String {
         self.proc.as_ref().map(Proc::stderr_text).unwrap_or_default()
@@ -849,17 +915,28 @@ state = "{state}"
         cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: name.clone(), attempt: 0 }),
             image: Some(cri::ImageSpec {
-                image: BUSYBOX_IMAGE.into(),
-                user_specified_image: BUSYBOX_IMAGE.into(),
+                image: spec.image.clone(),
+                user_specified_image: spec.image.clone(),
                 ..Default::default()
             }),
             command: spec.command.clone(),
-            args: Vec::new(),
-            mounts: vec![cri::Mount {
-                container_path: "/dev/termination-log".into(),
-                host_path: termination_log.to_str().unwrap().to_owned(),
-                ..Default::default()
-            }],
+            args: spec.args.clone(),
+            envs: spec.envs.iter().map(|(key, value)| cri::KeyValue { key: key.clone(), value: value.clone() }).collect(),
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|m| cri::Mount {
+                    container_path: m.container_path.clone(),
+                    host_path: m.host_path.to_str().unwrap().to_owned(),
+                    readonly: m.readonly,
+                    ..Default::default()
+                })
+                .chain([cri::Mount {
+                    container_path: "/dev/termination-log".into(),
+                    host_path: termination_log.to_str().unwrap().to_owned(),
+                    ..Default::default()
+                }])
+                .collect(),
             labels,
             annotations,
             log_path: format!("{name}/0.log"),
@@ -872,9 +949,19 @@ state = "{state}"
                     readonly_rootfs: spec.readonly_rootfs,
                     masked_paths: DEFAULT_MASKED_PATHS.iter().map(|s| (*s).to_owned()).collect(),
                     readonly_paths: DEFAULT_READONLY_PATHS.iter().map(|s| (*s).to_owned()).collect(),
+                    capabilities: spec.capabilities.as_ref().map(|c| cri::Capability {
+                        add_capabilities: c.add.clone(),
+                        drop_capabilities: c.drop.clone(),
+                        ..Default::default()
+                    }),
+                    no_new_privs: spec.no_new_privs,
                     // No profile in the pod and kubelet's --seccomp-default off: Unconfined.
                     seccomp: Some(cri::SecurityProfile {
-                        profile_type: cri::security_profile::ProfileType::Unconfined as i32,
+                        profile_type: if spec.seccomp_runtime_default {
+                            cri::security_profile::ProfileType::RuntimeDefault
+                        } else {
+                            cri::security_profile::ProfileType::Unconfined
+                        } as i32,
                         localhost_ref: String::new(),
                     }),
                     ..Default::default()
