@@ -246,6 +246,10 @@ fn test(stages: &mut Stages, rest: &[String]) -> Result<()> {
     let wrong = stages.run("build kernel object with a foreign ABI", || {
         build_ebpf(&root().join("target/ebpf-wrong-abi"), Some(WRONG_ABI))
     })?;
+    // The manifests, offline: rendered, validated strictly, checkov clean (deploy/check.py).
+    stages.run("deploy checks", || {
+        sh(Command::new(format!("{}/bin/python3", manifest::VENV)).arg(root().join("deploy/check.py")))
+    })?;
     let (agent_image, _) = stages.run("build images", || image::build(&bins, &root().join("target/images")))?;
     stages.run("cargo test", || {
         let mut c = cargo();
