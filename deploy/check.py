@@ -48,6 +48,47 @@ def validate(path):
     )
 
 
+def check_chart(rendered_aks):
+    """No Helm renderer is installable here, so the chart is not rendered; what can be checked
+    offline is: its values validate against its schema, and what it shares with the kustomize
+    base (rules, resources, tolerations, the agent's capabilities) is the same."""
+    import jsonschema
+    import yaml
+
+    chart = DEPLOY / "helm/peregrine"
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    schema = json.loads((chart / "values.schema.json").read_text())
+    try:
+        jsonschema.validate(values, schema)
+    except jsonschema.ValidationError as e:
+        fail(f"helm values.yaml does not match values.schema.json: {e.message} at {list(e.absolute_path)}")
+    bad = dict(values, clusterNam="typo")
+    try:
+        jsonschema.validate(bad, schema)
+        fail("negative control: values.schema.json accepted an unknown key `clusterNam`")
+    except jsonschema.ValidationError:
+        pass
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(rendered_aks.read_text()) if o}
+    ds = objects[("DaemonSet", "peregrine-agent")]["spec"]["template"]["spec"]
+    agent = ds["containers"][0]
+    sts = objects[("StatefulSet", "peregrine-collector")]["spec"]["template"]["spec"]["containers"][0]
+    rules = objects[("ConfigMap", "peregrine-rules")]["data"]["peregrine_rules.yaml"]
+    pairs = [
+        ("rules", values["rules"].strip(), rules.strip()),
+        ("agent.resources", values["agent"]["resources"], agent["resources"]),
+        ("agent.tolerations", values["agent"]["tolerations"], ds["tolerations"]),
+        ("collector.resources", values["collector"]["resources"], sts["resources"]),
+    ]
+    template = (chart / "templates/agent.yaml").read_text()
+    block = template.split("              add:\n", 1)[1].split("            seccompProfile:", 1)[0]
+    chart_caps = [l.strip()[2:] for l in block.splitlines() if l.strip().startswith("- ")]
+    pairs.append(("agent capabilities", chart_caps, agent["securityContext"]["capabilities"]["add"]))
+    for what, chart_value, kustomize_value in pairs:
+        if chart_value != kustomize_value:
+            fail(f"helm chart and kustomize differ in {what}: chart {chart_value!r}, kustomize {kustomize_value!r}")
+    print("helm chart: values match values.schema.json; rules, resources, tolerations and capabilities match kustomize")
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="peregrine-deploy-check-") as tmp:
         tmp = pathlib.Path(tmp)
@@ -99,6 +140,7 @@ def main():
                 if not c.get("check_result", {}).get("suppress_comment"):
                     fail(f"overlay {overlay}: {c['check_id']} on {c['resource']} is suppressed without a reason")
             print(f"overlay {overlay}: checkov clean ({passed} passed, {len(skipped)} suppressed with reasons)")
+        check_chart(rendered["aks"])
 
 
 if __name__ == "__main__":
