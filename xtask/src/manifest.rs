@@ -25,6 +25,10 @@ pub enum Kind {
     Rustup,
     /// Pinned Python packages (`name==version ...`) in the project venv ([`VENV`]).
     Pip,
+    /// A Debian kernel package for the VM tests, downloaded and unpacked into `bin` (a
+    /// directory), never installed on this machine: `package` is a metapackage, resolved to
+    /// the versioned kernel it depends on at install time.
+    Kernel,
 }
 
 /// The project venv that `kind = "pip"` entries install into, made with Debian's python3.

@@ -23,6 +23,50 @@ pub fn run(stages: &mut Stages) -> Result<()> {
     stages.run("setup: nightly toolchain and rust-src", nightly)?;
     stages.run("setup: bpf-linker", || cargo_tools(&manifest))?;
     stages.run("setup: Python packages", || pip(&manifest))?;
+    stages.run("setup: test kernels", || kernels(&manifest))?;
+    Ok(())
+}
+
+/// Unpacks each `kind = "kernel"` package into its directory (for QEMU; /boot is untouched).
+fn kernels(manifest: &Manifest) -> Result<()> {
+    for tool in manifest.tool.iter().filter(|t| t.kind == Kind::Kernel) {
+        let dir = Path::new(&tool.bin);
+        if dir.join("boot").is_dir() {
+            eprintln!("    kernel {} present", tool.package);
+            continue;
+        }
+        eprintln!("    missing {} ({}): unpacking {}", tool.bin, tool.why, tool.package);
+        let depends = Command::new("apt-cache").args(["depends", &tool.package]).output().context("running apt-cache")?;
+        let mut versioned = String::from_utf8_lossy(&depends.stdout)
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Depends: ").filter(|p| p.starts_with("linux-image-")).map(str::to_owned));
+        if versioned.is_none() {
+            sh(Command::new("apt-get").args(["update", "-q"]))?;
+            let depends = Command::new("apt-cache").args(["depends", &tool.package]).output().context("running apt-cache")?;
+            versioned = String::from_utf8_lossy(&depends.stdout)
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Depends: ").filter(|p| p.starts_with("linux-image-")).map(str::to_owned));
+        }
+        let versioned = versioned.with_context(|| format!("apt-cache depends {} names no linux-image package", tool.package))?;
+        let work = dir.with_extension("download");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        // _apt cannot write into root's directory: the download runs as root, on purpose.
+        sh(Command::new("apt-get").args(["download", "-q", "-o", "APT::Sandbox::User=root", &versioned]).current_dir(&work))?;
+        let deb = std::fs::read_dir(&work)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .with_context(|| format!("apt-get download {versioned} left no .deb"))?;
+        let staging = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&staging);
+        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&staging))?;
+        std::fs::rename(&staging, dir).with_context(|| format!("moving the unpacked kernel to {}", dir.display()))?;
+        std::fs::remove_dir_all(&work)?;
+        if !dir.join("boot").is_dir() {
+            bail!("{} has no boot/ after unpacking {versioned}", dir.display());
+        }
+    }
     Ok(())
 }
 
