@@ -212,3 +212,92 @@ fn the_validator_catches_missing_mandatory_and_unlisted_values() {
         ["CommandLine: an alias, not a column to send", "ProcessCmd: not a column of the ProcessEvent schema"]
     );
 }
+
+/// The row as `ASimNetworkSessionLogs` shows it: ours plus what the table supplies.
+fn as_queried_network(sent: &Map<String, Value>) -> Map<String, Value> {
+    let mut r = sent.clone();
+    r.insert("Type".into(), json!("ASimNetworkSessionLogs"));
+    r.insert("EventSchema".into(), json!("NetworkSession"));
+    r.insert("EventUid".into(), json!("stand-in-item-id"));
+    r
+}
+
+fn network_row(e: &peregrine_proto::Event) -> Map<String, Value> {
+    let (table, row) = asim::row(e).unwrap();
+    assert_eq!(table, asim::Table::Network);
+    row.as_object().unwrap().clone()
+}
+
+#[test]
+fn every_connection_row_passes_the_network_session_schema() {
+    let cat = catalogue();
+    let cases = [
+        ("connect", "established"),
+        ("connect", "refused"),
+        ("connect", "reset"),
+        ("connect", "timed_out"),
+        ("connect", "unreachable"),
+        ("connect", "aborted"),
+        ("connect", "error"),
+        ("connect", "in_progress"),
+        ("connect", "denied"),
+        ("accept", ""),
+        ("listen", ""),
+        ("sendto", ""),
+        ("recvfrom", ""),
+    ];
+    for (i, (evt, outcome)) in cases.iter().enumerate() {
+        for e in [connection_event(&format!("c-{i}"), i as u64, evt, outcome), in_container(connection_event(&format!("p-{i}"), i as u64, evt, outcome))] {
+            let sent = network_row(&e);
+            for k in ["Type", "EventSchema", "EventUid"] {
+                assert!(!sent.contains_key(k), "{k} is supplied by the native table and must not be sent");
+            }
+            let errors = validate(&cat, "NetworkSession", &as_queried_network(&sent), true);
+            assert!(errors.is_empty(), "{evt}/{outcome}: {errors:#?}");
+        }
+    }
+}
+
+#[test]
+fn connection_rows_put_the_process_on_its_side_with_the_exact_values() {
+    let out = network_row(&connection_event("c-1", 1, "connect", "refused"));
+    for (k, v) in [
+        ("EventType", json!("EndpointNetworkSession")),
+        ("EventSchemaVersion", json!("0.2.6")),
+        ("EventOriginalUid", json!("c-1")),
+        ("Dvc", json!("node-1")),
+        ("NetworkDirection", json!("Outbound")),
+        ("NetworkProtocol", json!("TCP")),
+        ("NetworkProtocolVersion", json!("IPv4")),
+        ("SrcIpAddr", json!("10.244.1.7")),
+        ("SrcPortNumber", json!(40112)),
+        ("SrcHostname", json!("node-1")),
+        ("SrcAppName", json!("/usr/bin/sh")),
+        ("SrcAppId", json!("4343")),
+        ("SrcAppType", json!("Process")),
+        ("SrcUsername", json!("1000")),
+        ("DstIpAddr", json!("203.0.113.9")),
+        ("DstPortNumber", json!(443)),
+        ("DstFQDN", json!("example.test")),
+        ("EventResult", json!("Failure")),
+        ("EventResultDetails", json!("Reset")),
+        ("EventOriginalResultDetails", json!("refused")),
+    ] {
+        assert_eq!(out.get(k), Some(&v), "{k}");
+    }
+    assert_eq!(out["AdditionalFields"]["error"], 111);
+    assert_eq!(out["AdditionalFields"]["cmdline"], "curl https://example.test/");
+
+    let inbound = network_row(&in_container(connection_event("c-2", 2, "accept", "")));
+    assert_eq!((inbound["NetworkDirection"].as_str(), inbound["DstAppId"].as_str(), inbound["SrcIpAddr"].as_str()), (Some("Inbound"), Some("4343"), Some("203.0.113.9")));
+    assert_eq!((inbound["DstIpAddr"].as_str(), inbound["DstPortNumber"].as_u64(), inbound["EventResult"].as_str()), (Some("10.244.1.7"), Some(8080), Some("Success")));
+    assert!(!inbound.contains_key("SrcAppName"));
+    assert_eq!(inbound["AdditionalFields"]["container"]["pod"]["name"], "web-7d4b9c-x2x4z");
+
+    let listen = network_row(&connection_event("c-3", 3, "listen", ""));
+    assert_eq!(listen["NetworkDirection"], "Listen");
+    assert!(!listen.contains_key("SrcIpAddr") && !listen.contains_key("DstFQDN"), "a listener has no peer: {listen:?}");
+
+    let denied = network_row(&connection_event("c-4", 4, "connect", "denied"));
+    assert_eq!((denied["DvcAction"].as_str(), denied["EventResult"].as_str(), denied["EventSeverity"].as_str()), (Some("Deny"), Some("Failure"), Some("Low")));
+}

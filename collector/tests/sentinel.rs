@@ -17,7 +17,7 @@ use support::{azure_standin::*, *};
 
 const V: &str = env!("CARGO_PKG_VERSION");
 const DCR: &str = "dcr-00000000000000000000000000000001";
-const PROCESS: &str = "Microsoft-ASimProcessEventLogs";
+const PROCESS: &str = "Custom-PeregrineProcessEvent";
 const ALERTS: &str = "Custom-PeregrineAlerts_CL";
 
 struct Env {

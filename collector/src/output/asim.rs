@@ -1,16 +1,24 @@
 //! ASIM rows for Microsoft Sentinel (docs/OUTPUTS.md has the column table).
 //!
 //! * exec -> ProcessEvent `ProcessCreated`, exit -> ProcessEvent `ProcessTerminated`, for the
-//!   native table `ASimProcessEventLogs` (stream `Microsoft-ASimProcessEventLogs`). Columns
+//!   native table `ASimProcessEventLogs` (through the DCR stream `Custom-PeregrineProcessEvent`). Columns
 //!   the native table implies are not sent: `Type` (the table), `EventSchema` (the table's
 //!   schema), `EventUid` (the workspace's `_ItemId`), and the aliases (`Dvc`, `User`, ...).
+//! * connection -> NetworkSession `EndpointNetworkSession`, for the native table
+//!   `ASimNetworkSessionLogs`: the process side is Src for an outbound connect or datagram
+//!   and Dst for an accept, a received datagram or a listener, named as ASIM's endpoint
+//!   sessions do (`SrcAppName` the executable, `SrcAppId` the pid, `SrcAppType` `Process`):
+//!   that table has no process columns. `Dvc` is a column of this table and is sent.
 //! * alert -> the ASIM AlertEvent schema (0.1) in our own custom table `PeregrineAlerts_CL`
 //!   (there is no native ASIM alert table), where `EventSchema` and `Dvc` are sent.
+//!
+//! Each table's columns are declared once more in `deploy/sentinel/peregrine-sentinel.json`
+//! (the DCR's stream declarations); `collector/tests/sentinel_templates.rs` keeps the two equal.
 //!
 //! Peregrine reports numeric ids, not user names: `ActorUsername`/`TargetUsername` carry the
 //! uid/euid as text (`Simple`), with the same value in `ActorUserId`/`TargetUserId` (`UID`).
 
-use peregrine_proto::{Event, Kind, Process, ProcessExec, ProcessExit, v1::Alert};
+use peregrine_proto::{Event, Kind, Process, ProcessExec, ProcessExit, v1::{Alert, Connection}};
 use serde_json::{Map, Value, json};
 
 use super::{cef, route::priority_rank};
@@ -18,6 +26,7 @@ use crate::timefmt;
 
 pub const PROCESS_SCHEMA_VERSION: &str = "0.1.4";
 pub const ALERT_SCHEMA_VERSION: &str = "0.1";
+pub const NETWORK_SCHEMA_VERSION: &str = "0.2.6";
 pub const VENDOR: &str = "Peregrine";
 pub const PRODUCT: &str = "Peregrine";
 
@@ -25,6 +34,7 @@ pub const PRODUCT: &str = "Peregrine";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
     Process,
+    Network,
     Alert,
 }
 
@@ -33,6 +43,7 @@ pub fn row(e: &Event) -> Option<(Table, Value)> {
     match &e.kind {
         Some(Kind::Exec(x)) => Some((Table::Process, exec_row(e, x))),
         Some(Kind::Exit(x)) => Some((Table::Process, exit_row(e, x))),
+        Some(Kind::Connection(c)) => Some((Table::Network, network_row(e, c))),
         Some(Kind::Alert(a)) => Some((Table::Alert, alert_row(e, a))),
         _ => None,
     }
@@ -235,5 +246,79 @@ fn alert_row(e: &Event, a: &Alert) -> Value {
     extra.insert("folded".into(), json!(a.folded));
     extra.insert("trigger_event_id".into(), json!(a.event_id));
     m.insert("AdditionalFields".into(), additional(e, a.process.as_ref(), extra));
+    Value::Object(m)
+}
+
+/// ASIM's result, its detail and the device action of a connection's outcome.
+fn network_result(c: &Connection) -> (&'static str, &'static str, Option<&'static str>) {
+    match (c.evt_type.as_str(), c.outcome.as_str()) {
+        (_, "denied") => ("Failure", "NA", Some("Deny")),
+        (_, "established") | ("accept" | "listen", _) => ("Success", "NA", None),
+        (_, "in_progress") | (_, "") => ("NA", "NA", None),
+        // A refused connect is the peer's RST to the SYN.
+        (_, "refused" | "reset") => ("Failure", "Reset", None),
+        (_, "timed_out") => ("Failure", "Timeout", None),
+        (_, "unreachable") => ("Failure", "Routing issue", None),
+        (_, "aborted") => ("Failure", "Terminated", None),
+        _ => ("Failure", "Unknown", None),
+    }
+}
+
+fn network_row(e: &Event, c: &Connection) -> Value {
+    let mut m = Map::new();
+    common(e, &mut m);
+    m.insert("Dvc".into(), json!(e.node));
+    m.insert("EventCount".into(), json!(c.count.max(1)));
+    m.insert("EventType".into(), json!("EndpointNetworkSession"));
+    let (result, details, action) = network_result(c);
+    m.insert("EventResult".into(), json!(result));
+    m.insert("EventResultDetails".into(), json!(details));
+    if !c.outcome.is_empty() {
+        m.insert("EventOriginalResultDetails".into(), json!(c.outcome));
+    }
+    if let Some(action) = action {
+        m.insert("DvcAction".into(), json!(action));
+    }
+    m.insert("EventSeverity".into(), json!(if action.is_some() { "Low" } else { "Informational" }));
+    m.insert("EventSchemaVersion".into(), json!(NETWORK_SCHEMA_VERSION));
+    m.insert("NetworkProtocol".into(), json!(c.protocol.to_ascii_uppercase()));
+    m.insert("NetworkProtocolVersion".into(), json!(if c.family == "ipv6" { "IPv6" } else { "IPv4" }));
+    let (direction, local) = match c.direction.as_str() {
+        "inbound" => ("Inbound", "Dst"),
+        "listen" => ("Listen", "Dst"),
+        _ => ("Outbound", "Src"),
+    };
+    m.insert("NetworkDirection".into(), json!(direction));
+    let remote = if local == "Src" { "Dst" } else { "Src" };
+    m.insert(format!("{local}IpAddr"), json!(c.local_ip));
+    m.insert(format!("{local}PortNumber"), json!(c.local_port));
+    m.insert(format!("{local}Hostname"), json!(e.node));
+    if c.direction != "listen" {
+        m.insert(format!("{remote}IpAddr"), json!(c.remote_ip));
+        m.insert(format!("{remote}PortNumber"), json!(c.remote_port));
+        if !c.domain.is_empty() {
+            m.insert(format!("{remote}FQDN"), json!(c.domain));
+        }
+    }
+    if let Some(p) = &c.process {
+        m.insert(format!("{local}AppName"), json!(image(p)));
+        m.insert(format!("{local}AppId"), json!(p.pid.to_string()));
+        m.insert(format!("{local}AppType"), json!("Process"));
+        let uid = p.creds.as_ref().map_or(0, |c| c.uid);
+        m.insert(format!("{local}Username"), json!(uid.to_string()));
+        m.insert(format!("{local}UsernameType"), json!("Simple"));
+        m.insert(format!("{local}UserId"), json!(uid.to_string()));
+        m.insert(format!("{local}UserIdType"), json!("UID"));
+    }
+    let mut extra = Map::new();
+    extra.insert("evt_type".into(), json!(c.evt_type));
+    extra.insert("remote_class".into(), json!(c.remote_class));
+    extra.insert("error".into(), json!(c.error));
+    extra.insert("update".into(), json!(c.update));
+    extra.insert("owner_unknown".into(), json!(c.owner_unknown));
+    if let Some(p) = &c.process {
+        extra.insert("cmdline".into(), json!(cef::cmdline(p)));
+    }
+    m.insert("AdditionalFields".into(), additional(e, c.process.as_ref(), extra));
     Value::Object(m)
 }

@@ -3,8 +3,10 @@
 //!
 //! Columns: `TimeGenerated` (datetime), `EventId`, `Seq`, `TimeUnixNano`, `BootNs`, `Node`,
 //! `Cluster`, `AgentRun`, `Kind` (exec, fork, exit, alert, loss, status, connection),
-//! `Process` (dynamic: the event's process, when its kind has one) and `Detail` (dynamic: the
-//! rest of the kind's body). `deploy/sentinel/` defines the table with exactly these.
+//! `Process` (dynamic: the event's process, when its kind has one), `Detail` (dynamic: the
+//! rest of the kind's body), `Container` (dynamic: container and pod, absent on the host),
+//! `Enrichment` and `Privilege` (dynamic: the reasons, an array). `deploy/sentinel/` defines
+//! the table with exactly these.
 
 use peregrine_proto::Event;
 use serde_json::{Map, Value, json};
@@ -29,5 +31,8 @@ pub fn row(e: &Event) -> Value {
     m.insert("Kind".into(), json!(e.kind_name()));
     m.insert("Process".into(), process.unwrap_or(Value::Null));
     m.insert("Detail".into(), detail.unwrap_or(Value::Null));
+    m.insert("Container".into(), e.container.as_ref().and_then(|c| serde_json::to_value(c).ok()).unwrap_or(Value::Null));
+    m.insert("Enrichment".into(), json!(e.enrichment));
+    m.insert("Privilege".into(), json!(e.privilege));
     Value::Object(m)
 }

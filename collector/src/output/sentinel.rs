@@ -10,8 +10,8 @@
 //! `Retry-After` (capped by `retry.max_retry_after_ms`) and again; 401 -> one token refresh,
 //! then a credentials error; 403 -> credentials error (no role on the DCR); 5xx, 408, a
 //! dropped connection -> jittered backoff up to `retry.max_retries`. When a request cannot
-//! be delivered the error is returned and the batch is not acknowledged: the agent sends it
-//! again (there is no durable per-output queue yet).
+//! be delivered the error is returned and the batch stays in this output's durable queue, to
+//! be offered again.
 
 use std::{collections::VecDeque, io::Write, path::PathBuf, time::Duration};
 
@@ -36,7 +36,8 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = DEFAULT_MAX_BATCH_BYTES - 2;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SentinelMode {
-    /// exec/exit to ASimProcessEventLogs, alerts to PeregrineAlerts_CL (ASIM AlertEvent).
+    /// exec/exit to ASimProcessEventLogs, connections to ASimNetworkSessionLogs, alerts to
+    /// PeregrineAlerts_CL (ASIM AlertEvent).
     #[default]
     Asim,
     /// Every event to one custom table, `PeregrineEvents_CL`.
@@ -54,6 +55,8 @@ pub struct SentinelSettings {
     pub mode: SentinelMode,
     #[serde(default = "default_process_stream")]
     pub process_stream: String,
+    #[serde(default = "default_network_stream")]
+    pub network_stream: String,
     #[serde(default = "default_alert_stream")]
     pub alert_stream: String,
     #[serde(default = "default_raw_stream")]
@@ -70,8 +73,13 @@ pub struct SentinelSettings {
     pub auth: AuthSettings,
 }
 
+// Streams are the DCR's input declarations, which must begin with `Custom-`; the DCR's data
+// flows route them to their tables (deploy/sentinel/peregrine-sentinel.json).
 fn default_process_stream() -> String {
-    "Microsoft-ASimProcessEventLogs".into()
+    "Custom-PeregrineProcessEvent".into()
+}
+fn default_network_stream() -> String {
+    "Custom-PeregrineNetworkSession".into()
 }
 fn default_alert_stream() -> String {
     "Custom-PeregrineAlerts_CL".into()
@@ -92,7 +100,7 @@ fn default_request_timeout_ms() -> u64 {
 impl SentinelSettings {
     pub fn supported_kinds(&self) -> Vec<&'static str> {
         match self.mode {
-            SentinelMode::Asim => vec!["exec", "exit", "alert"],
+            SentinelMode::Asim => vec!["exec", "exit", "connection", "alert"],
             SentinelMode::Raw => super::EVENT_KINDS.to_vec(),
         }
     }
@@ -100,6 +108,19 @@ impl SentinelSettings {
     pub fn validate(&self) -> Result<(), (String, String)> {
         if !(self.endpoint.starts_with("https://") || self.endpoint.starts_with("http://")) {
             return Err(("endpoint".into(), format!("`{}` is not an https:// URL", self.endpoint)));
+        }
+        for (key, stream) in [
+            ("process_stream", &self.process_stream),
+            ("network_stream", &self.network_stream),
+            ("alert_stream", &self.alert_stream),
+            ("raw_stream", &self.raw_stream),
+        ] {
+            if !stream.starts_with("Custom-") {
+                return Err((
+                    key.into(),
+                    format!("`{stream}` is not a DCR input stream: those begin with `Custom-` (the table, e.g. Microsoft-ASimProcessEventLogs, is the DCR's outputStream)"),
+                ));
+            }
         }
         if self.dcr_immutable_id.is_empty() {
             return Err(("dcr_immutable_id".into(), "required".into()));
@@ -174,6 +195,7 @@ impl Sentinel {
             SentinelMode::Asim => asim::row(e).map(|(table, row)| {
                 let stream = match table {
                     asim::Table::Process => &self.settings.process_stream,
+                    asim::Table::Network => &self.settings.network_stream,
                     asim::Table::Alert => &self.settings.alert_stream,
                 };
                 (stream.clone(), row)
@@ -366,6 +388,20 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_given_as_the_stream_is_refused_with_the_fix() -> Result<(), serde_json::Error> {
+        let s: SentinelSettings = serde_json::from_value(serde_json::json!({
+            "endpoint": "https://dce.example.test",
+            "dcr_immutable_id": "dcr-1",
+            "process_stream": "Microsoft-ASimProcessEventLogs",
+            "auth": {"method": "managed_identity"},
+        }))?;
+        let (key, message) = s.validate().err().unwrap_or_default();
+        assert_eq!(key, "process_stream");
+        assert!(message.contains("begin with `Custom-`") && message.contains("outputStream"), "{message}");
+        Ok(())
+    }
 
     #[test]
     fn chunks_respect_the_byte_limit() {

@@ -17,7 +17,7 @@ use peregrine_collector::{
 };
 use peregrine_proto::{
     Ancestor, Credentials, Event, Kind, Namespaces, Process, ProcessExec, ProcessExit,
-    v1::Alert,
+    v1::{Alert, Connection, Container, Pod, SecurityContext},
 };
 
 /// An external program the tests run, resolved only if xtask's setup installs it.
@@ -327,4 +327,65 @@ pub fn alert_event(id: &str, seq: u64, rule: &str, priority: &str) -> Event {
         }),
     )
 }
+/// A connection event: `evt_type` connect/accept/listen/sendto, with Falco's direction.
+pub fn connection_event(id: &str, seq: u64, evt_type: &str, outcome: &str) -> Event {
+    let direction = match evt_type {
+        "accept" | "recvfrom" => "inbound",
+        "listen" => "listen",
+        _ => "outbound",
+    };
+    envelope(
+        id,
+        seq,
+        Kind::Connection(Connection {
+            evt_type: evt_type.into(),
+            direction: direction.into(),
+            protocol: if evt_type == "sendto" { "udp" } else { "tcp" }.into(),
+            family: "ipv4".into(),
+            local_ip: "10.244.1.7".into(),
+            local_port: if direction == "outbound" { 40112 } else { 8080 },
+            remote_ip: if direction == "listen" { "0.0.0.0" } else { "203.0.113.9" }.into(),
+            remote_port: if direction == "outbound" { 443 } else if direction == "listen" { 0 } else { 51000 },
+            outcome: outcome.into(),
+            error: match outcome {
+                "refused" => 111,
+                "denied" => 1,
+                _ => 0,
+            },
+            remote_class: if direction == "listen" { "" } else { "public" }.into(),
+            domain: if direction == "outbound" { "example.test".into() } else { String::new() },
+            count: 1,
+            process: Some(process(4343, &["curl", "https://example.test/"])),
+            owner_unknown: false,
+            update: false,
+        }),
+    )
+}
+
+/// `e` as it comes from a pod's container, privileged.
+pub fn in_container(mut e: Event) -> Event {
+    e.container = Some(Container {
+        id: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+        name: "web".into(),
+        runtime: "containerd".into(),
+        image: "docker.io/library/nginx:1.27".into(),
+        image_digest: "sha256:00aa".into(),
+        pod: Some(Pod {
+            name: "web-7d4b9c-x2x4z".into(),
+            namespace: "shop".into(),
+            uid: "6c1f1d3e-0000-4000-8000-000000000001".into(),
+            labels: [("app".to_owned(), "web".to_owned())].into_iter().collect(),
+            service_account: "web".into(),
+            workload_kind: "Deployment".into(),
+            workload_name: "web".into(),
+        }),
+        security: Some(SecurityContext { privileged: true, ..Default::default() }),
+        sandbox: false,
+        ..Default::default()
+    });
+    e.enrichment = "complete".into();
+    e.privilege = vec!["privileged".into()];
+    e
+}
+
 pub mod azure_standin;
