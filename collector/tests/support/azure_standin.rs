@@ -13,10 +13,14 @@
 //!   default, uncompressed); 400 for a body that is not a JSON array of objects, or a row
 //!   containing the poison marker; and, on demand, 429 with `Retry-After`, an expired token,
 //!   or a dropped connection.
+//! * The DCR is the one `deploy/sentinel/peregrine-sentinel.json` deploys: a stream it does not
+//!   declare is refused (404 `InvalidStream`), and columns a row has beyond the stream's
+//!   declaration are removed before the row is stored, as Azure's ingestion drops them
+//!   (`State::undeclared` lists them, so a test can insist there are none).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     io::Read,
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -80,6 +84,29 @@ pub struct State {
     pub behaviours: VecDeque<Behaviour>,
     pub stored: Vec<Stored>,
     pub log: Vec<Logged>,
+    /// The deployed DCR's streams and their declared columns.
+    pub declarations: BTreeMap<String, BTreeSet<String>>,
+    /// (stream, column) pairs that arrived undeclared and were dropped.
+    pub undeclared: BTreeSet<(String, String)>,
+}
+
+/// The stream declarations of the DCR in the project's Sentinel template.
+pub fn deployed_declarations() -> BTreeMap<String, BTreeSet<String>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sentinel/peregrine-sentinel.json");
+    let template: Value = serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let dcr = template["resources"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["type"] == "Microsoft.Insights/dataCollectionRules"))
+        .unwrap_or_else(|| panic!("{}: no data collection rule", path.display()));
+    let Some(decls) = dcr["properties"]["streamDeclarations"].as_object() else { panic!("{}: no streamDeclarations", path.display()) };
+    decls
+        .iter()
+        .map(|(stream, d)| {
+            let cols = d["columns"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect();
+            (stream.clone(), cols)
+        })
+        .collect()
 }
 
 pub struct StandIn {
@@ -96,6 +123,7 @@ impl StandIn {
             assertion: "federated.jwt.1".into(),
             expires_in: 3599,
             max_body: 1_048_576,
+            declarations: deployed_declarations(),
             ..Default::default()
         }));
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -135,6 +163,11 @@ impl StandIn {
 
     pub fn stored(&self) -> Vec<Stored> {
         self.with(|s| s.stored.clone())
+    }
+
+    /// Columns that arrived without a declaration in the deployed DCR (and were dropped).
+    pub fn undeclared(&self) -> BTreeSet<(String, String)> {
+        self.with(|s| s.undeclared.clone())
     }
 
     pub fn rows(&self, stream: &str) -> Vec<Value> {
@@ -277,6 +310,8 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
                 r
             } else if matches!(behaviour, Some(Behaviour::Unavailable)) {
                 reply(503, json!({"error": {"code": "ServiceUnavailable", "message": "Try again."}}))
+            } else if !st.declarations.contains_key(*stream) {
+                reply(404, json!({"error": {"code": "InvalidStream", "message": format!("Stream {stream} is not declared in the data collection rule.")}}))
             } else if api_version != "2023-01-01" {
                 reply(400, json!({"error": {"code": "InvalidApiVersion", "message": "api-version"}}))
             } else {
@@ -286,7 +321,15 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
                         reply(413, json!({"error": {"code": "ContentLengthLimitExceeded", "message": "Maximum allowed content length: 1048576 bytes (1 MB)."}}))
                     }
                     Some(raw) => match serde_json::from_slice::<Value>(&raw) {
-                        Ok(Value::Array(rows)) if rows.iter().all(Value::is_object) => {
+                        Ok(Value::Array(mut rows)) if rows.iter().all(Value::is_object) => {
+                            let declared = st.declarations.get(*stream).cloned().unwrap_or_default();
+                            for row in rows.iter_mut().filter_map(Value::as_object_mut) {
+                                let extra: Vec<String> = row.keys().filter(|k| !declared.contains(*k)).cloned().collect();
+                                for k in extra {
+                                    row.remove(&k);
+                                    st.undeclared.insert(((*stream).to_owned(), k));
+                                }
+                            }
                             if rows.iter().any(|r| r.to_string().contains(POISON)) {
                                 reply(400, json!({"error": {"code": "InvalidContent", "message": "A record does not match the stream declaration."}}))
                             } else {
