@@ -68,12 +68,13 @@ redact_argv_patterns = ['--token=\S+']
         exit_event("e-2", 2),
         secret_alert,
         alert_event("a-2", 4, "Chatty rule", "Notice"),
+        connection_event("c-1", 5, "connect", "refused"),
     ];
     outputs.deliver(&batch).await.unwrap();
 
     // The legacy output: everything, unredacted (it has no patterns).
     let got = lines(&all);
-    assert_eq!(got.iter().map(|e| e["id"].as_str().unwrap()).collect::<Vec<_>>(), ["e-1", "e-2", "a-1", "a-2"]);
+    assert_eq!(got.iter().map(|e| e["id"].as_str().unwrap()).collect::<Vec<_>>(), ["e-1", "e-2", "a-1", "a-2", "c-1"]);
     assert_eq!(got[0]["kind"]["exec"]["process"]["argv"][1], "--token=abc123");
 
     // Alerts only, Warning and above, redacted.
@@ -81,13 +82,14 @@ redact_argv_patterns = ['--token=\S+']
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["kind"]["alert"]["output"], "cmd=curl [REDACTED]");
     assert_eq!(got[0]["kind"]["alert"]["process"]["argv"][1], "[REDACTED]");
-    assert_eq!(metrics.filtered.get_or_create(&peregrine_collector::output::metrics::OutputLabel { output: "alerts".into() }).get(), 3);
+    assert_eq!(metrics.filtered.get_or_create(&peregrine_collector::output::metrics::OutputLabel { output: "alerts".into() }).get(), 4);
 
-    // OCSF: Process Activity for exec/exit, Detection Finding for alerts, redacted.
+    // OCSF: Process Activity for exec/exit, Detection Finding for alerts, Network Activity for
+    // connections, redacted.
     let got = lines(&ocsf);
     let classes: Vec<(u64, u64)> =
         got.iter().map(|e| (e["class_uid"].as_u64().unwrap(), e["type_uid"].as_u64().unwrap())).collect();
-    assert_eq!(classes, [(1007, 100701), (1007, 100702), (2004, 200401), (2004, 200401)]);
+    assert_eq!(classes, [(1007, 100701), (1007, 100702), (2004, 200401), (2004, 200401), (4001, 400105)]);
     assert_eq!(got[0]["process"]["cmd_line"], "curl [REDACTED] https://x");
     for e in &got {
         // Base-event attributes OCSF 1.3.0 requires, and those of each class (hand-checked
@@ -98,7 +100,11 @@ redact_argv_patterns = ['--token=\S+']
         assert_eq!(e["metadata"]["version"], "1.3.0");
         assert_eq!(e["metadata"]["product"]["name"], "Peregrine");
         assert_eq!(e["metadata"]["product"]["vendor_name"], "Peregrine");
-        let required: &[&str] = if e["class_uid"] == 1007 { &["actor", "process", "device"] } else { &["finding_info"] };
+        let required: &[&str] = match e["class_uid"].as_u64() {
+            Some(1007) => &["actor", "process", "device"],
+            Some(4001) => &["dst_endpoint", "connection_info", "device"],
+            _ => &["finding_info"],
+        };
         for k in required {
             assert!(!e[*k].is_null(), "{k} missing in {e}");
         }
@@ -107,4 +113,10 @@ redact_argv_patterns = ['--token=\S+']
     assert_eq!(got[2]["severity_id"], 5);
     assert_eq!(got[3]["severity_id"], 2);
     assert_eq!(got[1]["exit_code"], 0);
+    let c = &got[4];
+    assert_eq!((c["activity_name"].as_str(), c["status"].as_str(), c["status_detail"].as_str(), c["status_code"].as_str()), (Some("Refuse"), Some("Failure"), Some("refused"), Some("111")));
+    assert_eq!((c["src_endpoint"]["ip"].as_str(), c["src_endpoint"]["port"].as_u64()), (Some("10.244.1.7"), Some(40112)));
+    assert_eq!((c["dst_endpoint"]["ip"].as_str(), c["dst_endpoint"]["port"].as_u64(), c["dst_endpoint"]["domain"].as_str()), (Some("203.0.113.9"), Some(443), Some("example.test")));
+    assert_eq!((c["connection_info"]["protocol_num"].as_u64(), c["connection_info"]["direction_id"].as_u64()), (Some(6), Some(2)));
+    assert_eq!(c["actor"]["process"]["pid"], 4343);
 }

@@ -1,14 +1,18 @@
 //! OCSF (Open Cybersecurity Schema Framework) JSON lines, at a pinned released version
 //! (`version`, default 1.3.0): exec -> Process Activity (class 1007) Launch, exit -> Process
-//! Activity Terminate, alert -> Detection Finding (class 2004) Create. What has no OCSF
-//! attribute goes to `unmapped`.
+//! Activity Terminate, connection -> Network Activity (class 4001: Open, Refuse, Reset, Fail,
+//! Listen, Traffic by outcome), alert -> Detection Finding (class 2004) Create. What has no
+//! OCSF attribute goes to `unmapped`.
 
 use std::{
     io::Write,
     path::{Path, PathBuf},
 };
 
-use peregrine_proto::{Event, Kind, Process, v1::Alert};
+use peregrine_proto::{
+    Event, Kind, Process,
+    v1::{Alert, Connection},
+};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
@@ -17,7 +21,7 @@ use super::{Ctx, OutputError, cef, file::open_append, route::priority_rank, trun
 use crate::timefmt;
 
 pub const DEFAULT_VERSION: &str = "1.3.0";
-pub const SUPPORTED_KINDS: &[&str] = &["exec", "exit", "alert"];
+pub const SUPPORTED_KINDS: &[&str] = &["exec", "exit", "connection", "alert"];
 /// OCSF releases this encoding was written against (the attributes used exist in each).
 pub const KNOWN_VERSIONS: &[&str] = &["1.1.0", "1.2.0", "1.3.0", "1.4.0", "1.5.0"];
 
@@ -213,9 +217,95 @@ fn encode_class(e: &Event, version: &str) -> Option<Value> {
             }
             Some(v)
         }
+        Some(Kind::Connection(c)) => Some(network_activity(e, version, c)),
         Some(Kind::Alert(a)) => Some(detection_finding(e, version, a)),
         _ => None,
     }
+}
+
+/// Network Activity's activity (id, name) and status (id, name) of a connection.
+fn network_activity_of(c: &Connection) -> ((u32, &'static str), (u32, &'static str)) {
+    const SUCCESS: (u32, &str) = (1, "Success");
+    const FAILURE: (u32, &str) = (2, "Failure");
+    const UNKNOWN: (u32, &str) = (0, "Unknown");
+    match (c.evt_type.as_str(), c.outcome.as_str()) {
+        ("listen", _) => ((7, "Listen"), SUCCESS),
+        ("accept", _) | (_, "established") => ((1, "Open"), SUCCESS),
+        (_, "refused") => ((5, "Refuse"), FAILURE),
+        (_, "reset") => ((3, "Reset"), FAILURE),
+        (_, "in_progress") => ((1, "Open"), UNKNOWN),
+        // A datagram sent or received.
+        (_, "") => ((6, "Traffic"), SUCCESS),
+        _ => ((4, "Fail"), FAILURE),
+    }
+}
+
+fn network_activity(e: &Event, version: &str, c: &Connection) -> Value {
+    let ((activity_id, activity), (status_id, status)) = network_activity_of(c);
+    let local = json!({"ip": c.local_ip, "port": c.local_port, "hostname": e.node});
+    let remote = if c.domain.is_empty() {
+        json!({"ip": c.remote_ip, "port": c.remote_port})
+    } else {
+        json!({"ip": c.remote_ip, "port": c.remote_port, "domain": c.domain})
+    };
+    // direction_id 1 Inbound, 2 Outbound, 0 Unknown (a listener has no peer).
+    let (direction_id, direction, src, dst) = match c.direction.as_str() {
+        "inbound" => (1, "Inbound", remote, local),
+        "outbound" => (2, "Outbound", local, remote),
+        _ => (0, "Unknown", Value::Null, local),
+    };
+    let (protocol_num, protocol_ver_id) = (if c.protocol == "udp" { 17 } else { 6 }, if c.family == "ipv6" { 6 } else { 4 });
+    let mut v = json!({
+        "class_uid": 4001,
+        "class_name": "Network Activity",
+        "category_uid": 4,
+        "category_name": "Network Activity",
+        "activity_id": activity_id,
+        "activity_name": activity,
+        "type_uid": 4001 * 100 + activity_id,
+        "type_name": format!("Network Activity: {activity}"),
+        "time": timefmt::unix_millis(e.time_unix_nano),
+        "count": c.count.max(1),
+        "severity_id": 1,
+        "severity": "Informational",
+        "status_id": status_id,
+        "status": status,
+        "metadata": metadata(e, version),
+        "device": device(e),
+        "connection_info": {"protocol_name": c.protocol, "protocol_num": protocol_num, "protocol_ver_id": protocol_ver_id,
+                            "direction_id": direction_id, "direction": direction},
+        "dst_endpoint": dst,
+        "unmapped": unmapped(e, c.process.as_ref()),
+    });
+    if let Some(obj) = v.as_object_mut() {
+        if !src.is_null() {
+            obj.insert("src_endpoint".into(), src);
+        }
+        if !c.outcome.is_empty() {
+            obj.insert("status_detail".into(), json!(c.outcome));
+        }
+        if c.error != 0 {
+            obj.insert("status_code".into(), json!(c.error.to_string()));
+        }
+        if c.outcome == "denied" {
+            // disposition_id 2 Blocked; action_id 2 Denied.
+            obj.insert("action_id".into(), json!(2));
+            obj.insert("action".into(), json!("Denied"));
+            obj.insert("disposition_id".into(), json!(2));
+            obj.insert("disposition".into(), json!("Blocked"));
+        }
+        // A connection's actor is the process that made or accepted it.
+        if let Some(p) = &c.process {
+            obj.insert("actor".into(), json!({"process": process(p)}));
+        }
+        if let Some(Value::Object(u)) = obj.get_mut("unmapped") {
+            u.insert("evt_type".into(), json!(c.evt_type));
+            u.insert("remote_class".into(), json!(c.remote_class));
+            u.insert("update".into(), json!(c.update));
+            u.insert("owner_unknown".into(), json!(c.owner_unknown));
+        }
+    }
+    v
 }
 
 fn process_activity(e: &Event, version: &str, p: &Process, activity_id: u32, activity: &str) -> Value {
@@ -268,8 +358,8 @@ fn detection_finding(e: &Event, version: &str, a: &Alert) -> Value {
             "desc": a.output,
             "types": a.tags,
             "created_time": timefmt::unix_millis(e.time_unix_nano),
-            // analytic type_id 1 = Rule.
-            "analytic": {"name": a.rule, "type_id": 1, "type": "Rule"},
+            // analytic type_id 1 = Rule; a rule's name is its identity (rule files key on it).
+            "analytic": {"uid": a.rule, "name": a.rule, "type_id": 1, "type": "Rule"},
         },
         "unmapped": unmapped(e, a.process.as_ref()),
     });
