@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 
 use crate::output::{
     OutputKind,
-    ocsf::OcsfFileSettings,
+    ocsf::{OcsfFileSettings, OcsfWebhookSettings},
     sentinel::SentinelSettings,
     syslog::CefSyslogSettings,
 };
@@ -245,6 +245,7 @@ pub enum KindSettings {
     CefSyslog(CefSyslogSettings),
     Sentinel(Box<SentinelSettings>),
     OcsfFile(OcsfFileSettings),
+    OcsfWebhook(OcsfWebhookSettings),
 }
 
 /// One `[[outputs]]` table.
@@ -273,6 +274,7 @@ impl<'de> Deserialize<'de> for OutputSpec {
                 KindSettings::Sentinel(Box::new(rest.try_into().map_err(|e| D::Error::custom(clean(&e)))?))
             }
             OutputKind::OcsfFile => KindSettings::OcsfFile(rest.try_into().map_err(|e| D::Error::custom(clean(&e)))?),
+            OutputKind::OcsfWebhook => KindSettings::OcsfWebhook(rest.try_into().map_err(|e| D::Error::custom(clean(&e)))?),
         };
         Ok(Self { common, settings })
     }

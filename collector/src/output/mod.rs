@@ -14,6 +14,7 @@ pub mod auth;
 pub mod cef;
 pub mod deadletter;
 pub mod file;
+pub mod http;
 pub mod metrics;
 pub mod ocsf;
 pub mod raw;
@@ -41,6 +42,7 @@ pub enum OutputKind {
     CefSyslog,
     Sentinel,
     OcsfFile,
+    OcsfWebhook,
 }
 
 impl OutputKind {
@@ -51,6 +53,7 @@ impl OutputKind {
             Self::CefSyslog => "cef_syslog",
             Self::Sentinel => "sentinel",
             Self::OcsfFile => "ocsf_file",
+            Self::OcsfWebhook => "ocsf_webhook",
         }
     }
 }
@@ -82,6 +85,8 @@ pub enum OutputError {
     Credentials { output: String, credential: String, message: String },
     #[error("output `{output}`: Logs Ingestion API {url}: {message} (gave up after {attempts} attempts; the batch is kept for retry)")]
     Ingestion { output: String, url: String, message: String, attempts: u32 },
+    #[error("output `{output}`: {url}: {message} (gave up after {attempts} attempts; the batch is kept for retry)")]
+    Http { output: String, url: String, message: String, attempts: u32 },
 }
 
 /// One built output: routing and redaction in front of its sink.
@@ -121,6 +126,7 @@ pub enum Sink {
     CefSyslog(syslog::CefSyslog),
     Sentinel(Box<sentinel::Sentinel>),
     OcsfFile(ocsf::OcsfFile),
+    OcsfWebhook(ocsf::OcsfWebhook),
 }
 
 /// A `file` output whose file could not be opened at start (say, its directory is not
@@ -160,6 +166,7 @@ pub fn validate_spec(spec: &OutputSpec) -> Result<(), (String, String)> {
         KindSettings::CefSyslog(s) => s.validate(),
         KindSettings::Sentinel(s) => s.validate(),
         KindSettings::OcsfFile(s) => s.validate(),
+        KindSettings::OcsfWebhook(s) => s.validate(),
         KindSettings::File(_) | KindSettings::Stdout(_) => Ok(()),
     }
 }
@@ -168,7 +175,7 @@ pub fn validate_spec(spec: &OutputSpec) -> Result<(), (String, String)> {
 pub fn supported_kinds(settings: &KindSettings) -> Vec<&'static str> {
     match settings {
         KindSettings::Sentinel(s) => s.supported_kinds(),
-        KindSettings::OcsfFile(_) => ocsf::SUPPORTED_KINDS.to_vec(),
+        KindSettings::OcsfFile(_) | KindSettings::OcsfWebhook(_) => ocsf::SUPPORTED_KINDS.to_vec(),
         _ => EVENT_KINDS.to_vec(),
     }
 }
@@ -206,6 +213,7 @@ impl OutputSpec {
             KindSettings::CefSyslog(s) => Sink::CefSyslog(s.build(&name, &c.retry)?),
             KindSettings::Sentinel(s) => Sink::Sentinel(Box::new(s.build(&name, &c.retry)?)),
             KindSettings::OcsfFile(s) => Sink::OcsfFile(s.build(&name)?),
+            KindSettings::OcsfWebhook(s) => Sink::OcsfWebhook(s.build(&name, &c.retry)?),
         };
         let readback = match &self.settings {
             KindSettings::File(f) => Some(f.path.clone()),
@@ -247,6 +255,7 @@ impl Output {
             Sink::CefSyslog(s) => s.send(&selected, &self.ctx).await,
             Sink::Sentinel(s) => s.send(&selected, &self.ctx).await,
             Sink::OcsfFile(s) => s.send(&selected, &self.ctx).await,
+            Sink::OcsfWebhook(s) => s.send(&selected, &self.ctx).await,
         };
         if r.is_err() {
             self.ctx.metrics.batch_failed(&self.name);

@@ -2,7 +2,8 @@
 //! (`version`, default 1.3.0): exec -> Process Activity (class 1007) Launch, exit -> Process
 //! Activity Terminate, connection -> Network Activity (class 4001: Open, Refuse, Reset, Fail,
 //! Listen, Traffic by outcome), alert -> Detection Finding (class 2004) Create. What has no
-//! OCSF attribute goes to `unmapped`.
+//! OCSF attribute goes to `unmapped`. Written as JSON lines to a file (`ocsf_file`) or POSTed
+//! as JSON arrays to an HTTPS endpoint (`ocsf_webhook`).
 
 use std::{
     io::Write,
@@ -17,8 +18,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
-use super::{Ctx, OutputError, cef, file::open_append, route::priority_rank, truncate};
-use crate::timefmt;
+use super::{
+    Ctx, OutputError, cef,
+    file::open_append,
+    http::{Authorize, Poster, Row},
+    route::priority_rank,
+    truncate,
+};
+use crate::{config::RetrySettings, timefmt};
 
 pub const DEFAULT_VERSION: &str = "1.3.0";
 pub const SUPPORTED_KINDS: &[&str] = &["exec", "exit", "connection", "alert"];
@@ -48,6 +55,151 @@ impl OcsfFileSettings {
     pub fn build(&self, output: &str) -> Result<OcsfFile, OutputError> {
         let file = open_append(output, &self.path)?;
         Ok(OcsfFile { path: self.path.clone(), version: self.version.clone(), file: Mutex::new(file) })
+    }
+}
+
+/// An HTTPS endpoint taking JSON arrays of OCSF events (a SIEM's or data lake's HTTP
+/// collector): `POST {url}` with `Content-Type: application/json`, optionally gzip'd, with
+/// the `Authorization` header read from `authorization_file` at every request (so a rotated
+/// secret is picked up without a restart). Answers as in [`super::http`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OcsfWebhookSettings {
+    pub url: String,
+    #[serde(default = "default_version")]
+    pub version: String,
+    /// A file holding the whole header value, e.g. `Bearer <token>` or `Splunk <token>`.
+    #[serde(default)]
+    pub authorization_file: Option<PathBuf>,
+    /// Extra CA (PEM) to trust for the endpoint.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub gzip: bool,
+    #[serde(default = "default_webhook_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+fn default_webhook_max_batch_bytes() -> usize {
+    1_000_000
+}
+fn default_webhook_timeout_ms() -> u64 {
+    30_000
+}
+
+/// Whether `url` is plain HTTP to this machine, the one place a webhook may skip TLS.
+fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let host = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host });
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+impl OcsfWebhookSettings {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !(self.url.starts_with("https://") || is_loopback_http(&self.url)) {
+            return Err(("url".into(), format!("`{}` is not an https:// URL (plain http is only allowed to 127.0.0.1, localhost or [::1])", self.url)));
+        }
+        if !KNOWN_VERSIONS.contains(&self.version.as_str()) {
+            return Err(("version".into(), format!("`{}` is not one of: {}", self.version, KNOWN_VERSIONS.join(", "))));
+        }
+        if !(1024..=64 * 1024 * 1024).contains(&self.max_batch_bytes) {
+            return Err(("max_batch_bytes".into(), "must be between 1024 and 67108864".into()));
+        }
+        Ok(())
+    }
+
+    pub fn build(&self, output: &str, retry: &RetrySettings) -> Result<OcsfWebhook, OutputError> {
+        let err = |message: String| OutputError::Config { output: output.to_owned(), message };
+        if let Some(path) = &self.authorization_file {
+            read_authorization(path).map_err(err)?;
+        }
+        let http = super::http::client(self.ca_file.as_deref(), self.request_timeout_ms).map_err(err)?;
+        Ok(OcsfWebhook { settings: self.clone(), http, retry: retry.clone() })
+    }
+}
+
+fn read_authorization(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("authorization_file {}: {e}", path.display()))?;
+    let value = text.trim();
+    if value.is_empty() || value.contains(['\r', '\n']) {
+        return Err(format!("authorization_file {}: must hold one header value, e.g. `Bearer <token>`", path.display()));
+    }
+    Ok(value.to_owned())
+}
+
+pub struct OcsfWebhook {
+    settings: OcsfWebhookSettings,
+    http: reqwest::Client,
+    retry: RetrySettings,
+}
+
+/// The webhook's static header, read from its file at every request.
+struct FileAuth<'a> {
+    path: Option<&'a Path>,
+    output: &'a str,
+    url: &'a str,
+}
+
+impl Authorize for FileAuth<'_> {
+    async fn header(&self) -> Result<Option<String>, OutputError> {
+        let Some(path) = self.path else { return Ok(None) };
+        read_authorization(path)
+            .map(Some)
+            .map_err(|message| OutputError::Http { output: self.output.to_owned(), url: self.url.to_owned(), message, attempts: 0 })
+    }
+
+    async fn refresh(&self) -> bool {
+        false
+    }
+
+    fn refused(&self, status: u16, detail: &str) -> OutputError {
+        let source = self.path.map_or("no authorization_file".to_owned(), |p| format!("the Authorization header from {}", p.display()));
+        OutputError::Http {
+            output: self.output.to_owned(),
+            url: self.url.to_owned(),
+            message: format!("the endpoint refused {source} ({status}): {detail}"),
+            attempts: 1,
+        }
+    }
+}
+
+impl OcsfWebhook {
+    pub async fn send(&self, events: &[Event], ctx: &Ctx) -> Result<(), OutputError> {
+        let limit = ctx.max_event_bytes.unwrap_or(self.settings.max_batch_bytes - 2).min(self.settings.max_batch_bytes - 2);
+        let mut rows = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            if encode(e, &self.settings.version).is_none() {
+                ctx.dead_letter(e, "no_mapping", &format!("no OCSF class for a `{}` event", e.kind_name())).await;
+                continue;
+            }
+            let enc = |e: &Event| serde_json::to_vec(&encode(e, &self.settings.version).unwrap_or(Value::Null));
+            match truncate::fit(e, Some(limit), enc, Vec::len) {
+                Ok(truncate::Fitted::Fits(json, truncated)) => {
+                    if truncated {
+                        ctx.metrics.truncated(&ctx.name);
+                    }
+                    rows.push(Row { event: i, json });
+                }
+                Ok(truncate::Fitted::TooLarge(why)) => ctx.dead_letter(e, "too_large", &why).await,
+                Err(err) => ctx.dead_letter(e, "encode_error", &err.to_string()).await,
+            }
+        }
+        let url = self.settings.url.as_str();
+        let exhausted = |message: String, attempts: u32| OutputError::Http { output: ctx.name.clone(), url: url.to_owned(), message, attempts };
+        let auth = FileAuth { path: self.settings.authorization_file.as_deref(), output: &ctx.name, url };
+        let poster = Poster {
+            http: &self.http,
+            url,
+            gzip: self.settings.gzip,
+            max_bytes: self.settings.max_batch_bytes,
+            retry: &self.retry,
+            auth: &auth,
+            exhausted: &exhausted,
+        };
+        poster.deliver(rows, events, ctx).await
     }
 }
 

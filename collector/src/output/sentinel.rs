@@ -13,19 +13,16 @@
 //! be delivered the error is returned and the batch stays in this output's durable queue, to
 //! be offered again.
 
-use std::{collections::VecDeque, io::Write, path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
-use flate2::{Compression, write::GzEncoder};
 use peregrine_proto::Event;
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use serde::Deserialize;
 
 use super::{
     Ctx, OutputError, asim,
     auth::{AuthSettings, TokenSource},
-    raw,
-    retry::Backoff,
-    truncate,
+    http::{Authorize, Poster, Row},
+    raw, truncate,
 };
 use crate::config::RetrySettings;
 
@@ -133,18 +130,7 @@ impl SentinelSettings {
 
     pub fn build(&self, output: &str, retry: &RetrySettings) -> Result<Sentinel, OutputError> {
         let err = |message: String| OutputError::Config { output: output.to_owned(), message };
-        let mut http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(Duration::from_millis(self.request_timeout_ms))
-            .connect_timeout(Duration::from_millis(self.request_timeout_ms.min(10_000)));
-        if let Some(path) = &self.ca_file {
-            let pem = std::fs::read(path).map_err(|e| err(format!("ca_file {}: {e}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| err(format!("ca_file {}: {e}", path.display())))?;
-            for c in certs {
-                http = http.add_root_certificate(c);
-            }
-        }
-        let http = http.build().map_err(|e| err(format!("HTTP client: {e}")))?;
+        let http = super::http::client(self.ca_file.as_deref(), self.request_timeout_ms).map_err(err)?;
         let (credential, authority, scope) = self.auth.resolve(|k| std::env::var(k).ok()).map_err(err)?;
         Ok(Sentinel {
             endpoint: self.endpoint.trim_end_matches('/').to_owned(),
@@ -162,18 +148,6 @@ pub struct Sentinel {
     http: reqwest::Client,
     auth: TokenSource,
     retry: RetrySettings,
-}
-
-/// One encoded row and the event it came from.
-struct Row {
-    event: usize,
-    json: Vec<u8>,
-}
-
-enum Answer {
-    Accepted,
-    /// Split the request (413, or a rejection with several rows) or, for one row, set it aside.
-    Reject { status: u16, detail: String },
 }
 
 impl Sentinel {
@@ -237,152 +211,50 @@ impl Sentinel {
 
     async fn send_stream(&self, stream: &str, rows: Vec<Row>, events: &[Event], ctx: &Ctx) -> Result<(), OutputError> {
         let url = self.url(stream);
-        let mut queue: VecDeque<Vec<Row>> = chunk(rows, self.settings.max_batch_bytes).into();
-        while let Some(mut rows) = queue.pop_front() {
-            match self.post(&url, &rows, ctx).await? {
-                Answer::Accepted => ctx.metrics.sent(&ctx.name, rows.len()),
-                Answer::Reject { status, detail } if rows.len() > 1 => {
-                    tracing::info!(output = %ctx.name, status, rows = rows.len(), "request rejected; splitting it");
-                    ctx.metrics.retry(&ctx.name, if status == 413 { "split_413" } else { "split_rejected" });
-                    let back = rows.split_off(rows.len() / 2);
-                    queue.push_front(back);
-                    queue.push_front(rows);
-                    let _ = detail;
-                }
-                Answer::Reject { status, detail } => {
-                    for r in &rows {
-                        if let Some(e) = events.get(r.event) {
-                            ctx.dead_letter(e, &format!("rejected_{status}"), &detail).await;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
+        let exhausted = |message: String, attempts: u32| OutputError::Ingestion { output: ctx.name.clone(), url: url.clone(), message, attempts };
+        let auth = EntraAuth { tokens: &self.auth, output: &ctx.name };
+        let poster = Poster {
+            http: &self.http,
+            url: &url,
+            gzip: true,
+            max_bytes: self.settings.max_batch_bytes,
+            retry: &self.retry,
+            auth: &auth,
+            exhausted: &exhausted,
+        };
+        poster.deliver(rows, events, ctx).await
     }
+}
 
-    async fn post(&self, url: &str, rows: &[Row], ctx: &Ctx) -> Result<Answer, OutputError> {
-        let body = gzip(&json_array(rows)).map_err(|e| OutputError::Ingestion {
-            output: ctx.name.clone(),
-            url: url.to_owned(),
-            message: format!("gzip: {e}"),
-            attempts: 0,
+/// Entra bearer tokens: one refresh after a 401, then a credentials error naming the source.
+struct EntraAuth<'a> {
+    tokens: &'a TokenSource,
+    output: &'a str,
+}
+
+impl Authorize for EntraAuth<'_> {
+    async fn header(&self) -> Result<Option<String>, OutputError> {
+        let token = self.tokens.token().await.map_err(|message| OutputError::Credentials {
+            output: self.output.to_owned(),
+            credential: self.tokens.describe(),
+            message,
         })?;
-        let mut backoff = Backoff::new(&self.retry);
-        let mut refreshed = false;
-        let fail = |message: String, backoff: &Backoff| OutputError::Ingestion {
-            output: ctx.name.clone(),
-            url: url.to_owned(),
-            message,
-            attempts: backoff.retries() + 1,
+        Ok(Some(format!("Bearer {token}")))
+    }
+
+    async fn refresh(&self) -> bool {
+        self.tokens.invalidate().await;
+        true
+    }
+
+    fn refused(&self, status: u16, detail: &str) -> OutputError {
+        let message = if status == 403 {
+            format!("the ingestion endpoint refused access (does the identity have Monitoring Metrics Publisher on the DCR?): {detail}")
+        } else {
+            format!("the ingestion endpoint refused a fresh token: {detail}")
         };
-        let credentials = |message: String| OutputError::Credentials {
-            output: ctx.name.clone(),
-            credential: self.auth.describe(),
-            message,
-        };
-        loop {
-            let token = self.auth.token().await.map_err(credentials)?;
-            let sent = self
-                .http
-                .post(url)
-                .bearer_auth(&token)
-                .header(CONTENT_TYPE, "application/json")
-                .header(CONTENT_ENCODING, "gzip")
-                .body(body.clone())
-                .send()
-                .await;
-            let response = match sent {
-                Ok(r) => r,
-                Err(e) => {
-                    let message = format!("request failed: {e}");
-                    ctx.metrics.retry(&ctx.name, "connection");
-                    let d = backoff.next_delay().ok_or_else(|| fail(message.clone(), &backoff))?;
-                    tracing::warn!(output = %ctx.name, error = %message, retry_in = ?d, "Logs Ingestion request failed");
-                    tokio::time::sleep(d).await;
-                    continue;
-                }
-            };
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let text = response.text().await.unwrap_or_default();
-            let detail = format!("HTTP {status}: {}", text.chars().take(1000).collect::<String>());
-            match status {
-                200..=299 => return Ok(Answer::Accepted),
-                401 if !refreshed => {
-                    refreshed = true;
-                    ctx.metrics.retry(&ctx.name, "token_refresh");
-                    self.auth.invalidate().await;
-                }
-                401 => return Err(credentials(format!("the ingestion endpoint refused a fresh token: {detail}"))),
-                403 => {
-                    return Err(credentials(format!(
-                        "the ingestion endpoint refused access (does the identity have Monitoring Metrics Publisher on the DCR?): {detail}"
-                    )));
-                }
-                429 => {
-                    ctx.metrics.retry(&ctx.name, "throttled");
-                    let d = match retry_after {
-                        Some(wait) => backoff.server_delay(wait),
-                        None => backoff.next_delay(),
-                    }
-                    .ok_or_else(|| fail(detail.clone(), &backoff))?;
-                    tracing::warn!(output = %ctx.name, wait = ?d, "throttled by the Logs Ingestion API");
-                    tokio::time::sleep(d).await;
-                }
-                408 | 500..=599 => {
-                    ctx.metrics.retry(&ctx.name, "server_error");
-                    let d = backoff.next_delay().ok_or_else(|| fail(detail.clone(), &backoff))?;
-                    tokio::time::sleep(d).await;
-                }
-                _ => return Ok(Answer::Reject { status, detail }),
-            }
-        }
+        OutputError::Credentials { output: self.output.to_owned(), credential: self.tokens.describe(), message }
     }
-}
-
-/// Splits rows into requests whose JSON array stays within `max` bytes.
-fn chunk(rows: Vec<Row>, max: usize) -> Vec<Vec<Row>> {
-    let mut out = Vec::new();
-    let mut cur: Vec<Row> = Vec::new();
-    let mut size = 2;
-    for r in rows {
-        let add = r.json.len() + usize::from(!cur.is_empty());
-        if !cur.is_empty() && size + add > max {
-            out.push(std::mem::take(&mut cur));
-            size = 2;
-        }
-        size += r.json.len() + usize::from(!cur.is_empty());
-        cur.push(r);
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-fn json_array(rows: &[Row]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rows.iter().map(|r| r.json.len() + 1).sum::<usize>() + 2);
-    out.push(b'[');
-    for (i, r) in rows.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(&r.json);
-    }
-    out.push(b']');
-    out
-}
-
-fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut enc = GzEncoder::new(Vec::with_capacity(data.len() / 4 + 64), Compression::default());
-    enc.write_all(data)?;
-    enc.finish()
 }
 
 #[cfg(test)]
@@ -401,15 +273,5 @@ mod tests {
         assert_eq!(key, "process_stream");
         assert!(message.contains("begin with `Custom-`") && message.contains("outputStream"), "{message}");
         Ok(())
-    }
-
-    #[test]
-    fn chunks_respect_the_byte_limit() {
-        let rows: Vec<Row> = (0..10).map(|i| Row { event: i, json: vec![b'x'; 100] }).collect();
-        let chunks = chunk(rows, 2 + 100 * 3 + 2);
-        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
-        for c in &chunks {
-            assert!(json_array(c).len() <= 304);
-        }
     }
 }
