@@ -204,10 +204,14 @@ pub struct CommonSettings {
     pub dead_letter_path: Option<PathBuf>,
     #[serde(default)]
     pub retry: RetrySettings,
+    /// A condition in the rules language; events it can be evaluated on are sent only when it
+    /// holds (`crate::output::route::Filter`).
+    #[serde(default)]
+    pub filter: Option<String>,
 }
 
 const COMMON_KEYS: &[&str] =
-    &["kind", "name", "kinds", "min_priority", "redact_argv_patterns", "max_event_bytes", "dead_letter_path", "retry"];
+    &["kind", "name", "kinds", "min_priority", "redact_argv_patterns", "max_event_bytes", "dead_letter_path", "retry", "filter"];
 
 /// Delivery retries: jittered exponential backoff between attempts.
 #[derive(Debug, Clone, Deserialize)]
@@ -308,6 +312,7 @@ impl CollectorConfig {
                     max_event_bytes: None,
                     dead_letter_path: None,
                     retry: RetrySettings::default(),
+                    filter: None,
                 },
                 settings,
             });

@@ -1,12 +1,14 @@
 //! OCSF Detection Findings (alerts) validated by an independent implementation of the schema:
-//! py-ocsf-models 0.2.0 (PyPI), the release that models OCSF 1.3.0 (our default version), run
-//! from the project venv.
+//! py-ocsf-models 0.10.0 (PyPI), which models OCSF 1.5.0, run from the project venv, over our
+//! encoding at `version = "1.5.0"` (a version the output supports). The library's release for
+//! 1.3.0, our default, is 0.2.0, which pins pydantic 1 and so cannot share the venv with
+//! checkov (pydantic 2); the attributes we use are the same in both versions.
 //!
 //! The library models the Findings category only (no Process or Network Activity), so those
 //! classes keep the hand-checked required attributes of `collector/tests/outputs.rs`.
 //!
-//! Where the library is narrower than OCSF 1.3.0 itself, pinned so anything else fails: it
-//! lacks attributes OCSF 1.3.0 defines for this class that we send, `device` (the Host
+//! Where the library is narrower than OCSF 1.5.0 itself, pinned so anything else fails: it
+//! lacks attributes OCSF 1.5.0 defines for this class that we send, `device` (the Host
 //! profile), `container` (the Container profile) and `evidences[].process` (Evidence
 //! Artifacts), so it cannot check them.
 
@@ -22,7 +24,7 @@ use peregrine_proto::Kind;
 use serde_json::Value;
 use support::*;
 
-const VERSION: &str = "1.3.0";
+const VERSION: &str = "1.5.0";
 const LIBRARY_LACKS: &[&str] = &["container", "device", "evidences[].process"];
 
 /// Runs the validator over `events`; one result per event.
@@ -90,7 +92,7 @@ fn the_validator_reports_a_missing_title_a_wrong_class_and_an_unknown_attribute(
     extra["finding_info"]["titel"] = Value::from("typo");
     let r = validate(&[good, no_title, bad_type, extra]);
     assert!(strings(&r[0]["errors"]).is_empty(), "{}", r[0]);
-    assert_eq!(strings(&r[1]["errors"]), ["finding_info.title: field required".to_owned()].into());
+    assert_eq!(strings(&r[1]["errors"]), ["finding_info.title: Field required".to_owned()].into());
     assert!(strings(&r[2]["errors"]).iter().any(|e| e.starts_with("type_uid:")), "{}", r[2]);
     assert!(strings(&r[3]["unknown"]).contains("finding_info.titel"), "{}", r[3]);
 }

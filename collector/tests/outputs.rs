@@ -120,3 +120,44 @@ redact_argv_patterns = ['--token=\S+']
     assert_eq!((c["connection_info"]["protocol_num"].as_u64(), c["connection_info"]["direction_id"].as_u64()), (Some(6), Some(2)));
     assert_eq!(c["actor"]["process"]["pid"], 4343);
 }
+
+/// `filter`, in the rules language: exec and connection events are sent only when it holds;
+/// kinds it cannot see (exit) pass; a broken condition is refused at load with the reason.
+#[tokio::test]
+async fn a_filter_in_the_rules_language_selects_what_an_output_sends() {
+    let dir = TempDir::new("outputs-filter");
+    let out = dir.path().join("curl.jsonl");
+    let conf = dir.path().join("collector.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[outputs]]\nkind = \"file\"\nname = \"curl\"\npath = \"{}\"\nfilter = \"proc.name = curl and not fd.sip in (198.18.0.1)\"\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let config: CollectorConfig = Layers::new().file(&conf).unwrap().build().unwrap();
+    let metrics = OutputMetrics::default();
+    let outputs = Outputs::build(&config.effective_outputs(), &metrics).unwrap();
+    let mut internal = connection_event("c-2", 5, "connect", "established");
+    if let Some(peregrine_proto::Kind::Connection(c)) = &mut internal.kind {
+        c.remote_ip = "198.18.0.1".into();
+    }
+    let batch = vec![
+        exec_event("e-1", 1, &["sh", "-c", "id"]),
+        exec_event("e-2", 2, &["curl", "https://x"]),
+        exit_event("x-1", 3),
+        connection_event("c-1", 4, "connect", "established"),
+        internal,
+    ];
+    outputs.deliver(&batch).await.unwrap();
+    let got: Vec<String> = lines(&out).iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(got, ["e-2", "x-1", "c-1"]);
+    assert_eq!(metrics.filtered.get_or_create(&peregrine_collector::output::metrics::OutputLabel { output: "curl".into() }).get(), 2);
+
+    for (condition, expected) in [("proc.nme = curl", "proc.nme"), ("proc.name = ", "filter")] {
+        std::fs::write(&conf, format!("[[outputs]]\nkind = \"stdout\"\nfilter = \"{condition}\"\n")).unwrap();
+        let err = Layers::new().file(&conf).and_then(|l| l.build::<CollectorConfig>()).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("outputs[0].filter") && err.contains(expected), "{condition}: {err}");
+    }
+}

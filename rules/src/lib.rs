@@ -36,6 +36,8 @@ pub mod fields;
 mod lexer;
 mod output;
 mod parser;
+#[cfg(feature = "proto")]
+pub mod proto_view;
 mod recorded;
 mod reload;
 mod ruleset;

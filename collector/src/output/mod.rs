@@ -2,8 +2,8 @@
 //! *encoding* (event -> bytes or rows: `jsonl`, `cef`, `asim`, `raw`, `ocsf`) and a *service*
 //! (delivery with retries and jittered backoff: `file`, `syslog`, `sentinel`).
 //!
-//! Every output sees the same batch through its own routing (`kinds`, `min_priority`) and
-//! redaction, then its own size limit (`truncate`). What an output cannot take is set aside in
+//! Every output sees the same batch through its own routing (`kinds`, `min_priority`, a
+//! `filter` in the rules language) and redaction, then its own size limit (`truncate`). What an output cannot take is set aside in
 //! its dead-letter file and counted, never dropped silently. The collector acknowledges a batch
 //! once it is in every output's durable queue (`crate::queue`); each output's worker then
 //! hands it to [`Output::send`] and keeps it queued until `send` succeeds.
@@ -96,6 +96,7 @@ pub struct Output {
     /// Also paces the queue worker's retries of a batch `send` gave up on.
     pub retry: RetrySettings,
     route: route::Route,
+    filter: Option<route::Filter>,
     redactor: route::Redactor,
     sink: Sink,
     ctx: Ctx,
@@ -157,6 +158,11 @@ pub fn validate_spec(spec: &OutputSpec) -> Result<(), (String, String)> {
     {
         return Err(("min_priority".into(), format!("`{p}` is not a Falco priority ({})", route::PRIORITIES.join(", "))));
     }
+    if let Some(f) = &c.filter
+        && let Err(e) = route::Filter::new(f)
+    {
+        return Err(("filter".into(), e));
+    }
     for p in &c.redact_argv_patterns {
         if let Err(e) = regex::Regex::new(p) {
             return Err(("redact_argv_patterns".into(), format!("`{p}` is not a valid regular expression: {e}")));
@@ -189,6 +195,7 @@ impl OutputSpec {
         let kinds = if c.kinds.is_empty() { default_kinds(&self.settings) } else { c.kinds.clone() };
         let route = route::Route::new(&kinds, c.min_priority.as_deref()).map_err(config_err)?;
         let redactor = route::Redactor::new(&c.redact_argv_patterns).map_err(config_err)?;
+        let filter = c.filter.as_deref().map(route::Filter::new).transpose().map_err(|e| OutputError::Config { output: name.clone(), message: format!("filter: {e}") })?;
         let dead_letter = deadletter::DeadLetter::open(&name, c.dead_letter_path.as_deref())?;
         let default_limit = match self.settings {
             KindSettings::Sentinel(_) => Some(sentinel::DEFAULT_MAX_EVENT_BYTES),
@@ -219,7 +226,7 @@ impl OutputSpec {
             KindSettings::File(f) => Some(f.path.clone()),
             _ => None,
         };
-        Ok(Output { name, kind: c.kind, retry: c.retry.clone(), route, redactor, sink, ctx, readback })
+        Ok(Output { name, kind: c.kind, retry: c.retry.clone(), route, filter, redactor, sink, ctx, readback })
     }
 }
 
@@ -233,7 +240,7 @@ impl Output {
     pub async fn send(&self, events: &[Event]) -> Result<(), OutputError> {
         let mut selected = Vec::with_capacity(events.len());
         for e in events {
-            if self.route.accepts(e) {
+            if self.route.accepts(e) && self.filter.as_ref().is_none_or(|f| f.keeps(e)) {
                 let mut e = e.clone();
                 self.redactor.apply(&mut e);
                 selected.push(e);

@@ -1,6 +1,10 @@
-//! Per-output routing (event kinds, alert priority) and argv redaction.
+//! Per-output routing (event kinds, alert priority, a filter in the rules language) and argv
+//! redaction.
+
+use std::collections::HashMap;
 
 use peregrine_proto::{Event, Kind, Process};
+use peregrine_rules::{RulesSource, Ruleset, proto_view::RuleEvent};
 use regex::Regex;
 
 /// Falco's priorities, most severe first.
@@ -39,6 +43,40 @@ impl Route {
             // An alert with an unknown priority is sent: a typo upstream must not hide it.
             (Some(Kind::Alert(a)), Some(max)) => priority_rank(&a.priority).is_none_or(|r| r <= max),
             _ => true,
+        }
+    }
+}
+
+/// An output's `filter`: a condition in the rules language (Falco's, as in rules files, with
+/// the same fields), evaluated on the events it can be evaluated on (exec, connect, accept,
+/// listen); those are sent only when it holds. Other kinds pass: route them with `kinds`.
+/// The collector has no node's user database, so `user.name` is absent here; use `user.uid`.
+pub struct Filter {
+    rules: Ruleset,
+}
+
+impl Filter {
+    pub fn new(condition: &str) -> Result<Self, String> {
+        // A one-rule rules file: the condition goes through the engine's own parser and
+        // compiler, so the language and its errors are those of rules files.
+        let mut text = String::from("- rule: filter\n  desc: the output's filter\n  output: filter\n  priority: DEBUG\n  condition: >-\n");
+        for line in condition.lines() {
+            text.push_str("    ");
+            text.push_str(line);
+            text.push('\n');
+        }
+        let rules = Ruleset::from_sources(&[RulesSource { name: "filter".into(), text }]).map_err(|e| e.to_string())?;
+        if let Some((_, reason)) = rules.report().skipped().next() {
+            return Err(format!("`{condition}` cannot be evaluated: {reason}"));
+        }
+        Ok(Self { rules })
+    }
+
+    pub fn keeps(&self, e: &Event) -> bool {
+        let users = HashMap::new();
+        match RuleEvent::new(e, &users) {
+            Some(view) => self.rules.first_match(&view).is_some(),
+            None => true,
         }
     }
 }

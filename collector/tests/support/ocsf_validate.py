@@ -1,5 +1,5 @@
 """Validates OCSF Detection Findings with py-ocsf-models (pydantic models of the OCSF schema,
-published on PyPI by Prowler; 0.2.0 is the release for OCSF 1.3.0 and uses pydantic 1). Argument: a JSON-lines file of OCSF events. Prints one JSON
+published on PyPI by Prowler; pydantic 1 or 2). Argument: a JSON-lines file of OCSF events. Prints one JSON
 object per line: {"uid", "errors": ["loc: message"], "unknown": ["dotted.path"]} where
 `unknown` lists attributes we sent that the model does not define (pydantic ignores them, so
 they are found by comparing what was sent with what the model kept)."""
@@ -45,5 +45,5 @@ with open(sys.argv[1], encoding="utf-8") as f:
         try:
             result["unknown"] = sorted(set(unknown(event, parse(event), "")))
         except ValidationError as e:
-            result["errors"] = sorted({".".join(str(x) for x in err["loc"]) + ": " + err["msg"].lower() for err in e.errors()})
+            result["errors"] = sorted({".".join(str(x) for x in err["loc"]) + ": " + err["msg"] for err in e.errors()})
         print(json.dumps(result), flush=True)
