@@ -50,10 +50,27 @@ struct Cli {
     /// Override one key, e.g. --set collector.address=http://10.0.0.5:7700 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// Instead of running: resolve every CO-RE relocation of this kernel object against the
+    /// kernel's BTF, print one JSON line per relocation, and fail if any does not resolve.
+    #[arg(long, value_name = "OBJECT")]
+    check_core: Option<PathBuf>,
+    /// The BTF to check against (default: the running kernel's, /sys/kernel/btf/vmlinux).
+    #[arg(long, value_name = "FILE", requires = "check_core")]
+    btf: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(object) = &cli.check_core {
+        return match check_core(object, cli.btf.as_deref()) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(3),
+            Err(e) => {
+                eprintln!("peregrine-agent: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -61,6 +78,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--check-core`: true when every relocation resolved (or took its documented fallback).
+fn check_core(object: &std::path::Path, btf: Option<&std::path::Path>) -> anyhow::Result<bool> {
+    let bytes = std::fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    let btf_path = btf.unwrap_or(std::path::Path::new("/sys/kernel/btf/vmlinux"));
+    let target = aya::Btf::parse_file(btf_path, aya::Endianness::default())
+        .with_context(|| format!("reading the kernel BTF {}", btf_path.display()))?;
+    let list = kernel::core_check::check(&bytes, &target).map_err(anyhow::Error::msg)?;
+    for r in &list {
+        println!("{}", serde_json::to_string(r)?);
+    }
+    let summary = kernel::core_check::summary(&list);
+    eprintln!("CO-RE relocations against {}: {summary:?}", btf_path.display());
+    Ok(!summary.contains_key("unresolved"))
 }
 
 fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {

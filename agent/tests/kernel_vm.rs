@@ -59,6 +59,8 @@ ip link set lo up
 say() { echo "PEREGRINE-VM $*"; }
 say uname "$(uname -r)"
 say cgroup-mounts "$(grep -c cgroup /proc/mounts)"
+/bin/agent --check-core /peregrine-ebpf.o > /tmp/core.jsonl 2> /tmp/core.err
+say core-exit "$?"
 /bin/collector --set listen=127.0.0.1:7700 --set http.listen=127.0.0.1:9465 --set queue.dir=/tmp/q \
   --set output.kind=file --set output.path=/tmp/events.jsonl 2>/tmp/collector.log &
 /bin/agent --set cluster_name=vm --set node_name=vm --set collector.address=http://127.0.0.1:7700 \
@@ -99,6 +101,9 @@ say waited "$i"
 echo PEREGRINE-VM-EVENTS-BEGIN
 grep -e '"status"' -e vm- -e '"connection"' /tmp/events.jsonl
 echo PEREGRINE-VM-EVENTS-END
+echo PEREGRINE-VM-CORE-BEGIN
+cat /tmp/core.jsonl /tmp/core.err
+echo PEREGRINE-VM-CORE-END
 echo PEREGRINE-VM-AGENT-LOG-BEGIN
 tail -20 /tmp/agent.log
 echo PEREGRINE-VM-AGENT-LOG-END
@@ -221,6 +226,23 @@ fn the_6_1_kernel_runs_the_scenarios_with_every_optional_feature() {
     };
     assert!(said["uname"][0].starts_with("6.1.0-"), "the 6.1 kernel is the one running: {:?}", said["uname"]);
     assert_eq!(said["cgroup-mounts"], ["1"], "cgroup v2 mounted alone");
+
+    // CO-RE: every relocation of the object resolves against 6.1's own BTF, the same list as
+    // against this machine's kernel (agent/tests/core.rs).
+    let core = section(&console, "CORE");
+    assert_eq!(said["core-exit"], ["0"], "the CO-RE check failed in the VM:\n{}", core.join("\n"));
+    let vm: Vec<Value> = core.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let key = |r: &Value| format!("{} {} {}", r["program"], r["kind"], r["spec"]);
+    let host = Command::new(agent_bin()).arg("--check-core").arg(ebpf_object()).output().unwrap();
+    let host: Vec<Value> = String::from_utf8(host.stdout).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(host.len() > 50 && vm.len() == host.len(), "{} relocations in the VM, {} on the host", vm.len(), host.len());
+    let mut vm_keys: Vec<String> = vm.iter().map(key).collect();
+    let mut host_keys: Vec<String> = host.iter().map(key).collect();
+    vm_keys.sort();
+    host_keys.sort();
+    assert_eq!(vm_keys, host_keys);
+    let not_resolved: Vec<&Value> = vm.iter().filter(|r| r["outcome"] != "resolved").collect();
+    assert!(not_resolved.is_empty(), "on 6.1: {not_resolved:?}");
     let events: Vec<Value> = section(&console, "EVENTS").iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(!events.is_empty(), "no events from the VM; agent log:\n{log}\nconsole:\n{console}");
 

@@ -1,6 +1,7 @@
 //! The kernel side: preflight checks, loading the object with CO-RE relocation, attaching the
 //! programs, and handing the ring buffer and counters to the drain.
 
+pub mod core_check;
 mod error;
 pub mod features;
 mod object;
