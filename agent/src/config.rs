@@ -256,8 +256,13 @@ pub struct EbpfConfig {
     /// pod's own cgroup namespace, so the DaemonSet mounts the node's hierarchy elsewhere
     /// and names it here.
     pub cgroup2_path: Option<PathBuf>,
+    /// How records reach the agent: `auto` (the ring buffer where the kernel has one, else
+    /// the perf event array), `ring_buffer` or `perf_array`.
+    pub transport: TransportChoice,
     /// Ring buffer size; a power of two multiple of the page size.
     pub ring_buffer_bytes: u32,
+    /// Perf transport: pages per CPU buffer, a power of two, at least 8.
+    pub perf_buffer_pages: usize,
     /// Fill level at which the kernel wakes the agent instead of waiting for the drain timer.
     pub wakeup_watermark_bytes: u64,
     /// How often the ring buffer is drained when the watermark is not reached.
@@ -266,6 +271,15 @@ pub struct EbpfConfig {
     /// overflow (and its accounting) can be produced on purpose. Unset in production.
     pub drain_pause_file: Option<PathBuf>,
     pub programs: ProgramsConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportChoice {
+    #[default]
+    Auto,
+    RingBuffer,
+    PerfArray,
 }
 
 /// Which kernel programs to attach (all on by default; turning one off is for diagnosis).
@@ -341,7 +355,9 @@ impl Default for EbpfConfig {
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
             tracefs_path: PathBuf::from("/sys/kernel/tracing"),
             cgroup2_path: None,
+            transport: TransportChoice::Auto,
             ring_buffer_bytes: 8 << 20,
+            perf_buffer_pages: 64,
             wakeup_watermark_bytes: 2 << 20,
             drain_interval_ms: 20,
             drain_pause_file: None,
@@ -418,6 +434,11 @@ impl Validate for AgentConfig {
         }
         if self.ebpf.wakeup_watermark_bytes >= u64::from(ring) {
             return err("ebpf.wakeup_watermark_bytes", "must be smaller than ebpf.ring_buffer_bytes");
+        }
+        let pages = self.ebpf.perf_buffer_pages;
+        // A CPU's buffer must hold the largest exec record (~19.5 KiB with a full argv).
+        if !pages.is_power_of_two() || !(8..=4096).contains(&pages) {
+            return err("ebpf.perf_buffer_pages", format!("{pages} is not a power of two between 8 and 4096 (a CPU's buffer must hold the largest exec record, ~20 KiB)"));
         }
         if !(1..=1000).contains(&self.ebpf.drain_interval_ms) {
             return err("ebpf.drain_interval_ms", "must be between 1 and 1000");

@@ -7,16 +7,16 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use aya::maps::{MapData, RingBuf};
+
 use peregrine_proto::{AgentStatus, Event, Kind, Loss, v1::agent_status::Phase};
-use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch};
+use tokio::{sync::mpsc, sync::watch};
 use uuid::Uuid;
 
 use crate::{
     clock::{BootClock, boot_now_ns},
     container::{ContainerStage, Enriched, Resolution},
     decode,
-    kernel::Sensor,
+    kernel::{Sensor, transport},
     metrics::{KindLabel, Metrics, catch_up, reason},
     watermark::Previous,
     net::ConnTracker,
@@ -94,7 +94,9 @@ pub struct DrainConfig {
 
 pub struct Drain {
     sensor: Sensor,
-    ring: Option<RingBuf<MapData>>,
+    ring: Option<transport::Maps>,
+    /// Records lost in perf buffers, as last counted (the ring's are in the sensor's counters).
+    perf_lost_seen: u64,
     tracker: Tracker,
     net: ConnTracker,
     containers: ContainerStage,
@@ -116,7 +118,7 @@ pub struct Drain {
 impl Drain {
     pub fn new(
         sensor: Sensor,
-        ring: RingBuf<MapData>,
+        ring: transport::Maps,
         stages: Stages,
         stamper: Stamper,
         tx: mpsc::Sender<Event>,
@@ -126,6 +128,7 @@ impl Drain {
         Self {
             sensor,
             ring: Some(ring),
+            perf_lost_seen: 0,
             tracker: stages.tracker,
             net: stages.net,
             containers: stages.containers,
@@ -149,13 +152,12 @@ impl Drain {
             let up = i64::from(crate::kernel::features::is_available(verdict));
             self.metrics.kernel_features.get_or_create(&crate::metrics::FeatureLabel { feature }).set(up);
         }
+        self.metrics.transport.get_or_create(&crate::metrics::TransportLabel { transport: self.sensor.transport.name() }).set(1);
         self.report_gap();
         self.status(Phase::Started);
-        let ring = self.ring.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
+        let maps = self.ring.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
         let mut resolutions = self.resolutions.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
-        // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the AsyncFd
-        // (which owns the RingBuf) is registered; nothing else closes or replaces it.
-        let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)? };
+        let mut ring = maps.open().map_err(std::io::Error::other)?;
         let mut tick = tokio::time::interval(self.config.drain_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
@@ -165,14 +167,9 @@ impl Drain {
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                guard = ring.readable_mut() => {
-                    if let Ok(mut g) = guard {
-                        g.clear_ready();
-                        self.drain_once(g.get_inner_mut());
-                    }
-                }
+                () = ring.readable() => self.drain_once(&mut ring),
                 _ = tick.tick() => {
-                    self.drain_once(ring.get_mut());
+                    self.drain_once(&mut ring);
                     for e in self.containers.expire(std::time::Instant::now()) {
                         self.finish(e);
                     }
@@ -180,7 +177,7 @@ impl Drain {
                 Some(answer) = resolutions.recv() => {
                     // Records already in the ring may belong to this container: take them
                     // first, so its held events and these leave in kernel order.
-                    self.drain_once(ring.get_mut());
+                    self.drain_once(&mut ring);
                     for e in self.containers.resolved(answer) {
                         self.finish(e);
                     }
@@ -193,7 +190,7 @@ impl Drain {
                     self.metrics.connects_pending.set(i64::try_from(self.net.pending()).unwrap_or(i64::MAX));
                 }
                 _ = heartbeat.tick() => {
-                    self.drain_once(ring.get_mut());
+                    self.drain_once(&mut ring);
                     self.stamper.resample_clock();
                     self.tracker.sweep(boot_now_ns());
                     self.containers.sweep(boot_now_ns());
@@ -209,7 +206,7 @@ impl Drain {
             }
         }
         self.config.pause_file = None;
-        self.drain_once(ring.get_mut());
+        self.drain_once(&mut ring);
         // Whatever still waits for metadata leaves now, partial.
         for e in self.containers.expire(std::time::Instant::now() + std::time::Duration::from_secs(3600)) {
             self.finish(e);
@@ -249,38 +246,45 @@ impl Drain {
         self.config.pause_file.as_ref().is_some_and(|p| p.exists())
     }
 
-    fn drain_once(&mut self, ring: &mut RingBuf<MapData>) {
+    fn drain_once(&mut self, ring: &mut transport::Records) {
         if self.paused() {
             return;
         }
         let started = boot_now_ns();
-        loop {
-            let decoded = match ring.next() {
-                Some(item) => decode::decode(&item),
-                None => break,
-            };
-            match decoded {
-                Ok(decode::Record::Cgroup(cgroup)) => self.containers.apply_cgroup(&cgroup),
-                Ok(decode::Record::Conn(conn)) => {
-                    let boot_ns = conn.boot_ns;
-                    for kind in self.net.apply(conn, &self.tracker) {
-                        self.emit(boot_ns, kind);
-                    }
-                }
-                Ok(record) => {
-                    if let Some(kind) = self.tracker.apply(&record) {
-                        self.emit(record.boot_ns(), kind);
-                    }
-                }
-                Err(e) => {
-                    self.lose(reason::DECODE, 1);
-                    tracing::warn!(error = %e, reason = e.reason(), "undecodable kernel record dropped");
-                }
-            }
+        ring.drain(|bytes| self.apply(bytes));
+        let perf_lost = ring.lost();
+        if perf_lost > self.perf_lost_seen {
+            let lost = perf_lost - self.perf_lost_seen;
+            self.perf_lost_seen = perf_lost;
+            self.metrics.kernel_lost.inc_by(lost);
+            *self.unreported.entry(reason::KERNEL_RING_FULL).or_default() += lost;
+            tracing::warn!(lost, total = self.metrics.kernel_lost.get(), "kernel perf buffers full: records lost");
         }
         self.drained_until = started;
         self.sync_kernel_counters();
         self.report_losses();
+    }
+
+    /// One kernel record through the stages.
+    fn apply(&mut self, bytes: &[u8]) {
+        match decode::decode(bytes) {
+            Ok(decode::Record::Cgroup(cgroup)) => self.containers.apply_cgroup(&cgroup),
+            Ok(decode::Record::Conn(conn)) => {
+                let boot_ns = conn.boot_ns;
+                for kind in self.net.apply(conn, &self.tracker) {
+                    self.emit(boot_ns, kind);
+                }
+            }
+            Ok(record) => {
+                if let Some(kind) = self.tracker.apply(&record) {
+                    self.emit(record.boot_ns(), kind);
+                }
+            }
+            Err(e) => {
+                self.lose(reason::DECODE, 1);
+                tracing::warn!(error = %e, reason = e.reason(), "undecodable kernel record dropped");
+            }
+        }
     }
 
     /// The stages after the process cache: container context (which may hold the event for
@@ -412,6 +416,11 @@ impl Drain {
                 self.sensor.features.iter().map(|(name, verdict)| ((*name).to_owned(), verdict.clone())).collect()
             } else {
                 Default::default()
+            },
+            transport: if phase == Phase::Started {
+                format!("{} ({})", self.sensor.transport.name(), self.sensor.transport_reason)
+            } else {
+                String::new()
             },
         };
         let event = self.stamper.stamp(boot_now_ns(), Kind::Status(status));

@@ -53,6 +53,11 @@ pub struct FeatureLabel {
     pub feature: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: &'static str,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Metrics {
     pub events: Family<KindLabel, Counter>,
@@ -76,6 +81,7 @@ pub struct Metrics {
     pub spool_oldest_age_ms: Gauge,
     pub observation_gaps: Counter,
     pub kernel_features: Family<FeatureLabel, Gauge>,
+    pub transport: Family<TransportLabel, Gauge>,
     pub observation_gap_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -106,6 +112,11 @@ impl Metrics {
             "kernel_feature",
             "1 if the kernel offers the feature (probed at start; see the started status for why not)",
             self.kernel_features.clone(),
+        );
+        r.register(
+            "kernel_transport",
+            "1 for the transport kernel records travel by (ring_buffer, or perf_event_array where the kernel has no ring buffer or it is configured)",
+            self.transport.clone(),
         );
         r.register(
             "observation_gaps",

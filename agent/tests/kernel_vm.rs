@@ -67,6 +67,7 @@ say core-exit "$?"
   --set ebpf.object=/peregrine-ebpf.o --set spool.dir=/tmp/spool --set http.listen=127.0.0.1:9464 \
   --set pipeline.heartbeat_interval_ms=200 --set pipeline.batch_max_delay_ms=10 \
   --set network.exclude_loopback=false 2>/tmp/agent.log &
+agent=$!
 i=0; while [ $i -lt 900 ] && ! grep -q '"phase":1' /tmp/events.jsonl 2>/dev/null; do sleep 0.2; i=$((i+1)); done
 say ready "$i"
 
@@ -98,6 +99,17 @@ while [ $i -lt 300 ]; do
   sleep 0.2; i=$((i+1))
 done
 say waited "$i"
+
+# 4. the perf event array transport, forced: a second agent after the first stopped.
+kill $agent
+i=0; while [ $i -lt 100 ] && kill -0 $agent 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+/bin/agent --set cluster_name=vm --set node_name=vm --set collector.address=http://127.0.0.1:7700 \
+  --set ebpf.object=/peregrine-ebpf.o --set spool.dir=/tmp/spool2 --set http.listen=127.0.0.1:9466 \
+  --set pipeline.batch_max_delay_ms=10 --set ebpf.transport=perf_array 2>/tmp/agent2.log &
+i=0; while [ $i -lt 900 ] && ! grep -q 'perf_event_array (configured)' /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done
+/bin/busybox true vm-perf-token
+i=0; while [ $i -lt 300 ] && ! grep -q vm-perf-token /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done
+say perf-waited "$i"
 echo PEREGRINE-VM-EVENTS-BEGIN
 grep -e '"status"' -e vm- -e '"connection"' /tmp/events.jsonl
 echo PEREGRINE-VM-EVENTS-END
@@ -106,6 +118,7 @@ cat /tmp/core.jsonl /tmp/core.err
 echo PEREGRINE-VM-CORE-END
 echo PEREGRINE-VM-AGENT-LOG-BEGIN
 tail -20 /tmp/agent.log
+tail -20 /tmp/agent2.log
 echo PEREGRINE-VM-AGENT-LOG-END
 poweroff -f
 "#;
@@ -303,4 +316,15 @@ fn the_6_1_kernel_runs_the_scenarios_with_every_optional_feature() {
     assert_eq!(c["id"], "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "{in_container}");
     assert_eq!(c["pod"]["uid"], "vm-pod-uid");
     assert_eq!(in_container["enrichment"], "partial", "no container runtime in the VM");
+
+    // 4. the perf event array transport, forced on 6.1: the first agent said ring buffer, the
+    // second perf, and an exec after its start arrived with its exact argv.
+    let transports: Vec<&str> =
+        events.iter().filter(|e| e["kind"]["status"]["phase"] == 1).filter_map(|e| e["kind"]["status"]["transport"].as_str()).collect();
+    assert_eq!(transports, ["ring_buffer (the kernel has a BPF ring buffer)", "perf_event_array (configured)"], "{log}");
+    let perf_exec = events
+        .iter()
+        .find(|e| e["kind"]["exec"]["process"]["argv"] == json!(["/bin/busybox", "true", "vm-perf-token"]))
+        .unwrap_or_else(|| panic!("the exec over the perf array is missing: {log}"));
+    assert_eq!(perf_exec["kind"]["exec"]["process"]["exe"], "/bin/busybox");
 }

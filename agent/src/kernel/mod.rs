@@ -7,16 +7,17 @@ pub mod features;
 mod object;
 mod preflight;
 mod tracefs;
+pub mod transport;
 
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, PerfEventArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, TracePoint},
 };
 pub use error::KernelError;
 use peregrine_common::counter;
 
-use crate::config::EbpfConfig;
+use crate::config::{EbpfConfig, TransportChoice};
 
 /// One attachable program and where it goes.
 struct Hook {
@@ -92,11 +93,14 @@ pub struct Sensor {
     pub attached_boot_ns: u64,
     /// What the kernel offers (`features.rs`), probed before loading.
     pub features: Vec<features::Feature>,
+    /// How records reach the agent, and why that one (`transport.rs`).
+    pub transport: transport::Kind,
+    pub transport_reason: &'static str,
 }
 
 impl Sensor {
-    /// Loads and attaches; returns the sensor and the ring buffer the programs write to.
-    pub fn load(config: &EbpfConfig, policy: &SocketPolicy) -> Result<(Self, RingBuf<MapData>), KernelError> {
+    /// Loads and attaches; returns the sensor and the maps the programs write their records to.
+    pub fn load(config: &EbpfConfig, policy: &SocketPolicy) -> Result<(Self, transport::Maps), KernelError> {
         preflight::check_caps(config.programs.sock_addr)?;
         preflight::check_btf(&config.btf_path)?;
         let features = features::probe(&config.btf_path);
@@ -104,7 +108,20 @@ impl Sensor {
         let btf = Btf::parse_file(&config.btf_path, Endianness::default())
             .map_err(|e| KernelError::BadBtf { path: config.btf_path.clone(), message: e.to_string() })?;
         preflight::ensure_tracefs(&config.tracefs_path)?;
-        let bytes = object::read_checked(&config.object)?;
+        let ring_available = features.iter().any(|(name, verdict)| *name == "ring_buffer" && features::is_available(verdict));
+        let (kind, transport_reason) = match config.transport {
+            TransportChoice::RingBuffer => (transport::Kind::RingBuffer, "configured"),
+            TransportChoice::PerfArray => (transport::Kind::PerfEventArray, "configured"),
+            TransportChoice::Auto if ring_available => (transport::Kind::RingBuffer, "the kernel has a BPF ring buffer"),
+            TransportChoice::Auto => (transport::Kind::PerfEventArray, "the kernel has no BPF ring buffer"),
+        };
+        let use_perf = u32::from(kind == transport::Kind::PerfEventArray);
+        tracing::info!(transport = kind.name(), why = transport_reason, "kernel record transport");
+        let mut bytes = object::read_checked(&config.object)?;
+        if use_perf == 1 {
+            bytes = object::ring_buffer_as_array(&bytes)
+                .map_err(|message| KernelError::ObjectInvalid { path: config.object.clone(), message })?;
+        }
         let tracefs = &config.tracefs_path;
         let filename_loc = tracefs::read_field_offset(tracefs, "sched", "sched_process_exec", "filename")?;
         let sock = |field| tracefs::read_field_offset(tracefs, "sock", "inet_sock_set_state", field);
@@ -126,8 +143,10 @@ impl Sensor {
             tracing::debug!(error = %e, "could not raise RLIMIT_MEMLOCK (not needed on kernels >= 5.11)");
         }
 
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .btf(Some(&btf))
+            .override_global("USE_PERF", &use_perf, true)
             .override_global("EXEC_FILENAME_LOC_OFFSET", &filename_loc, true)
             .override_global("WAKEUP_WATERMARK_BYTES", &config.wakeup_watermark_bytes, true)
             .override_global("SOCK_SKADDR_OFFSET", &skaddr, true)
@@ -141,10 +160,12 @@ impl Sensor {
             .override_global("CGROUP_PATH_LOC_OFFSET", &cg_path, true)
             .override_global("EXCLUDE_LOOPBACK", &exclude_loopback, true)
             .override_global("ENFORCE", &enforce, true)
-            .override_global("UDP_DEDUP_NS", &policy.udp_dedup_ns, true)
-            .map_max_entries("EVENTS", config.ring_buffer_bytes)
-            .load(&bytes)
-            .map_err(|e| KernelError::Load { path: config.object.clone(), message: error_chain(&e) })?;
+            .override_global("UDP_DEDUP_NS", &policy.udp_dedup_ns, true);
+        if use_perf == 0 {
+            loader.map_max_entries("EVENTS", config.ring_buffer_bytes);
+        }
+        let mut ebpf =
+            loader.load(&bytes).map_err(|e| KernelError::Load { path: config.object.clone(), message: error_chain(&e) })?;
 
         let mut hooks = Vec::new();
         let wanted = [
@@ -188,9 +209,16 @@ impl Sensor {
             }
         }
 
-        let ring = take_map(&mut ebpf, "EVENTS")?;
+        let maps = match kind {
+            transport::Kind::RingBuffer => transport::Maps::Ring(take_map::<RingBuf<MapData>>(&mut ebpf, "EVENTS")?),
+            transport::Kind::PerfEventArray => transport::Maps::Perf {
+                array: take_map::<PerfEventArray<MapData>>(&mut ebpf, "PERF_EVENTS")?,
+                pages: config.perf_buffer_pages,
+            },
+        };
         let counters = take_map(&mut ebpf, "COUNTERS")?;
-        Ok((Self { _ebpf: ebpf, counters, hooks, attached_boot_ns: crate::clock::boot_now_ns(), features }, ring))
+        let attached_boot_ns = crate::clock::boot_now_ns();
+        Ok((Self { _ebpf: ebpf, counters, hooks, attached_boot_ns, features, transport: kind, transport_reason }, maps))
     }
 
     /// Records the kernel could not put in the ring (it was full), summed over CPUs.

@@ -2,7 +2,10 @@
 //!
 //! Records go to one ring buffer, submitted without a wake-up unless the buffer holds more than
 //! `WAKEUP_WATERMARK_BYTES`: the agent drains on a short timer, so a storm of execs costs one
-//! wake-up per batch instead of one per record. Kernel struct reads go through the CO-RE getters
+//! wake-up per batch instead of one per record. With `USE_PERF` set (kernels without a BPF
+//! ring buffer, or forced) they go to the per-CPU perf event array instead; the ring buffer
+//! paths are then dead code the verifier never walks, and the agent loads the object with
+//! `EVENTS` turned into a one-entry array, so such a kernel never sees a ring buffer map. Kernel struct reads go through the CO-RE getters
 //! in `c/getters.c`; tracepoint field offsets come from tracefs via globals the agent sets.
 #![no_std]
 #![no_main]
@@ -16,7 +19,7 @@ use aya_ebpf::{
     },
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{cgroup_sock_addr, map, raw_tracepoint, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf, lpm_trie::{Key, LpmTrie}},
+    maps::{LruHashMap, PerCpuArray, PerfEventByteArray, RingBuf, lpm_trie::{Key, LpmTrie}},
     programs::{RawTracePointContext, SockAddrContext, TracePointContext},
 };
 use peregrine_common::{
@@ -73,8 +76,19 @@ static ENFORCE: u32 = 0;
 #[unsafe(no_mangle)]
 static WAKEUP_WATERMARK_BYTES: u64 = 1 << 20;
 
+/// 1: records go to PERF_EVENTS instead of EVENTS (set by the agent at load).
+#[unsafe(no_mangle)]
+static USE_PERF: u32 = 0;
+
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+#[map]
+static PERF_EVENTS: PerfEventByteArray = PerfEventByteArray::new(0);
+
+/// Per-CPU staging of cgroup records for the perf path (the ring path writes in place).
+#[map]
+static CGROUP_SCRATCH: PerCpuArray<CgroupRecord> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -122,6 +136,30 @@ fn count(index: u32) {
         // SAFETY: per-CPU slot, programs do not preempt each other on one CPU for this map.
         unsafe { *slot += 1 };
     }
+}
+
+#[inline(always)]
+fn use_perf() -> bool {
+    global(&USE_PERF) != 0
+}
+
+/// Sends one record through the transport in force. The perf path's losses (buffer full) are
+/// counted by the kernel per CPU buffer and read by the agent with the records.
+#[inline(always)]
+fn emit<C: EbpfContext>(ctx: &C, bytes: &[u8]) {
+    if use_perf() {
+        PERF_EVENTS.output(ctx, bytes, 0);
+    } else if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
+        count(counter::RING_FULL);
+    }
+}
+
+/// A record's bytes.
+#[inline(always)]
+fn bytes_of<T>(rec: &T) -> &[u8] {
+    // SAFETY: records are `repr(C)` plain data with explicit padding fields, fully written
+    // before they are sent; the slice covers exactly the value and lives as long as `rec`.
+    unsafe { core::slice::from_raw_parts((rec as *const T).cast::<u8>(), size_of::<T>()) }
 }
 
 #[inline(always)]
@@ -198,7 +236,7 @@ fn try_exec(ctx: &TracePointContext) -> Result<(), i64> {
 
     let size = ExecRecord::ARGV_OFFSET + rec.argv_len as usize;
     rec.header = header(RecordKind::Exec, flags, size);
-    output(rec as *const ExecRecord as *const u8, size, ExecRecord::ARGV_OFFSET + ARGV_CAP)
+    output(ctx, rec as *const ExecRecord as *const u8, size, ExecRecord::ARGV_OFFSET + ARGV_CAP)
 }
 
 #[inline(always)]
@@ -229,14 +267,14 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: the tracepoint's task pointers, read by the CO-RE getter with probe reads.
     if unsafe { peregrine_fork_info(parent, child, &mut rec.info) } == 1 {
-        let _ = EVENTS.output::<ForkRecord>(&rec, submit_flags()).map_err(|_| count(counter::RING_FULL));
+        emit(&ctx, bytes_of(&rec));
     }
     0
 }
 
 /// Process ends: only the last thread's exit is recorded.
 #[tracepoint]
-pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let mut rec = ExitRecord {
         header: header(RecordKind::Exit, 0, size_of::<ExitRecord>()),
@@ -249,7 +287,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     };
     // SAFETY: CO-RE getter reading the current task with probe reads.
     if unsafe { peregrine_exit_info(&mut rec.info) } == 1 {
-        let _ = EVENTS.output::<ExitRecord>(&rec, submit_flags()).map_err(|_| count(counter::RING_FULL));
+        emit(&ctx, bytes_of(&rec));
     }
     0
 }
@@ -279,14 +317,41 @@ fn cgroup_record(ctx: &TracePointContext, kind: RecordKind) -> Result<(), i64> {
     if root != 0 {
         return Ok(());
     }
+    if use_perf() {
+        let Some(rec) = CGROUP_SCRATCH.get_ptr_mut(0) else { return Err(-1) };
+        // SAFETY: the per-CPU scratch value, size_of::<CgroupRecord>() bytes, not shared with
+        // another program run on this CPU.
+        if !unsafe { fill_cgroup(ctx, kind, rec) } {
+            return Err(-1);
+        }
+        // SAFETY: filled above; the map value outlives this call.
+        emit(ctx, bytes_of(unsafe { &*rec }));
+        return Ok(());
+    }
     let Some(mut entry) = EVENTS.reserve::<CgroupRecord>(0) else {
         count(counter::RING_FULL);
         return Ok(());
     };
-    let rec = entry.as_mut_ptr();
-    // SAFETY: `rec` points to a reserved ring buffer slot of size_of::<CgroupRecord>() bytes,
-    // which we own until submit/discard; every field is written before submitting.
-    let filled = unsafe {
+    // SAFETY: a reserved ring buffer slot of size_of::<CgroupRecord>() bytes, which we own
+    // until submit/discard.
+    if unsafe { fill_cgroup(ctx, kind, entry.as_mut_ptr()) } {
+        entry.submit(submit_flags());
+        Ok(())
+    } else {
+        entry.discard(0);
+        Err(-1)
+    }
+}
+
+/// Writes every field of a cgroup record from the tracepoint; false if a read failed.
+///
+/// # Safety
+/// `rec` must point to `size_of::<CgroupRecord>()` writable bytes owned by the caller.
+#[inline(always)]
+unsafe fn fill_cgroup(ctx: &TracePointContext, kind: RecordKind, rec: *mut CgroupRecord) -> bool {
+    // SAFETY: reads of the tracepoint record through bpf_probe_read_kernel; `rec` is the
+    // caller's.
+    unsafe {
         let id: Result<u64, _> = ctx.read_at(global(&CGROUP_ID_OFFSET) as usize);
         let level: Result<i32, _> = ctx.read_at(global(&CGROUP_LEVEL_OFFSET) as usize);
         let loc: Result<u32, _> = ctx.read_at(global(&CGROUP_PATH_LOC_OFFSET) as usize);
@@ -307,13 +372,6 @@ fn cgroup_record(ctx: &TracePointContext, kind: RecordKind) -> Result<(), i64> {
             }
             _ => false,
         }
-    };
-    if filled {
-        entry.submit(submit_flags());
-        Ok(())
-    } else {
-        entry.discard(0);
-        Err(-1)
     }
 }
 
@@ -353,7 +411,7 @@ fn conn_scratch() -> Option<&'static mut ConnRecord> {
 
 /// Emits the staged connection record unless loopback is excluded and it is loopback.
 #[inline(always)]
-fn emit_conn(rec: &mut ConnRecord, kind: RecordKind, flags: u16, sock: u64, result: u16) {
+fn emit_conn<C: EbpfContext>(ctx: &C, rec: &mut ConnRecord, kind: RecordKind, flags: u16, sock: u64, result: u16) {
     if global(&EXCLUDE_LOOPBACK) != 0 && is_loopback(&rec.tuple) {
         return;
     }
@@ -361,9 +419,7 @@ fn emit_conn(rec: &mut ConnRecord, kind: RecordKind, flags: u16, sock: u64, resu
     rec.sock = sock;
     rec.outcome = result;
     rec._pad = [0; 3];
-    if EVENTS.output::<ConnRecord>(rec, submit_flags()).is_err() {
-        count(counter::RING_FULL);
-    }
+    emit(ctx, bytes_of(rec));
 }
 
 /// TCP state changes: CLOSE->SYN_SENT (a connect, in the caller's context: remember who),
@@ -399,10 +455,10 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if new == tcp_state::SYN_SENT {
         fill_current_owner(&mut rec.owner);
         let _ = CONNECTING.insert(&sk, &rec.owner, 0);
-        emit_conn(rec, RecordKind::Connect, 0, sk, outcome::ATTEMPT);
+        emit_conn(&ctx, rec, RecordKind::Connect, 0, sk, outcome::ATTEMPT);
     } else if new == tcp_state::LISTEN {
         fill_current_owner(&mut rec.owner);
-        emit_conn(rec, RecordKind::Listen, 0, sk, 0);
+        emit_conn(&ctx, rec, RecordKind::Listen, 0, sk, 0);
     } else {
         let mut flags = 0;
         // SAFETY: the map value is copied into the record before the entry is removed.
@@ -416,7 +472,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         }
         let _ = CONNECTING.remove(&sk);
         let result = if new == tcp_state::ESTABLISHED { outcome::ESTABLISHED } else { outcome::FAILED };
-        emit_conn(rec, RecordKind::Connect, flags, sk, result);
+        emit_conn(&ctx, rec, RecordKind::Connect, flags, sk, result);
     }
     0
 }
@@ -435,7 +491,7 @@ fn on_accept(ctx: &TracePointContext) {
         return;
     }
     fill_current_owner(&mut rec.owner);
-    emit_conn(rec, RecordKind::Accept, 0, sk, 0);
+    emit_conn(ctx, rec, RecordKind::Accept, 0, sk, 0);
 }
 
 /// Inbound connections, in the accepting process's context.
@@ -500,7 +556,7 @@ fn on_sock_addr(ctx: &SockAddrContext, v6: bool, op: u16) -> i32 {
     };
     if denied {
         fill_sockaddr_owner(&mut rec.owner);
-        emit_conn(rec, RecordKind::Denied, op, 0, 0);
+        emit_conn(ctx, rec, RecordKind::Denied, op, 0, 0);
         return DENY;
     }
     if protocol != IPPROTO_UDP {
@@ -524,7 +580,7 @@ fn on_sock_addr(ctx: &SockAddrContext, v6: bool, op: u16) -> i32 {
         return ALLOW;
     }
     let _ = UDP_SEEN.insert(&key, &now, 0);
-    emit_conn(rec, RecordKind::Udp, op, 0, 0);
+    emit_conn(ctx, rec, RecordKind::Udp, op, 0, 0);
     ALLOW
 }
 
@@ -573,13 +629,11 @@ pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
 
 /// Copies `len` bytes (at most `cap`, the staging record's size) of a staged record to the ring.
 #[inline(always)]
-fn output(ptr: *const u8, len: usize, cap: usize) -> Result<(), i64> {
+fn output<C: EbpfContext>(ctx: &C, ptr: *const u8, len: usize, cap: usize) -> Result<(), i64> {
     let len = if len > cap { cap } else { len };
     // SAFETY: ptr is the staging map value, which is `cap` bytes long, and len <= cap.
     let bytes = unsafe { core::slice::from_raw_parts(ptr, len) };
-    if EVENTS.output::<[u8]>(bytes, submit_flags()).is_err() {
-        count(counter::RING_FULL);
-    }
+    emit(ctx, bytes);
     Ok(())
 }
 

@@ -1,0 +1,126 @@
+//! How records travel from the kernel programs to the agent: the BPF ring buffer (one buffer,
+//! records in submission order, wake-ups batched) or, where the kernel has none or when forced,
+//! the per-CPU perf event array (`ebpf.transport`, docs/KERNELS.md).
+//!
+//! The perf path drains on the drain timer rather than on wake-ups, and its losses (a CPU's
+//! buffer full) come from the kernel's own `PERF_RECORD_LOST` counts, read with the records.
+
+use aya::maps::{
+    MapData, PerfEventArray, RingBuf,
+    perf::{PerfEvent, PerfEventArrayBuffer},
+};
+use tokio::io::unix::AsyncFd;
+
+use super::KernelError;
+
+/// The transport in force, as reported in the started status and the metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    RingBuffer,
+    PerfEventArray,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RingBuffer => "ring_buffer",
+            Self::PerfEventArray => "perf_event_array",
+        }
+    }
+}
+
+/// The maps the agent reads, taken from the loaded object.
+pub enum Maps {
+    Ring(RingBuf<MapData>),
+    Perf { array: PerfEventArray<MapData>, pages: usize },
+}
+
+/// The open reading side.
+pub enum Records {
+    Ring(AsyncFd<RingBuf<MapData>>),
+    Perf(PerfReader),
+}
+
+pub struct PerfReader {
+    buffers: Vec<PerfEventArrayBuffer<MapData>>,
+    /// A sample that straddles a buffer's end, joined.
+    joined: Vec<u8>,
+    lost: u64,
+}
+
+impl Maps {
+    /// Opens the reading side: the ring under tokio's reactor, or one perf buffer per CPU.
+    pub fn open(self) -> Result<Records, KernelError> {
+        match self {
+            Self::Ring(ring) => {
+                // SAFETY: the RingBuf owns its map fd and keeps it open for as long as the
+                // AsyncFd (which owns the RingBuf) is registered; nothing else closes it.
+                let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                    .map_err(|e| KernelError::Map { map: "EVENTS", message: format!("registering the ring buffer: {e}") })?;
+                Ok(Records::Ring(fd))
+            }
+            Self::Perf { mut array, pages } => {
+                let cpus = aya::util::online_cpus()
+                    .map_err(|(path, e)| KernelError::Map { map: "PERF_EVENTS", message: format!("reading {path}: {e}") })?;
+                let mut buffers = Vec::with_capacity(cpus.len());
+                for cpu in cpus {
+                    buffers.push(array.open(cpu, Some(pages)).map_err(|e| KernelError::Map {
+                        map: "PERF_EVENTS",
+                        message: format!("opening the perf buffer of CPU {cpu} ({pages} pages): {e}"),
+                    })?);
+                }
+                Ok(Records::Perf(PerfReader { buffers, joined: Vec::new(), lost: 0 }))
+            }
+        }
+    }
+}
+
+impl Records {
+    /// Waits until the ring has data; the perf path never wakes (it drains on the timer).
+    pub async fn readable(&mut self) {
+        match self {
+            Self::Ring(fd) => {
+                if let Ok(mut guard) = fd.readable_mut().await {
+                    guard.clear_ready();
+                }
+            }
+            Self::Perf(_) => std::future::pending().await,
+        }
+    }
+
+    /// Hands every available record to `f`, in each buffer's order.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
+        match self {
+            Self::Ring(fd) => {
+                let ring = fd.get_mut();
+                while let Some(item) = ring.next() {
+                    f(&item);
+                }
+            }
+            Self::Perf(p) => {
+                let PerfReader { buffers, joined, lost } = p;
+                for buffer in buffers.iter_mut() {
+                    buffer.for_each(|event| match event {
+                        PerfEvent::Sample { head, tail: [] } => f(head),
+                        PerfEvent::Sample { head, tail } => {
+                            joined.clear();
+                            joined.extend_from_slice(head);
+                            joined.extend_from_slice(tail);
+                            f(joined);
+                        }
+                        PerfEvent::Lost { count } => *lost += count,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Records the kernel dropped because a perf buffer was full, since the start (the ring
+    /// buffer's losses are counted by the programs instead).
+    pub fn lost(&self) -> u64 {
+        match self {
+            Self::Ring(_) => 0,
+            Self::Perf(p) => p.lost,
+        }
+    }
+}
