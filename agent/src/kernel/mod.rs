@@ -194,6 +194,14 @@ impl Sensor {
                     .map_err(|e| KernelError::Map { map: "DENY4", message: e.to_string() })?;
             }
         }
+        // The perf buffers go in before any program is attached (see transport::Maps::Perf).
+        let perf = match kind {
+            transport::Kind::PerfEventArray => Some(transport::PerfReader::open(
+                take_map::<PerfEventArray<MapData>>(&mut ebpf, "PERF_EVENTS")?,
+                config.perf_buffer_pages,
+            )?),
+            transport::Kind::RingBuffer => None,
+        };
         let cgroup_root = cgroup2_root(config.cgroup2_path.as_deref())?;
         let socket_programs = preflight::effective_caps().is_some_and(preflight::can_load_socket_programs);
         for (hook, enabled) in wanted {
@@ -209,12 +217,9 @@ impl Sensor {
             }
         }
 
-        let maps = match kind {
-            transport::Kind::RingBuffer => transport::Maps::Ring(take_map::<RingBuf<MapData>>(&mut ebpf, "EVENTS")?),
-            transport::Kind::PerfEventArray => transport::Maps::Perf {
-                array: take_map::<PerfEventArray<MapData>>(&mut ebpf, "PERF_EVENTS")?,
-                pages: config.perf_buffer_pages,
-            },
+        let maps = match perf {
+            Some(reader) => transport::Maps::Perf(reader),
+            None => transport::Maps::Ring(take_map::<RingBuf<MapData>>(&mut ebpf, "EVENTS")?),
         };
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         let attached_boot_ns = crate::clock::boot_now_ns();

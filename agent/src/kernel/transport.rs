@@ -32,7 +32,9 @@ impl Kind {
 /// The maps the agent reads, taken from the loaded object.
 pub enum Maps {
     Ring(RingBuf<MapData>),
-    Perf { array: PerfEventArray<MapData>, pages: usize },
+    /// Opened before the programs are attached: a record written to a CPU whose buffer is
+    /// not installed yet would be dropped without a count.
+    Perf(PerfReader),
 }
 
 /// The open reading side.
@@ -48,8 +50,24 @@ pub struct PerfReader {
     lost: u64,
 }
 
+impl PerfReader {
+    /// Opens and installs one buffer per online CPU.
+    pub fn open(mut array: PerfEventArray<MapData>, pages: usize) -> Result<Self, KernelError> {
+        let cpus = aya::util::online_cpus()
+            .map_err(|(path, e)| KernelError::Map { map: "PERF_EVENTS", message: format!("reading {path}: {e}") })?;
+        let mut buffers = Vec::with_capacity(cpus.len());
+        for cpu in cpus {
+            buffers.push(array.open(cpu, Some(pages)).map_err(|e| KernelError::Map {
+                map: "PERF_EVENTS",
+                message: format!("opening the perf buffer of CPU {cpu} ({pages} pages): {e}"),
+            })?);
+        }
+        Ok(Self { buffers, joined: Vec::new(), lost: 0 })
+    }
+}
+
 impl Maps {
-    /// Opens the reading side: the ring under tokio's reactor, or one perf buffer per CPU.
+    /// The reading side: the ring under tokio's reactor, or the perf buffers.
     pub fn open(self) -> Result<Records, KernelError> {
         match self {
             Self::Ring(ring) => {
@@ -59,18 +77,7 @@ impl Maps {
                     .map_err(|e| KernelError::Map { map: "EVENTS", message: format!("registering the ring buffer: {e}") })?;
                 Ok(Records::Ring(fd))
             }
-            Self::Perf { mut array, pages } => {
-                let cpus = aya::util::online_cpus()
-                    .map_err(|(path, e)| KernelError::Map { map: "PERF_EVENTS", message: format!("reading {path}: {e}") })?;
-                let mut buffers = Vec::with_capacity(cpus.len());
-                for cpu in cpus {
-                    buffers.push(array.open(cpu, Some(pages)).map_err(|e| KernelError::Map {
-                        map: "PERF_EVENTS",
-                        message: format!("opening the perf buffer of CPU {cpu} ({pages} pages): {e}"),
-                    })?);
-                }
-                Ok(Records::Perf(PerfReader { buffers, joined: Vec::new(), lost: 0 }))
-            }
+            Self::Perf(reader) => Ok(Records::Perf(reader)),
         }
     }
 }
