@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use serde_json::Value;
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
