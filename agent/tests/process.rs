@@ -292,13 +292,7 @@ fn ring_overflow_is_counted_and_reported() {
     let cgroup = TestCgroup::new();
     let leaf = copy_of(dir.path(), "true", "flood");
     const PRODUCED: u64 = 1500;
-    let flood = format!(
-        "echo $$ > {}/cgroup.procs || exit 9\ni=0\nwhile [ $i -lt {PRODUCED} ]; do {} flood; i=$((i+1)); done",
-        cgroup.0.display(),
-        leaf.display()
-    );
-    let status = Command::new(tool("sh")).args(["-c", &flood]).status().unwrap();
-    assert!(status.success(), "flood failed: {status}");
+    cgroup.flood(&leaf, PRODUCED);
     std::fs::remove_file(&pause).unwrap();
     let events = settle(&collector);
 

@@ -373,6 +373,19 @@ impl Drop for TestCgroup {
 }
 
 /// The `kind` objects (e.g. the `exec` of `{"kind":{"exec":{...}}}`) matching `pred`, in order.
+impl TestCgroup {
+    /// Runs `leaf` `n` times from a shell that moved itself into this cgroup.
+    pub fn flood(&self, leaf: &Path, n: u64) {
+        let script = format!(
+            "echo $$ > {}/cgroup.procs || exit 9\ni=0\nwhile [ $i -lt {n} ]; do {} flood; i=$((i+1)); done",
+            self.0.display(),
+            leaf.display()
+        );
+        let status = Command::new(tool("sh")).args(["-c", &script]).status().unwrap();
+        assert!(status.success(), "flood failed: {status}");
+    }
+}
+
 pub fn of_kind<'a>(events: &'a [Value], kind: &str, pred: impl Fn(&Value) -> bool) -> Vec<&'a Value> {
     events.iter().map(|e| &e["kind"][kind]).filter(|k| k.is_object() && pred(k)).collect()
 }
