@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Bump on any change to a record layout, a record kind's meaning, or a global the agent sets.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Name of the object-file symbol holding the ABI version the programs were built with.
 pub const ABI_SYMBOL: &str = "PEREGRINE_ABI_VERSION";
