@@ -200,11 +200,15 @@ pub struct ProcessConfig {
     pub exit_grace_ms: u64,
     /// Ancestors attached to each exec event (Falco's `proc.aname[N]`).
     pub ancestry_depth: usize,
+    /// Executables (host paths) whose exec is refused with EPERM and reported as an alert:
+    /// enforced by a BPF LSM hook, so only where the kernel runs BPF LSM (the agent refuses to
+    /// start otherwise, rather than seem to enforce). Matched by device and inode at start.
+    pub deny_exec: Vec<PathBuf>,
 }
 
 impl Default for ProcessConfig {
     fn default() -> Self {
-        Self { cache_capacity: 65536, exit_grace_ms: 10_000, ancestry_depth: 5 }
+        Self { cache_capacity: 65536, exit_grace_ms: 10_000, ancestry_depth: 5, deny_exec: Vec::new() }
     }
 }
 

@@ -4,7 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use peregrine_common::{
-    ABI_VERSION, CGROUP_PATH_CAP, COMM_LEN, CgroupRecord, ConnRecord, ExecRecord, ExitRecord, FILENAME_CAP, ForkRecord, PATH_CAP, PathBuf,
+    ABI_VERSION, CGROUP_PATH_CAP, COMM_LEN, CgroupRecord, ConnRecord, DENIED_NAME_CAP, ExecDeniedRecord, ExecRecord, ExitRecord,
+    FILENAME_CAP, ForkRecord, PATH_CAP, PathBuf,
     RecordHeader, RecordKind, TaskInfo, cgroup_flags, conn_flags, exec_flags, outcome, path_flags, sockaddr_op,
 };
 
@@ -39,6 +40,22 @@ pub enum Record {
     Exit(Exit),
     Conn(Conn),
     Cgroup(Cgroup),
+    ExecDenied(ExecDenied),
+}
+
+/// An exec the LSM hook refused (`process.deny_exec`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecDenied {
+    pub boot_ns: u64,
+    pub tgid: u32,
+    pub pid: u32,
+    pub start_ns: u64,
+    pub cgroup_id: u64,
+    pub comm: String,
+    pub dev: u64,
+    pub ino: u64,
+    /// The name given to execve.
+    pub filename: String,
 }
 
 /// A cgroup2 directory appeared or went away.
@@ -168,6 +185,7 @@ impl Record {
             Self::Exit(e) => e.boot_ns,
             Self::Conn(c) => c.boot_ns,
             Self::Cgroup(c) => c.boot_ns,
+            Self::ExecDenied(d) => d.boot_ns,
         }
     }
 }
@@ -235,6 +253,22 @@ pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
                 level: r.level,
                 path: text(until_nul(&r.path[..len]), &mut lossy),
                 truncated: header.flags & cgroup_flags::PATH_TRUNCATED != 0,
+            }))
+        }
+        Some(RecordKind::ExecDenied) => {
+            let r: ExecDeniedRecord = fixed(bytes, "exec denial")?;
+            let mut lossy = false;
+            let len = usize::from(r.filename_len).min(DENIED_NAME_CAP);
+            Ok(Record::ExecDenied(ExecDenied {
+                boot_ns: header.boot_ns,
+                tgid: r.owner.tgid,
+                pid: r.owner.pid,
+                start_ns: r.owner.start_ns,
+                cgroup_id: r.owner.cgroup_id,
+                comm: text(until_nul(&r.owner.comm), &mut lossy),
+                dev: r.file.dev,
+                ino: r.file.ino,
+                filename: text(until_nul(&r.filename[..len]), &mut lossy),
             }))
         }
         None => Err(DecodeError::Kind(header.kind)),

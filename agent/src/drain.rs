@@ -269,6 +269,10 @@ impl Drain {
     fn apply(&mut self, bytes: &[u8]) {
         match decode::decode(bytes) {
             Ok(decode::Record::Cgroup(cgroup)) => self.containers.apply_cgroup(&cgroup),
+            Ok(decode::Record::ExecDenied(d)) => {
+                let alert = denied_exec_alert(&d, self.tracker.process_of(d.tgid, d.start_ns, d.pid, &d.comm, d.cgroup_id));
+                self.emit(d.boot_ns, Kind::Alert(alert));
+            }
             Ok(decode::Record::Conn(conn)) => {
                 let boot_ns = conn.boot_ns;
                 for kind in self.net.apply(conn, &self.tracker) {
@@ -436,4 +440,28 @@ struct Trigger {
     container: Option<peregrine_proto::Container>,
     enrichment: String,
     privilege: Vec<String>,
+}
+
+/// An exec the LSM hook refused, as an alert: the enforcement decision, with the process that
+/// tried (its image is still the caller's: the exec never happened).
+fn denied_exec_alert(d: &decode::ExecDenied, process: peregrine_proto::Process) -> peregrine_proto::v1::Alert {
+    let fields = [
+        ("evt.arg.filename", d.filename.clone()),
+        ("proc.pid", d.pid.to_string()),
+        ("proc.name", d.comm.clone()),
+        ("peregrine.file.dev", d.dev.to_string()),
+        ("peregrine.file.ino", d.ino.to_string()),
+    ];
+    peregrine_proto::v1::Alert {
+        rule: "Exec denied by policy".into(),
+        priority: "Critical".into(),
+        tags: vec!["peregrine".into(), "enforcement".into(), "process".into()],
+        output: format!("Exec of {} denied by process.deny_exec (pid={} comm={})", d.filename, d.pid, d.comm),
+        fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        container_id: String::new(),
+        count: 1,
+        folded: false,
+        event_id: String::new(),
+        process: Some(process),
+    }
 }

@@ -121,6 +121,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         udp_dedup_ns: config.network.udp_dedup_ms.saturating_mul(1_000_000),
         // Validated with the configuration.
         deny4: config.network.deny4().unwrap_or_default(),
+        deny_exec: config.process.deny_exec.clone(),
     };
     let (sensor, ring) = Sensor::load(&config.ebpf, &policy)?;
     tracing::info!(hooks = ?sensor.hooks, object = %config.ebpf.object.display(), "kernel programs loaded");

@@ -35,6 +35,17 @@ fn object_with_another_abi_is_refused() {
     );
 }
 
+/// Exec enforcement needs the BPF LSM, which this machine's kernel refuses: the agent says so
+/// and does not start (it must not seem to enforce what it cannot). The 6.1 VM enforces it.
+#[test]
+fn exec_enforcement_without_the_bpf_lsm_is_refused_with_the_reason() {
+    let dir = TempDir::new("deny-exec");
+    let cmd = agent_command("http://127.0.0.1:1", free_port(), &["process.deny_exec=[\"/bin/true\"]"]);
+    let (code, stderr) = agent_fails(cmd, dir.path());
+    assert_clean_failure(code, &stderr, "process.deny_exec needs the BPF LSM (unavailable: ");
+    assert!(stderr.contains("lsm/bprm_check_security"), "{stderr}");
+}
+
 #[test]
 fn unprivileged_agent_names_the_missing_capabilities() {
     let dir = TempDir::new("unpriv");

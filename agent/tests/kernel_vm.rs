@@ -61,12 +61,13 @@ say uname "$(uname -r)"
 say cgroup-mounts "$(grep -c cgroup /proc/mounts)"
 /bin/agent --check-core /peregrine-ebpf.o > /tmp/core.jsonl 2> /tmp/core.err
 say core-exit "$?"
+cp /bin/busybox /tmp/deny-me
 /bin/collector --set listen=127.0.0.1:7700 --set http.listen=127.0.0.1:9465 --set queue.dir=/tmp/q \
   --set output.kind=file --set output.path=/tmp/events.jsonl 2>/tmp/collector.log &
 /bin/agent --set cluster_name=vm --set node_name=vm --set collector.address=http://127.0.0.1:7700 \
   --set ebpf.object=/peregrine-ebpf.o --set spool.dir=/tmp/spool --set http.listen=127.0.0.1:9464 \
   --set pipeline.heartbeat_interval_ms=200 --set pipeline.batch_max_delay_ms=10 \
-  --set network.exclude_loopback=false 2>/tmp/agent.log &
+  --set network.exclude_loopback=false --set 'process.deny_exec=["/tmp/deny-me"]' 2>/tmp/agent.log &
 agent=$!
 i=0; while [ $i -lt 900 ] && ! grep -q '"phase":1' /tmp/events.jsonl 2>/dev/null; do sleep 0.2; i=$((i+1)); done
 say ready "$i"
@@ -100,6 +101,11 @@ while [ $i -lt 300 ]; do
 done
 say waited "$i"
 
+# 5. exec enforcement by the BPF LSM hook: the denied copy of busybox does not run.
+sh -c 'echo $$ > /tmp/denypid; exec /tmp/deny-me true vm-deny-token'
+say deny-exit "$?" "$(cat /tmp/denypid)"
+i=0; while [ $i -lt 300 ] && ! grep -q 'Exec denied by policy' /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done
+
 # 4. the perf event array transport, forced: a second agent after the first stopped.
 kill $agent
 i=0; while [ $i -lt 100 ] && kill -0 $agent 2>/dev/null; do sleep 0.1; i=$((i+1)); done
@@ -111,7 +117,7 @@ i=0; while [ $i -lt 900 ] && ! grep -q 'perf_event_array (configured)' /tmp/even
 i=0; while [ $i -lt 300 ] && ! grep -q vm-perf-token /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done
 say perf-waited "$i"
 echo PEREGRINE-VM-EVENTS-BEGIN
-grep -e '"status"' -e vm- -e '"connection"' /tmp/events.jsonl
+grep -e '"status"' -e vm- -e '"connection"' -e deny-me /tmp/events.jsonl
 echo PEREGRINE-VM-EVENTS-END
 echo PEREGRINE-VM-CORE-BEGIN
 cat /tmp/core.jsonl /tmp/core.err
@@ -262,7 +268,8 @@ fn the_6_1_kernel_runs_the_scenarios_with_every_optional_feature() {
     // The kernel's report: every hook attached; every feature, optional ones included, there.
     let started = events.iter().find(|e| e["kind"]["status"]["phase"] == 1).unwrap_or_else(|| panic!("no started status: {log}"));
     let hooks = started["kind"]["status"]["hooks"].as_array().unwrap();
-    assert_eq!(hooks.len(), 14, "{hooks:?}");
+    assert_eq!(hooks.len(), 15, "{hooks:?}");
+    assert!(hooks.iter().any(|h| h == "lsm/bprm_check_security"), "the LSM exec hook, enforcing: {hooks:?}");
     for h in ["tracepoint/sched/sched_process_exec", "raw_tracepoint/sched_process_fork", "tracepoint/sched/sched_process_exit", "cgroup/connect4", "tracepoint/cgroup/cgroup_mkdir"] {
         assert!(hooks.iter().any(|x| x == h), "{h} attached on 6.1: {hooks:?}");
     }
@@ -327,4 +334,23 @@ fn the_6_1_kernel_runs_the_scenarios_with_every_optional_feature() {
         .find(|e| e["kind"]["exec"]["process"]["argv"] == json!(["/bin/busybox", "true", "vm-perf-token"]))
         .unwrap_or_else(|| panic!("the exec over the perf array is missing: {log}"));
     assert_eq!(perf_exec["kind"]["exec"]["process"]["exe"], "/bin/busybox");
+
+    // 5. exec enforcement (the first agent, with process.deny_exec): the exec failed with
+    // EPERM in the shell that tried, and the denial is an alert naming the file and process.
+    let deny_pid = num("deny-exit", 1);
+    assert_ne!(said["deny-exit"][0], "0", "the denied exec ran");
+    let denied = events
+        .iter()
+        .find(|e| e["kind"]["alert"]["rule"] == "Exec denied by policy")
+        .unwrap_or_else(|| panic!("no denial alert: {log}"));
+    let a = &denied["kind"]["alert"];
+    assert_eq!(a["priority"], "Critical");
+    assert_eq!(a["fields"]["evt.arg.filename"], "/tmp/deny-me");
+    assert_eq!(a["fields"]["proc.pid"], deny_pid.to_string());
+    assert_eq!(a["process"]["pid"], deny_pid);
+    assert_eq!(a["output"], format!("Exec of /tmp/deny-me denied by process.deny_exec (pid={deny_pid} comm=sh)"));
+    assert!(
+        !events.iter().any(|e| e["kind"]["exec"]["process"]["filename"] == "/tmp/deny-me"),
+        "an exec event for the denied file"
+    );
 }

@@ -12,7 +12,7 @@ pub mod transport;
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{MapData, PerCpuArray, PerfEventArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, RawTracePoint, TracePoint},
 };
 pub use error::KernelError;
 use peregrine_common::counter;
@@ -80,6 +80,8 @@ pub struct SocketPolicy {
     pub udp_dedup_ns: u64,
     /// IPv4 destinations (address, prefix length) refused with EPERM; empty: no enforcement.
     pub deny4: Vec<([u8; 4], u32)>,
+    /// Executables whose exec the LSM hook refuses; empty: the hook is not loaded.
+    pub deny_exec: Vec<std::path::PathBuf>,
 }
 
 /// Programs loaded and attached; dropping it detaches them.
@@ -194,6 +196,45 @@ impl Sensor {
                     .map_err(|e| KernelError::Map { map: "DENY4", message: e.to_string() })?;
             }
         }
+        if !policy.deny_exec.is_empty() {
+            let lsm = features.iter().find(|(name, _)| *name == "lsm").map_or("not probed", |(_, v)| v.as_str());
+            if !features::is_available(lsm) {
+                return Err(KernelError::Attach {
+                    program: "lsm_bprm_check".into(),
+                    hook: LSM_EXEC_HOOK.into(),
+                    message: format!(
+                        "process.deny_exec needs the BPF LSM ({lsm}): boot the node with `lsm=...,bpf`, or empty process.deny_exec"
+                    ),
+                });
+            }
+            let map = ebpf.map_mut("EXEC_DENY").ok_or(KernelError::Map { map: "EXEC_DENY", message: "not in the object".into() })?;
+            // Keyed by FileKey's bytes (dev, then ino, native-endian as the program reads them).
+            let mut deny: aya::maps::HashMap<_, [u8; 16], u8> =
+                aya::maps::HashMap::try_from(map).map_err(|e| KernelError::Map { map: "EXEC_DENY", message: e.to_string() })?;
+            for path in &policy.deny_exec {
+                let key = file_key(path).map_err(|message| KernelError::Map { map: "EXEC_DENY", message })?;
+                deny.insert(key, 1, 0).map_err(|e| KernelError::Map { map: "EXEC_DENY", message: e.to_string() })?;
+            }
+        }
+        if !policy.deny_exec.is_empty() {
+            let program = ebpf.program_mut("lsm_bprm_check").ok_or_else(|| KernelError::Attach {
+                program: "lsm_bprm_check".into(),
+                hook: LSM_EXEC_HOOK.into(),
+                message: "program not found in the object".into(),
+            })?;
+            let lsm: &mut Lsm = program.try_into().map_err(|e: ProgramError| KernelError::Attach {
+                program: "lsm_bprm_check".into(),
+                hook: LSM_EXEC_HOOK.into(),
+                message: e.to_string(),
+            })?;
+            lsm.load("bprm_check_security", &btf).map_err(|e| rejected("lsm_bprm_check", e))?;
+            lsm.attach().map_err(|e| KernelError::Attach {
+                program: "lsm_bprm_check".into(),
+                hook: LSM_EXEC_HOOK.into(),
+                message: e.to_string(),
+            })?;
+            hooks.push(LSM_EXEC_HOOK.to_owned());
+        }
         // The perf buffers go in before any program is attached (see transport::Maps::Perf).
         let perf = match kind {
             transport::Kind::PerfEventArray => Some(transport::PerfReader::open(
@@ -290,6 +331,24 @@ fn load_program(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), KernelError> {
         }
     };
     loaded.map_err(|e| rejected(hook.program, e))
+}
+
+const LSM_EXEC_HOOK: &str = "lsm/bprm_check_security";
+
+/// The deny-map key of a file: its device in the kernel's encoding (`major << 20 | minor`, as
+/// `inode->i_sb->s_dev` holds it) and its inode.
+fn file_key(path: &std::path::Path) -> Result<[u8; 16], String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("process.deny_exec: {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("process.deny_exec: {} is not a regular file", path.display()));
+    }
+    let dev = meta.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let mut key = [0; 16];
+    key[..8].copy_from_slice(&((major << 20) | minor).to_ne_bytes());
+    key[8..].copy_from_slice(&meta.ino().to_ne_bytes());
+    Ok(key)
 }
 
 /// The cgroup2 hierarchy's root (configured, or found in /proc/self/mountinfo: `/sys/fs/cgroup`

@@ -35,7 +35,7 @@ impl Tracker {
             // Ancestry travels on exec events only: a fork's lineage is its parent's exec's,
             // and copying it onto every fork would double the agent's work per process.
             Record::Fork(f) => Kind::Fork(ProcessFork { process: Some(self.cache.fork(f)), ancestors: Vec::new() }),
-            Record::Conn(_) | Record::Cgroup(_) => return None,
+            Record::Conn(_) | Record::Cgroup(_) | Record::ExecDenied(_) => return None,
             Record::Exit(x) => {
                 let (process, status, duration_ns) = self.cache.exit(x);
                 Kind::Exit(ProcessExit {

@@ -46,6 +46,8 @@ pub enum RecordKind {
     CgroupMkdir = 9,
     /// A directory left the cgroup2 hierarchy (`cgroup:cgroup_rmdir`).
     CgroupRmdir = 10,
+    /// An exec the LSM hook refused (`EXEC_DENY`).
+    ExecDenied = 11,
 }
 
 impl RecordKind {
@@ -61,6 +63,7 @@ impl RecordKind {
             8 => Some(Self::Denied),
             9 => Some(Self::CgroupMkdir),
             10 => Some(Self::CgroupRmdir),
+            11 => Some(Self::ExecDenied),
             _ => None,
         }
     }
@@ -317,6 +320,30 @@ pub struct FlowKey {
     pub daddr: [u8; 16],
 }
 
+/// A file as the kernel knows it: its superblock's device (the kernel's encoding,
+/// `major << 20 | minor`) and its inode number. Key of the exec deny map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Bytes of the file name kept in an exec denial (the name as given to execve).
+pub const DENIED_NAME_CAP: usize = 256;
+
+/// An exec refused by the LSM hook because its file is in `EXEC_DENY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecDeniedRecord {
+    pub header: RecordHeader,
+    pub owner: SockOwner,
+    pub file: FileKey,
+    pub filename_len: u16,
+    pub _pad: [u16; 3],
+    pub filename: [u8; DENIED_NAME_CAP],
+}
+
 /// Indices into the per-CPU counter map `COUNTERS`.
 pub mod counter {
     /// Records the ring buffer had no room for.
@@ -343,6 +370,8 @@ const _: () = {
     assert!(size_of::<ForkRecord>() == 24 + 32 + 8 + 16);
     assert!(size_of::<ExitRecord>() == 24 + 16 + 8 + 8 + 16);
     assert!(size_of::<SockOwner>() == 40);
+    assert!(size_of::<FileKey>() == 16);
+    assert!(size_of::<ExecDeniedRecord>() == 24 + 40 + 16 + 8 + DENIED_NAME_CAP);
     assert!(size_of::<Tuple>() == 48);
     assert!(size_of::<FlowKey>() == 32);
     assert!(size_of::<ConnRecord>() == 24 + 40 + 8 + 48 + 8);

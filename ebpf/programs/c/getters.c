@@ -46,8 +46,23 @@ struct path {
 	struct dentry *dentry;
 } __attribute__((preserve_access_index));
 
+struct super_block {
+	__u32 s_dev;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned long i_ino;
+	struct super_block *i_sb;
+} __attribute__((preserve_access_index));
+
 struct file {
 	struct path f_path;
+	struct inode *f_inode;
+} __attribute__((preserve_access_index));
+
+struct linux_binprm {
+	struct file *file;
+	const char *filename;
 } __attribute__((preserve_access_index));
 
 struct fs_struct {
@@ -446,4 +461,23 @@ __u64 peregrine_fd_sock(int fd)
 	if (!sock)
 		return 0;
 	return (__u64)BPF_CORE_READ(sock, sk);
+}
+
+// The file an exec is about to run, as (device, inode): the LSM hook's deny-map key.
+int peregrine_bprm_file(void *bprm_ptr, struct peregrine_file_key *out)
+{
+	struct linux_binprm *bprm = bprm_ptr;
+	struct inode *inode = BPF_CORE_READ(bprm, file, f_inode);
+
+	out->ino = BPF_CORE_READ(inode, i_ino);
+	out->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	return out->ino != 0;
+}
+
+// The name given to execve, for the denial record; the length copied (with the NUL), or < 0.
+int peregrine_bprm_filename(void *bprm_ptr, char *buf, __u32 size)
+{
+	struct linux_binprm *bprm = bprm_ptr;
+
+	return bpf_probe_read_kernel_str(buf, size, BPF_CORE_READ(bprm, filename));
 }

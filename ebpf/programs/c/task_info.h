@@ -70,4 +70,10 @@ _Static_assert(sizeof(struct peregrine_task_info) == 32 + 16 * 4 + 32 + 2 * (8 +
 _Static_assert(sizeof(struct peregrine_fork_info) == 32, "fork_info");
 _Static_assert(sizeof(struct peregrine_exit_info) == 16, "exit_info");
 
+struct peregrine_file_key {
+	__u64 dev;
+	__u64 ino;
+};
+_Static_assert(sizeof(struct peregrine_file_key) == 16, "mirrors peregrine_common::FileKey");
+
 #endif

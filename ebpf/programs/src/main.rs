@@ -18,12 +18,12 @@ use aya_ebpf::{
         bpf_probe_read_user,
     },
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::{cgroup_sock_addr, map, raw_tracepoint, tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerfEventByteArray, RingBuf, lpm_trie::{Key, LpmTrie}},
-    programs::{RawTracePointContext, SockAddrContext, TracePointContext},
+    macros::{cgroup_sock_addr, lsm, map, raw_tracepoint, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerfEventByteArray, RingBuf, lpm_trie::{Key, LpmTrie}},
+    programs::{LsmContext, RawTracePointContext, SockAddrContext, TracePointContext},
 };
 use peregrine_common::{
-    ARGV_CAP, CGROUP_PATH_CAP, CgroupRecord, ConnRecord, ExecRecord, ExitInfo, ExitRecord, FILENAME_CAP, FlowKey, ForkInfo,
+    ARGV_CAP, CGROUP_PATH_CAP, CgroupRecord, ConnRecord, DENIED_NAME_CAP, ExecDeniedRecord, ExecRecord, FileKey, ExitInfo, ExitRecord, FILENAME_CAP, FlowKey, ForkInfo,
     ForkRecord, RecordHeader, RecordKind, SockOwner, TaskInfo, Tuple, conn_flags, counter,
     cgroup_flags, exec_flags, outcome, sockaddr_op, tcp_state,
 };
@@ -86,6 +86,13 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static PERF_EVENTS: PerfEventByteArray = PerfEventByteArray::new(0);
 
+/// Files whose exec the LSM hook refuses (filled by the agent from `enforcement.deny_exec`).
+#[map]
+static EXEC_DENY: HashMap<FileKey, u8> = HashMap::with_max_entries(1024, 0);
+
+#[map]
+static DENIED_SCRATCH: PerCpuArray<ExecDeniedRecord> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU staging of cgroup records for the perf path (the ring path writes in place).
 #[map]
 static CGROUP_SCRATCH: PerCpuArray<CgroupRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -121,6 +128,8 @@ unsafe extern "C" {
     fn peregrine_current_start_ns() -> u64;
     fn peregrine_sock_tuple(sk: u64, out: *mut Tuple) -> i32;
     fn peregrine_fd_sock(fd: i32) -> u64;
+    fn peregrine_bprm_file(bprm: *const u8, out: *mut FileKey) -> i32;
+    fn peregrine_bprm_filename(bprm: *const u8, buf: *mut u8, size: u32) -> i32;
 }
 
 #[inline(always)]
@@ -625,6 +634,41 @@ pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg6)]
 pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
     on_sock_addr(&ctx, true, sockaddr_op::RECVMSG)
+}
+
+/// Exec enforcement where the kernel runs BPF LSM: an exec of a file in EXEC_DENY fails with
+/// EPERM before the new image replaces the caller, and the refusal is reported. Loaded only
+/// where the `lsm` feature is available and `enforcement.deny_exec` lists files.
+#[lsm(hook = "bprm_check_security")]
+pub fn lsm_bprm_check(ctx: LsmContext) -> i32 {
+    // bprm_check_security(struct linux_binprm *), then the verdict of earlier BPF LSM programs.
+    let (bprm, previous): (*const u8, i32) = (ctx.arg(0), ctx.arg(1));
+    if previous != 0 {
+        return previous;
+    }
+    let mut key = FileKey { dev: 0, ino: 0 };
+    // SAFETY: CO-RE getter reading the binprm with probe reads.
+    if unsafe { peregrine_bprm_file(bprm, &mut key) } != 1 {
+        return 0;
+    }
+    // SAFETY: a plain lookup; the value is not kept.
+    if unsafe { EXEC_DENY.get(&key) }.is_none() {
+        return 0;
+    }
+    if let Some(rec) = DENIED_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: the per-CPU scratch value, not shared with another program run on this CPU;
+        // every field is written before it is sent.
+        unsafe {
+            (*rec).header = header(RecordKind::ExecDenied, 0, size_of::<ExecDeniedRecord>());
+            fill_current_owner(&mut (*rec).owner);
+            (*rec).file = key;
+            (*rec)._pad = [0; 3];
+            let n = peregrine_bprm_filename(bprm, (*rec).filename.as_mut_ptr(), DENIED_NAME_CAP as u32);
+            (*rec).filename_len = if n > 0 { (n - 1) as u16 } else { 0 };
+            emit(&ctx, bytes_of(&*rec));
+        }
+    }
+    -1
 }
 
 /// Copies `len` bytes (at most `cap`, the staging record's size) of a staged record to the ring.
