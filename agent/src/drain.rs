@@ -153,6 +153,9 @@ impl Drain {
             self.metrics.kernel_features.get_or_create(&crate::metrics::FeatureLabel { feature }).set(up);
         }
         self.metrics.transport.get_or_create(&crate::metrics::TransportLabel { transport: self.sensor.transport.name() }).set(1);
+        for hook in &self.sensor.hooks {
+            self.metrics.hooks.get_or_create(&crate::metrics::HookLabel { hook: hook.clone() }).set(1);
+        }
         self.report_gap();
         self.status(Phase::Started);
         let maps = self.ring.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;

@@ -54,6 +54,11 @@ pub struct FeatureLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabel {
+    pub hook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabel {
     pub transport: &'static str,
 }
@@ -82,6 +87,7 @@ pub struct Metrics {
     pub observation_gaps: Counter,
     pub kernel_features: Family<FeatureLabel, Gauge>,
     pub transport: Family<TransportLabel, Gauge>,
+    pub hooks: Family<HookLabel, Gauge>,
     pub observation_gap_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -112,6 +118,11 @@ impl Metrics {
             "kernel_feature",
             "1 if the kernel offers the feature (probed at start; see the started status for why not)",
             self.kernel_features.clone(),
+        );
+        r.register(
+            "kernel_hook",
+            "1 for each kernel hook attached (the started status lists them; optional ones such as the BPF LSM exec hook only where the kernel has them and the configuration asks)",
+            self.hooks.clone(),
         );
         r.register(
             "kernel_transport",

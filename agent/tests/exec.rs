@@ -117,6 +117,10 @@ fn exec_reaches_the_collector_with_exact_fields() {
         (metric(&m, "peregrine_agent_events_sent_total").unwrap_or(0.0) >= 1.0).then_some(m)
     });
     assert_eq!(metric(&metrics, "peregrine_agent_kernel_records_lost_total"), Some(0.0));
+    for hook in ALL_HOOKS {
+        assert_eq!(metric(&metrics, &format!("peregrine_agent_kernel_hook{{hook=\"{hook}\"}}")), Some(1.0), "{hook}");
+    }
+    assert_eq!(metric(&metrics, "peregrine_agent_kernel_hook{hook=\"lsm/bprm_check_security\"}"), None, "not asked for, not attached");
     assert!(metric(&metrics, "peregrine_agent_events_total{kind=\"exec\"}").unwrap() >= 1.0);
 
     // The started status says what the kernel offers; the metric agrees, feature by feature.
