@@ -169,24 +169,7 @@ impl Authorize for FileAuth<'_> {
 impl OcsfWebhook {
     pub async fn send(&self, events: &[Event], ctx: &Ctx) -> Result<(), OutputError> {
         let limit = ctx.max_event_bytes.unwrap_or(self.settings.max_batch_bytes - 2).min(self.settings.max_batch_bytes - 2);
-        let mut rows = Vec::with_capacity(events.len());
-        for (i, e) in events.iter().enumerate() {
-            if encode(e, &self.settings.version).is_none() {
-                ctx.dead_letter(e, "no_mapping", &format!("no OCSF class for a `{}` event", e.kind_name())).await;
-                continue;
-            }
-            let enc = |e: &Event| serde_json::to_vec(&encode(e, &self.settings.version).unwrap_or(Value::Null));
-            match truncate::fit(e, Some(limit), enc, Vec::len) {
-                Ok(truncate::Fitted::Fits(json, truncated)) => {
-                    if truncated {
-                        ctx.metrics.truncated(&ctx.name);
-                    }
-                    rows.push(Row { event: i, json });
-                }
-                Ok(truncate::Fitted::TooLarge(why)) => ctx.dead_letter(e, "too_large", &why).await,
-                Err(err) => ctx.dead_letter(e, "encode_error", &err.to_string()).await,
-            }
-        }
+        let rows = encoded_rows(events, &self.settings.version, Some(limit), ctx).await;
         let url = self.settings.url.as_str();
         let exhausted = |message: String, attempts: u32| OutputError::Http { output: ctx.name.clone(), url: url.to_owned(), message, attempts };
         let auth = FileAuth { path: self.settings.authorization_file.as_deref(), output: &ctx.name, url };
@@ -215,26 +198,11 @@ impl OcsfFile {
     }
 
     pub async fn send(&self, events: &[Event], ctx: &Ctx) -> Result<(), OutputError> {
-        let mut out = Vec::new();
-        let mut n = 0;
-        for e in events {
-            if encode(e, &self.version).is_none() {
-                ctx.dead_letter(e, "no_mapping", &format!("no OCSF class for a `{}` event", e.kind_name())).await;
-                continue;
-            }
-            let enc = |e: &Event| serde_json::to_vec(&encode(e, &self.version).unwrap_or(Value::Null));
-            match truncate::fit(e, ctx.max_event_bytes, enc, Vec::len) {
-                Ok(truncate::Fitted::Fits(line, truncated)) => {
-                    if truncated {
-                        ctx.metrics.truncated(&ctx.name);
-                    }
-                    out.extend_from_slice(&line);
-                    out.push(b'\n');
-                    n += 1;
-                }
-                Ok(truncate::Fitted::TooLarge(why)) => ctx.dead_letter(e, "too_large", &why).await,
-                Err(err) => ctx.dead_letter(e, "encode_error", &err.to_string()).await,
-            }
+        let rows = encoded_rows(events, &self.version, ctx.max_event_bytes, ctx).await;
+        let mut out = Vec::with_capacity(rows.iter().map(|r| r.json.len() + 1).sum());
+        for r in &rows {
+            out.extend_from_slice(&r.json);
+            out.push(b'\n');
         }
         let mut f = self.file.lock().await;
         f.write_all(&out).and_then(|()| f.flush()).map_err(|source| OutputError::Write {
@@ -242,9 +210,34 @@ impl OcsfFile {
             path: self.path.display().to_string(),
             source,
         })?;
-        ctx.metrics.sent(&ctx.name, n);
+        ctx.metrics.sent(&ctx.name, rows.len());
         Ok(())
     }
+}
+
+/// Each event's OCSF JSON within `limit` bytes (truncated by the documented rules, counted),
+/// with the index of its event; what has no OCSF class, cannot be encoded or cannot be made to
+/// fit goes to the dead-letter file with the reason.
+async fn encoded_rows(events: &[Event], version: &str, limit: Option<usize>, ctx: &Ctx) -> Vec<Row> {
+    let mut rows = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        if !SUPPORTED_KINDS.contains(&e.kind_name()) {
+            ctx.dead_letter(e, "no_mapping", &format!("no OCSF class for a `{}` event", e.kind_name())).await;
+            continue;
+        }
+        let enc = |e: &Event| serde_json::to_vec(&encode(e, version).unwrap_or(Value::Null));
+        match truncate::fit(e, limit, enc, Vec::len) {
+            Ok(truncate::Fitted::Fits(json, truncated)) => {
+                if truncated {
+                    ctx.metrics.truncated(&ctx.name);
+                }
+                rows.push(Row { event: i, json });
+            }
+            Ok(truncate::Fitted::TooLarge(why)) => ctx.dead_letter(e, "too_large", &why).await,
+            Err(err) => ctx.dead_letter(e, "encode_error", &err.to_string()).await,
+        }
+    }
+    rows
 }
 
 /// OCSF `severity_id` of a Falco priority: Emergency 6 (Fatal), Alert and Critical 5
@@ -524,4 +517,30 @@ fn detection_finding(e: &Event, version: &str, a: &Alert) -> Value {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peregrine_proto::v1::{AgentStatus, ContainerStarted, Loss, ProcessExec, ProcessExit, ProcessFork};
+
+    /// `encoded_rows` decides "no OCSF class" by `SUPPORTED_KINDS`: it must be exactly the
+    /// kinds `encode` maps.
+    #[test]
+    fn supported_kinds_are_exactly_the_encoded_ones() {
+        let kinds = [
+            Kind::Exec(ProcessExec::default()),
+            Kind::Fork(ProcessFork::default()),
+            Kind::Exit(ProcessExit::default()),
+            Kind::Alert(Alert::default()),
+            Kind::Loss(Loss::default()),
+            Kind::Status(AgentStatus::default()),
+            Kind::Connection(Connection::default()),
+            Kind::ContainerStarted(ContainerStarted::default()),
+        ];
+        for kind in kinds {
+            let e = Event { kind: Some(kind), ..Event::default() };
+            assert_eq!(encode(&e, DEFAULT_VERSION).is_some(), SUPPORTED_KINDS.contains(&e.kind_name()), "{}", e.kind_name());
+        }
+    }
 }
