@@ -1,5 +1,5 @@
 //! The kernel side: preflight checks, loading the object with CO-RE relocation, attaching the
-//! programs, and handing the ring buffer and counters to the drain.
+//! programs, and handing the record maps (ring buffer or perf buffers) and counters to the drain.
 
 pub mod core_check;
 mod error;
@@ -196,45 +196,6 @@ impl Sensor {
                     .map_err(|e| KernelError::Map { map: "DENY4", message: e.to_string() })?;
             }
         }
-        if !policy.deny_exec.is_empty() {
-            let lsm = features.iter().find(|(name, _)| *name == "lsm").map_or("not probed", |(_, v)| v.as_str());
-            if !features::is_available(lsm) {
-                return Err(KernelError::Attach {
-                    program: "lsm_bprm_check".into(),
-                    hook: LSM_EXEC_HOOK.into(),
-                    message: format!(
-                        "process.deny_exec needs the BPF LSM ({lsm}): boot the node with `lsm=...,bpf`, or empty process.deny_exec"
-                    ),
-                });
-            }
-            let map = ebpf.map_mut("EXEC_DENY").ok_or(KernelError::Map { map: "EXEC_DENY", message: "not in the object".into() })?;
-            // Keyed by FileKey's bytes (dev, then ino, native-endian as the program reads them).
-            let mut deny: aya::maps::HashMap<_, [u8; 16], u8> =
-                aya::maps::HashMap::try_from(map).map_err(|e| KernelError::Map { map: "EXEC_DENY", message: e.to_string() })?;
-            for path in &policy.deny_exec {
-                let key = file_key(path).map_err(|message| KernelError::Map { map: "EXEC_DENY", message })?;
-                deny.insert(key, 1, 0).map_err(|e| KernelError::Map { map: "EXEC_DENY", message: e.to_string() })?;
-            }
-        }
-        if !policy.deny_exec.is_empty() {
-            let program = ebpf.program_mut("lsm_bprm_check").ok_or_else(|| KernelError::Attach {
-                program: "lsm_bprm_check".into(),
-                hook: LSM_EXEC_HOOK.into(),
-                message: "program not found in the object".into(),
-            })?;
-            let lsm: &mut Lsm = program.try_into().map_err(|e: ProgramError| KernelError::Attach {
-                program: "lsm_bprm_check".into(),
-                hook: LSM_EXEC_HOOK.into(),
-                message: e.to_string(),
-            })?;
-            lsm.load("bprm_check_security", &btf).map_err(|e| rejected("lsm_bprm_check", e))?;
-            lsm.attach().map_err(|e| KernelError::Attach {
-                program: "lsm_bprm_check".into(),
-                hook: LSM_EXEC_HOOK.into(),
-                message: e.to_string(),
-            })?;
-            hooks.push(LSM_EXEC_HOOK.to_owned());
-        }
         // The perf buffers go in before any program is attached (see transport::Maps::Perf).
         let perf = match kind {
             transport::Kind::PerfEventArray => Some(transport::PerfReader::open(
@@ -243,6 +204,10 @@ impl Sensor {
             )?),
             transport::Kind::RingBuffer => None,
         };
+        if !policy.deny_exec.is_empty() {
+            attach_exec_enforcement(&mut ebpf, &btf, &features, &policy.deny_exec)?;
+            hooks.push(LSM_EXEC_HOOK.to_owned());
+        }
         let cgroup_root = cgroup2_root(config.cgroup2_path.as_deref())?;
         let socket_programs = preflight::effective_caps().is_some_and(preflight::can_load_socket_programs);
         for (hook, enabled) in wanted {
@@ -334,6 +299,35 @@ fn load_program(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), KernelError> {
 }
 
 const LSM_EXEC_HOOK: &str = "lsm/bprm_check_security";
+
+/// Fills EXEC_DENY with `deny_exec` and attaches the LSM exec hook; refuses where the kernel
+/// does not run BPF LSM (the agent must not seem to enforce what it cannot).
+fn attach_exec_enforcement(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    features: &[features::Feature],
+    deny_exec: &[std::path::PathBuf],
+) -> Result<(), KernelError> {
+    let attach_err = |message: String| KernelError::Attach { program: "lsm_bprm_check".into(), hook: LSM_EXEC_HOOK.into(), message };
+    let lsm = features.iter().find(|(name, _)| *name == "lsm").map_or("not probed", |(_, v)| v.as_str());
+    if !features::is_available(lsm) {
+        return Err(attach_err(format!(
+            "process.deny_exec needs the BPF LSM ({lsm}): boot the node with `lsm=...,bpf`, or empty process.deny_exec"
+        )));
+    }
+    let map_err = |message: String| KernelError::Map { map: "EXEC_DENY", message };
+    let map = ebpf.map_mut("EXEC_DENY").ok_or_else(|| map_err("not in the object".into()))?;
+    // Keyed by FileKey's bytes (dev, then ino, native-endian as the program reads them).
+    let mut deny: aya::maps::HashMap<_, [u8; 16], u8> = aya::maps::HashMap::try_from(map).map_err(|e| map_err(e.to_string()))?;
+    for path in deny_exec {
+        deny.insert(file_key(path).map_err(map_err)?, 1, 0).map_err(|e| map_err(e.to_string()))?;
+    }
+    let program = ebpf.program_mut("lsm_bprm_check").ok_or_else(|| attach_err("program not found in the object".into()))?;
+    let lsm: &mut Lsm = program.try_into().map_err(|e: ProgramError| attach_err(e.to_string()))?;
+    lsm.load("bprm_check_security", btf).map_err(|e| rejected("lsm_bprm_check", e))?;
+    lsm.attach().map_err(|e| attach_err(e.to_string()))?;
+    Ok(())
+}
 
 /// The deny-map key of a file: its device in the kernel's encoding (`major << 20 | minor`, as
 /// `inode->i_sb->s_dev` holds it) and its inode.
