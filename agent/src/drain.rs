@@ -7,7 +7,6 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-
 use peregrine_proto::{AgentStatus, Event, Kind, Loss, v1::agent_status::Phase};
 use tokio::{sync::mpsc, sync::watch};
 use uuid::Uuid;
@@ -94,9 +93,7 @@ pub struct DrainConfig {
 
 pub struct Drain {
     sensor: Sensor,
-    ring: Option<transport::Maps>,
-    /// Records lost in perf buffers, as last counted (the ring's are in the sensor's counters).
-    perf_lost_seen: u64,
+    maps: Option<transport::Maps>,
     tracker: Tracker,
     net: ConnTracker,
     containers: ContainerStage,
@@ -118,7 +115,7 @@ pub struct Drain {
 impl Drain {
     pub fn new(
         sensor: Sensor,
-        ring: transport::Maps,
+        maps: transport::Maps,
         stages: Stages,
         stamper: Stamper,
         tx: mpsc::Sender<Event>,
@@ -127,8 +124,7 @@ impl Drain {
     ) -> Self {
         Self {
             sensor,
-            ring: Some(ring),
-            perf_lost_seen: 0,
+            maps: Some(maps),
             tracker: stages.tracker,
             net: stages.net,
             containers: stages.containers,
@@ -158,9 +154,9 @@ impl Drain {
         }
         self.report_gap();
         self.status(Phase::Started);
-        let maps = self.ring.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
+        let maps = self.maps.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
         let mut resolutions = self.resolutions.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
-        let mut ring = maps.open().map_err(std::io::Error::other)?;
+        let mut records = maps.open().map_err(std::io::Error::other)?;
         let mut tick = tokio::time::interval(self.config.drain_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
@@ -170,9 +166,9 @@ impl Drain {
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = ring.readable() => self.drain_once(&mut ring),
+                () = records.readable() => self.drain_once(&mut records),
                 _ = tick.tick() => {
-                    self.drain_once(&mut ring);
+                    self.drain_once(&mut records);
                     for e in self.containers.expire(std::time::Instant::now()) {
                         self.finish(e);
                     }
@@ -180,7 +176,7 @@ impl Drain {
                 Some(answer) = resolutions.recv() => {
                     // Records already in the ring may belong to this container: take them
                     // first, so its held events and these leave in kernel order.
-                    self.drain_once(&mut ring);
+                    self.drain_once(&mut records);
                     for e in self.containers.resolved(answer) {
                         self.finish(e);
                     }
@@ -193,7 +189,7 @@ impl Drain {
                     self.metrics.connects_pending.set(i64::try_from(self.net.pending()).unwrap_or(i64::MAX));
                 }
                 _ = heartbeat.tick() => {
-                    self.drain_once(&mut ring);
+                    self.drain_once(&mut records);
                     self.stamper.resample_clock();
                     self.tracker.sweep(boot_now_ns());
                     self.containers.sweep(boot_now_ns());
@@ -209,7 +205,7 @@ impl Drain {
             }
         }
         self.config.pause_file = None;
-        self.drain_once(&mut ring);
+        self.drain_once(&mut records);
         // Whatever still waits for metadata leaves now, partial.
         for e in self.containers.expire(std::time::Instant::now() + std::time::Duration::from_secs(3600)) {
             self.finish(e);
@@ -249,22 +245,14 @@ impl Drain {
         self.config.pause_file.as_ref().is_some_and(|p| p.exists())
     }
 
-    fn drain_once(&mut self, ring: &mut transport::Records) {
+    fn drain_once(&mut self, records: &mut transport::Records) {
         if self.paused() {
             return;
         }
         let started = boot_now_ns();
-        ring.drain(|bytes| self.apply(bytes));
-        let perf_lost = ring.lost();
-        if perf_lost > self.perf_lost_seen {
-            let lost = perf_lost - self.perf_lost_seen;
-            self.perf_lost_seen = perf_lost;
-            self.metrics.kernel_lost.inc_by(lost);
-            *self.unreported.entry(reason::KERNEL_RING_FULL).or_default() += lost;
-            tracing::warn!(lost, total = self.metrics.kernel_lost.get(), "kernel perf buffers full: records lost");
-        }
+        records.drain(|bytes| self.apply(bytes));
         self.drained_until = started;
-        self.sync_kernel_counters();
+        self.sync_kernel_counters(records.lost());
         self.report_losses();
     }
 
@@ -324,11 +312,13 @@ impl Drain {
 
     /// Brings the metrics up to the kernel's cumulative counters; new kernel losses are queued
     /// for Loss events as well.
-    fn sync_kernel_counters(&mut self) {
-        let lost = catch_up(&self.metrics.kernel_lost, self.sensor.records_lost());
+    /// `perf_lost`: what the perf buffers lost since the start (the ring's losses are counted
+    /// by the programs, in the sensor's counters).
+    fn sync_kernel_counters(&mut self, perf_lost: u64) {
+        let lost = catch_up(&self.metrics.kernel_lost, self.sensor.records_lost() + perf_lost);
         if lost > 0 {
             *self.unreported.entry(reason::KERNEL_RING_FULL).or_default() += lost;
-            tracing::warn!(lost, total = self.metrics.kernel_lost.get(), "kernel ring buffer full: records lost");
+            tracing::warn!(lost, total = self.metrics.kernel_lost.get(), "kernel ring or perf buffers full: records lost");
         }
         let failed = catch_up(&self.metrics.kernel_read_failed, self.sensor.records_failed());
         if failed > 0 {

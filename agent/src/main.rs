@@ -123,7 +123,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         deny4: config.network.deny4().unwrap_or_default(),
         deny_exec: config.process.deny_exec.clone(),
     };
-    let (sensor, ring) = Sensor::load(&config.ebpf, &policy)?;
+    let (sensor, maps) = Sensor::load(&config.ebpf, &policy)?;
     tracing::info!(hooks = ?sensor.hooks, object = %config.ebpf.object.display(), "kernel programs loaded");
 
     let metrics = Metrics::default();
@@ -183,7 +183,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     }
     let drain = Drain::new(
         sensor,
-        ring,
+        maps,
         Stages { tracker, net, containers, resolutions, rules },
         stamper,
         tx,

@@ -5,8 +5,9 @@
 //! wake-up per batch instead of one per record. With `USE_PERF` set (kernels without a BPF
 //! ring buffer, or forced) they go to the per-CPU perf event array instead; the ring buffer
 //! paths are then dead code the verifier never walks, and the agent loads the object with
-//! `EVENTS` turned into a one-entry array, so such a kernel never sees a ring buffer map. Kernel struct reads go through the CO-RE getters
-//! in `c/getters.c`; tracepoint field offsets come from tracefs via globals the agent sets.
+//! `EVENTS` turned into a one-entry array, so such a kernel never sees a ring buffer map.
+//! Kernel struct reads go through the CO-RE getters in `c/getters.c`; tracepoint field offsets
+//! come from tracefs via globals the agent sets.
 #![no_std]
 #![no_main]
 
@@ -86,7 +87,7 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map]
 static PERF_EVENTS: PerfEventByteArray = PerfEventByteArray::new(0);
 
-/// Files whose exec the LSM hook refuses (filled by the agent from `enforcement.deny_exec`).
+/// Files whose exec the LSM hook refuses (filled by the agent from `process.deny_exec`).
 #[map]
 static EXEC_DENY: HashMap<FileKey, u8> = HashMap::with_max_entries(1024, 0);
 
