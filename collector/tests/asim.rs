@@ -231,22 +231,7 @@ fn network_row(e: &peregrine_proto::Event) -> Map<String, Value> {
 #[test]
 fn every_connection_row_passes_the_network_session_schema() {
     let cat = catalogue();
-    let cases = [
-        ("connect", "established"),
-        ("connect", "refused"),
-        ("connect", "reset"),
-        ("connect", "timed_out"),
-        ("connect", "unreachable"),
-        ("connect", "aborted"),
-        ("connect", "error"),
-        ("connect", "in_progress"),
-        ("connect", "denied"),
-        ("accept", ""),
-        ("listen", ""),
-        ("sendto", ""),
-        ("recvfrom", ""),
-    ];
-    for (i, (evt, outcome)) in cases.iter().enumerate() {
+    for (i, (evt, outcome)) in CONNECTION_CASES.iter().enumerate() {
         for e in [connection_event(&format!("c-{i}"), i as u64, evt, outcome), in_container(connection_event(&format!("p-{i}"), i as u64, evt, outcome))] {
             let sent = network_row(&e);
             for k in ["Type", "EventSchema", "EventUid"] {

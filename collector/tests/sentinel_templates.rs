@@ -80,20 +80,7 @@ fn samples() -> Vec<Event> {
         a.process = None;
     }
     let mut events = vec![exec_event("e-1", 1, &["sh", "-c", "id"]), exit_event("e-2", 2), bare_exec, no_owner, no_process_alert];
-    for (i, (evt, outcome)) in [
-        ("connect", "established"),
-        ("connect", "refused"),
-        ("connect", "timed_out"),
-        ("connect", "in_progress"),
-        ("connect", "denied"),
-        ("accept", ""),
-        ("listen", ""),
-        ("sendto", ""),
-        ("recvfrom", ""),
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, (evt, outcome)) in CONNECTION_CASES.iter().enumerate() {
         events.push(connection_event(&format!("c-{i}"), 10 + i as u64, evt, outcome));
     }
     for (i, p) in ["Emergency", "Critical", "Warning", "Notice", "Informational", "Debug"].iter().enumerate() {

@@ -327,6 +327,23 @@ pub fn alert_event(id: &str, seq: u64, rule: &str, priority: &str) -> Event {
         }),
     )
 }
+/// Every (evt_type, outcome) a connection event can have, for tests that cover them all.
+pub const CONNECTION_CASES: &[(&str, &str)] = &[
+    ("connect", "established"),
+    ("connect", "refused"),
+    ("connect", "reset"),
+    ("connect", "timed_out"),
+    ("connect", "unreachable"),
+    ("connect", "aborted"),
+    ("connect", "error"),
+    ("connect", "in_progress"),
+    ("connect", "denied"),
+    ("accept", ""),
+    ("listen", ""),
+    ("sendto", ""),
+    ("recvfrom", ""),
+];
+
 /// A connection event: `evt_type` connect/accept/listen/sendto, with Falco's direction.
 pub fn connection_event(id: &str, seq: u64, evt_type: &str, outcome: &str) -> Event {
     let direction = match evt_type {
