@@ -1,6 +1,7 @@
 //! Delivery that loses nothing: the whole path (kernel → agent spool → collector queue → file)
-//! while the collector and the agent are killed and restarted under a stream of real
-//! exec/fork/exit events. Alone in its binary: the storm would swamp tests running beside it.
+//! while the collector and the agent are killed and restarted, and the output's destination
+//! refuses writes for a while, under a stream of real exec/fork/exit events. Alone in its
+//! binary: the storm would swamp tests running beside it.
 // Test code: a failed step should stop the test with its reason.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -8,12 +9,14 @@ mod support;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use support::{Agent, Collector, TempDir, free_port, tool};
+use support::{Agent, Collector, TempDir, free_port, http_get, tool, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -21,18 +24,73 @@ fn seq_of(e: &Value) -> u64 {
     e["seq"].as_u64().unwrap()
 }
 
+/// The output's destination: a small tmpfs of its own. Filled to the last byte it refuses
+/// every write (ENOSPC, as a full volume does); freed, it takes writes again. Unmounted on drop.
+struct Volume {
+    at: PathBuf,
+    filler: PathBuf,
+}
+
+impl Volume {
+    fn new(at: &Path) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        nix::mount::mount(Some("tmpfs"), at, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=1g")).unwrap();
+        Self { at: at.to_owned(), filler: at.join("filler") }
+    }
+
+    /// Takes every free byte: the output's next write fails.
+    fn fill(&self) {
+        let file = std::fs::File::create(&self.filler).unwrap();
+        // In chunks until none fits (the output keeps writing meanwhile): at most 1 GiB / 1 MiB
+        // + 256 calls.
+        let mut offset = 0;
+        for chunk in [1 << 20, 4096] {
+            loop {
+                match nix::fcntl::fallocate(file.as_fd(), nix::fcntl::FallocateFlags::empty(), offset, chunk) {
+                    Ok(()) => offset += chunk,
+                    Err(nix::errno::Errno::ENOSPC) => break,
+                    Err(e) => panic!("fallocate: {e}"),
+                }
+            }
+        }
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(&self.filler).unwrap();
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.at, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Batches the running collector's output failed and queued again, from its metrics.
+fn delivery_retries(collector: &Collector) -> f64 {
+    let text = http_get(collector.http_port, "/metrics").map(|(_, b)| b).unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("peregrine_collector_queue_delivery_retries_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The proof, on a real event stream: a shell loop of /bin/true (3 events each: fork,
-/// exec, exit) while the collector is killed -9 and restarted 5 times and the agent twice.
+/// exec, exit) while the collector is killed -9 and restarted 5 times and the agent twice, and
+/// the output's volume is full (every write refused) across one of the collector kills.
 /// At the end, for every agent run, the event sequence numbers at the output are 1..=N without
-/// a gap (nothing lost), and no event id appears twice (duplicates removed); every status
-/// event says the kernel lost nothing.
+/// a gap (nothing lost), and no event id appears twice (duplicates removed, and no batch left
+/// half-written by a refused write); every status event says the kernel lost nothing.
 #[test]
 fn nothing_is_lost_while_collector_and_agent_are_killed() {
     let dir = TempDir::new("noloss");
     let spool_set = format!("spool.dir={}", dir.path().join("spool").display());
     let port = free_port();
     let address = format!("http://127.0.0.1:{port}");
-    let mut collector = Collector::start_on(dir.path(), port);
+    let volume = Volume::new(&dir.path().join("destination"));
+    let out = volume.at.join("events.jsonl");
+    let start_collector = || Collector::start_writing(dir.path(), port, out.clone(), &[]);
+    let mut collector = start_collector();
     let mut agent = Agent::start(dir.path(), &address, &[&spool_set]);
 
     // ~34,000 iterations = ~100,000 events; bounded by count and by a deadline in the loop.
@@ -42,9 +100,11 @@ fn nothing_is_lost_while_collector_and_agent_are_killed() {
     let started = Instant::now();
     let mut collector_kills = 0;
     let mut agent_kills: usize = 0;
+    let mut outages = 0;
     let mut step = 0;
-    // One disruption every 2 s: collector, collector, agent, collector, collector, agent, collector.
-    let plan = ["c", "c", "a", "c", "c", "a", "c"];
+    // One disruption every 2 s: collector, collector, agent, the destination full (across a
+    // collector kill), collector, agent, collector.
+    let plan = ["c", "c", "a", "full", "c", "free", "c", "a", "c"];
     while storm.try_wait().unwrap().is_none() {
         assert!(started.elapsed() < Duration::from_secs(600), "the event storm took over 10 minutes");
         std::thread::sleep(Duration::from_millis(200));
@@ -55,7 +115,14 @@ fn nothing_is_lost_while_collector_and_agent_are_killed() {
                 collector_kills += 1;
                 // Down for a moment: the agent spools meanwhile.
                 std::thread::sleep(Duration::from_millis(500));
-                collector = Collector::start_on(dir.path(), port);
+                collector = start_collector();
+            } else if plan[step] == "full" {
+                volume.fill();
+                // The output really is refused: its batches go back to the queue.
+                wait_for(WAIT, "the collector's output to fail on the full volume", || (delivery_retries(&collector) > 0.0).then_some(()));
+                outages += 1;
+            } else if plan[step] == "free" {
+                volume.free();
             } else {
                 agent.proc.child.kill().unwrap();
                 agent.proc.child.wait().unwrap();
@@ -66,7 +133,7 @@ fn nothing_is_lost_while_collector_and_agent_are_killed() {
         }
     }
     assert!(storm.wait().unwrap().success());
-    assert_eq!((collector_kills, agent_kills), (5, 2), "the storm ended before every disruption happened: make it longer");
+    assert_eq!((collector_kills, agent_kills, outages), (5, 2, 1), "the storm ended before every disruption happened: make it longer");
     // A clean stop: the agent sends its stopping status after everything else.
     agent.proc.terminate();
     let deadline = Instant::now() + WAIT;
@@ -114,6 +181,10 @@ fn nothing_is_lost_while_collector_and_agent_are_killed() {
     assert_eq!(duplicates, 0, "duplicates at the output, e.g. {examples:?}");
     // Fewer than 3 × 34,000: events made while an agent was down were never observed.
     assert!(events.len() >= 80_000, "about 100,000 events expected, got {}", events.len());
-    eprintln!("no-loss: {} events, {} runs, {collector_kills} collector and {agent_kills} agent kills", events.len(), by_run.len());
+    eprintln!(
+        "no-loss: {} events, {} runs, {collector_kills} collector and {agent_kills} agent kills, {outages} destination outage",
+        events.len(),
+        by_run.len()
+    );
 }
 

@@ -206,7 +206,11 @@ impl Collector {
 
     /// A collector with extra `--set` settings (TLS, queues).
     pub fn start_with(dir: &Path, port: u16, sets: &[&str]) -> Self {
-        let out = dir.join(format!("events-{port}.jsonl"));
+        Self::start_writing(dir, port, dir.join(format!("events-{port}.jsonl")), sets)
+    }
+
+    /// A collector whose file output is `out`.
+    pub fn start_writing(dir: &Path, port: u16, out: PathBuf, sets: &[&str]) -> Self {
         let http_port = free_port();
         let mut cmd = Command::new(collector_bin());
         cmd.args(["--set", &format!("listen=127.0.0.1:{port}")])

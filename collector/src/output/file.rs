@@ -14,7 +14,7 @@ use super::{Ctx, OutputError, truncate};
 
 enum Target {
     Stdout(BufWriter<std::io::Stdout>),
-    File(PathBuf, BufWriter<File>),
+    File(PathBuf, File),
 }
 
 pub struct JsonLines {
@@ -29,40 +29,63 @@ impl JsonLines {
     pub fn file(output: &str, path: &Path) -> Result<Self, OutputError> {
         let mut file = open_append(output, path)?;
         end_torn_line(&mut file);
-        Ok(Self { target: Mutex::new(Target::File(path.to_owned(), BufWriter::new(file))) })
+        Ok(Self { target: Mutex::new(Target::File(path.to_owned(), file)) })
     }
 
     pub async fn send(&self, events: &[Event], ctx: &Ctx) -> Result<(), OutputError> {
-        let mut lines = Vec::with_capacity(events.len());
+        // The whole batch as one buffer: one write, and one place to undo it if refused.
+        let mut lines = Vec::with_capacity(events.len() * 1024);
+        let mut n = 0;
         for e in events {
+            if ctx.max_event_bytes.is_none() {
+                // No size limit: straight into the batch, without a buffer per event.
+                let start = lines.len();
+                match serde_json::to_writer(&mut lines, e) {
+                    Ok(()) => {
+                        lines.push(b'\n');
+                        n += 1;
+                    }
+                    Err(err) => {
+                        lines.truncate(start);
+                        ctx.dead_letter(e, "encode_error", &err.to_string()).await;
+                    }
+                }
+                continue;
+            }
             match truncate::fit(e, ctx.max_event_bytes, serde_json::to_vec, Vec::len) {
                 Ok(truncate::Fitted::Fits(bytes, truncated)) => {
                     if truncated {
                         ctx.metrics.truncated(&ctx.name);
                     }
-                    lines.push(bytes);
+                    lines.extend_from_slice(&bytes);
+                    lines.push(b'\n');
+                    n += 1;
                 }
                 Ok(truncate::Fitted::TooLarge(why)) => ctx.dead_letter(e, "too_large", &why).await,
                 Err(err) => ctx.dead_letter(e, "encode_error", &err.to_string()).await,
             }
         }
         let mut target = self.target.lock().await;
-        let (path, w): (String, &mut dyn Write) = match &mut *target {
-            Target::Stdout(w) => ("stdout".into(), w),
-            Target::File(p, w) => (p.display().to_string(), w),
+        let (path, written) = match &mut *target {
+            Target::Stdout(w) => ("stdout".into(), w.write_all(&lines).and_then(|()| w.flush())),
+            Target::File(p, f) => (p.display().to_string(), write_batch(f, &lines)),
         };
-        let n = lines.len();
-        let written = (|| {
-            for line in &lines {
-                w.write_all(line)?;
-                w.write_all(b"\n")?;
-            }
-            w.flush()
-        })();
         written.map_err(|source| OutputError::Write { output: ctx.name.clone(), path, source })?;
         ctx.metrics.sent(&ctx.name, n);
         Ok(())
     }
+}
+
+/// Appends a batch or nothing: a refused write (disk full, I/O error) may have put part of it
+/// on disk, and the whole batch is offered again, so that part is cut off again. Otherwise the
+/// retry would leave a torn line (swallowing the line after it) and every line before it twice.
+fn write_batch(file: &mut File, batch: &[u8]) -> std::io::Result<()> {
+    let before = file.metadata()?.len();
+    let Err(e) = file.write_all(batch) else { return Ok(()) };
+    if let Err(undo) = file.set_len(before) {
+        tracing::error!(error = %undo, "cannot cut a partly written batch off the output file; its lines will be written again after it");
+    }
+    Err(e)
 }
 
 /// A line cut short by a crash mid-write would swallow the next line written after it: end it.
@@ -109,4 +132,29 @@ pub fn open_append(output: &str, path: &Path) -> Result<File, OutputError> {
         path: path.display().to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a volume that fills up mid-batch, the refused batch leaves nothing behind: the file
+    /// ends after the last batch that was accepted, on a line boundary.
+    #[test]
+    fn a_refused_batch_is_cut_off_again() {
+        let at = std::env::temp_dir().join(format!("peregrine-full-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&at).unwrap();
+        nix::mount::mount(Some("tmpfs"), &at, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=64k"))
+            .unwrap_or_else(|e| panic!("mounting a 64 KiB tmpfs at {} (the test runs as root): {e}", at.display()));
+        let path = at.join("out.jsonl");
+        let mut file = open_append("file", &path).unwrap();
+        let line = |c: u8| [vec![c; 1023], vec![b'\n']].concat();
+        write_batch(&mut file, &line(b'a').repeat(16)).unwrap();
+        let err = write_batch(&mut file, &line(b'b').repeat(128)).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::ENOSPC), "{err}");
+        let text = std::fs::read(&path).unwrap();
+        let _ = nix::mount::umount2(&at, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&at);
+        assert_eq!(text, line(b'a').repeat(16));
+    }
 }
