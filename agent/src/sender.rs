@@ -188,8 +188,8 @@ impl Sender {
         Ok(Some(config))
     }
 
-    /// Opens `peregrine.v1.Ingest/Stream` sending raw batches (the server reads them as
-    /// `EventBatch`).
+    /// Opens `peregrine.v1.Ingest/Stream` sending raw batches (the collector queues each
+    /// event's bytes as they are).
     async fn open(
         &self,
         channel: Channel,
@@ -293,7 +293,7 @@ impl Sender {
             *batch_seq += 1;
             in_flight.push_back(InFlight { batch_seq: *batch_seq, last_record: last, events: records.len() as u64 });
             *cursor = last;
-            let events = records.into_iter().map(|(_, payload)| payload).collect();
+            let events = records.into_iter().map(|(_, payload)| payload.into()).collect();
             out.send(EventBatchRaw { batch_seq: *batch_seq, events }).await.map_err(|_| "collector stream closed".to_owned())?;
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Durable per-output queues: the stage between ingest and the outputs.
 //!
-//! Ingest encodes each event once (protobuf) and hands the batch to the queue writer, a
-//! thread that appends it to every output's queue (a `peregrine-journal` in
+//! Ingest hands each batch's events, encoded as the agent sent them, to the queue writer, a
+//! thread that appends them to every output's queue (a `peregrine-journal` in
 //! `queue.dir/<output>/`) and flushes it (fsynced with `queue.fsync = "on_flush"`); only
 //! then is the batch acknowledged. Batches arriving together share one flush per queue.
 //!
@@ -30,6 +30,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use peregrine_journal::{Damage, FullPolicy, Fsync, Journal, JournalConfig, JournalError, Records};
 use peregrine_proto::Event;
 use prometheus_client::{
@@ -71,8 +72,10 @@ pub struct DropLabel {
 pub mod reason {
     /// The queue was full; its `full_policy` gave up events.
     pub const QUEUE_FULL: &str = "queue_full";
-    /// Queue records found damaged on disk, or that did not decode.
+    /// Queue records found damaged on disk (checksum or framing).
     pub const QUEUE_DAMAGED: &str = "queue_damaged";
+    /// Events whose encoding did not decode (queued as the sender sent them; see `ingest`).
+    pub const UNDECODABLE: &str = "undecodable";
 }
 
 #[derive(Clone, Debug, Default)]
@@ -107,7 +110,7 @@ impl QueueMetrics {
         );
         r.register(
             "events_dropped",
-            "Events lost before delivery, by reason (queue_full: the full policy; queue_damaged: damaged on disk)",
+            "Events lost before delivery, by reason (queue_full: the full policy; queue_damaged: damaged on disk; undecodable: sent malformed)",
             self.dropped.clone(),
         );
         r.register(
@@ -177,7 +180,7 @@ struct Queue {
 
 impl Queue {
     /// Appends and flushes; the caller acknowledges the batch only after this.
-    fn append<'a>(&self, payloads: impl Iterator<Item = &'a Vec<u8>>) -> Result<(), JournalError> {
+    fn append<'a>(&self, payloads: impl Iterator<Item = &'a Bytes>) -> Result<(), JournalError> {
         let mut journal = lock(&self.journal);
         let mut stored = 0u64;
         let mut result = Ok(());
@@ -350,7 +353,7 @@ fn decode_ids(mut payload: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// A batch for the writer thread, and where to say it is on disk.
 struct Append {
-    payloads: Vec<Vec<u8>>,
+    payloads: Vec<Bytes>,
     done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -415,7 +418,7 @@ pub fn start(config: &QueueConfig, outputs: &Outputs, metrics: &QueueMetrics) ->
 impl Queues {
     /// Puts encoded events into every output's queue; `Ok` once they are flushed there (the
     /// full policy may have dropped some, counted).
-    pub async fn append(&self, payloads: Vec<Vec<u8>>) -> Result<(), QueueError> {
+    pub async fn append(&self, payloads: Vec<Bytes>) -> Result<(), QueueError> {
         if payloads.is_empty() {
             return Ok(());
         }
@@ -552,8 +555,8 @@ fn unique_events(q: &Queue, records: Records) -> (Vec<Event>, Vec<String>) {
         let event = match Event::decode(payload.as_slice()) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(output = %q.output.name, queue = %q.dir.display(), seq, error = %e, "undecodable event in the queue skipped");
-                q.metrics.drop(&q.output.name, reason::QUEUE_DAMAGED, 1);
+                tracing::warn!(output = %q.output.name, queue = %q.dir.display(), seq, bytes = payload.len(), error = %e, "an event that does not decode was skipped (its sender encoded it so)");
+                q.metrics.drop(&q.output.name, reason::UNDECODABLE, 1);
                 continue;
             }
         };

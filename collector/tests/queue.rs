@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use peregrine_proto::{Ack, Event, EventBatch, v1::ingest_client::IngestClient};
+use peregrine_proto::{Ack, Event, EventBatch, EventBatchRaw, v1::ingest_client::IngestClient};
 use serde_json::Value;
 use support::{TempDir, TestCa, alert_event, azure_standin, connection_event, exec_event, exit_event, free_port, in_container, wait_for};
 
@@ -158,7 +158,7 @@ fn send(port: u16, batches: Vec<Vec<Event>>) -> Vec<Ack> {
         let n = batches.len();
         let (tx, rx) = tokio::sync::mpsc::channel(n.max(1));
         for (i, events) in batches.into_iter().enumerate() {
-            tx.send(EventBatch { batch_seq: i as u64 + 1, events }).await.unwrap();
+            tx.send(EventBatchRaw::from(EventBatch { batch_seq: i as u64 + 1, events })).await.unwrap();
         }
         let mut acks = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
         let mut got = Vec::new();

@@ -6,7 +6,7 @@ pub mod v1 {
 }
 
 pub use v1::{
-    Ack, AgentStatus, Ancestor, Connection, Container, ContainerStarted, Credentials, Event, EventBatch, Loss, Namespaces, Process, Pod, ProcessExec, ProcessExit,
+    Ack, EventBatchRaw, AgentStatus, Ancestor, Connection, Container, ContainerStarted, Credentials, Event, EventBatch, Loss, Namespaces, Process, Pod, ProcessExec, ProcessExit,
     ProcessFork, SecurityContext, event::Kind,
 };
 
@@ -46,6 +46,22 @@ impl Event {
         self.kind.as_mut()?.process_mut()
     }
 
+    /// [`Event::kind_name`] of an event whose kind is encoded in field number `field` (the
+    /// `oneof kind` members: 10 to 17), for readers that do not decode the whole event.
+    pub fn kind_name_of_field(field: u32) -> &'static str {
+        match field {
+            10 => "exec",
+            11 => "status",
+            12 => "fork",
+            13 => "exit",
+            14 => "loss",
+            15 => "alert",
+            16 => "connection",
+            17 => "container_started",
+            _ => "unknown",
+        }
+    }
+
     /// Short name of the event's kind, used as a metric label and in logs.
     pub fn kind_name(&self) -> &'static str {
         match &self.kind {
@@ -59,5 +75,104 @@ impl Event {
             Some(Kind::ContainerStarted(_)) => "container_started",
             None => "unknown",
         }
+    }
+}
+
+impl From<EventBatch> for EventBatchRaw {
+    /// For senders that build typed batches (the agent sends from its spool, already encoded).
+    fn from(batch: EventBatch) -> Self {
+        use prost::Message;
+        Self { batch_seq: batch.batch_seq, events: batch.events.iter().map(|e| e.encode_to_vec().into()).collect() }
+    }
+}
+
+/// Why [`EventHeader::peek`] could not read an encoded event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeekError(pub &'static str);
+
+impl std::fmt::Display for PeekError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for PeekError {}
+
+/// What a reader of an encoded [`Event`] can learn without decoding it: its node and kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventHeader<'a> {
+    pub node: &'a str,
+    pub kind: &'static str,
+}
+
+impl<'a> EventHeader<'a> {
+    /// Walks the event's top-level fields only (nested messages are skipped, not checked):
+    /// the collector queues events as received and decodes them once, at its output.
+    pub fn peek(mut encoded: &'a [u8]) -> Result<Self, PeekError> {
+        use prost::encoding::{WireType, decode_key, decode_varint};
+        const PAST_END: PeekError = PeekError("a field runs past the end of the event");
+        let framing = |_| PeekError("a field key or length is malformed");
+        let mut header = Self { node: "", kind: Event::kind_name_of_field(0) };
+        while !encoded.is_empty() {
+            let (field, wire) = decode_key(&mut encoded).map_err(framing)?;
+            let skip = match wire {
+                WireType::Varint => {
+                    decode_varint(&mut encoded).map_err(framing)?;
+                    0
+                }
+                WireType::SixtyFourBit => 8,
+                WireType::ThirtyTwoBit => 4,
+                WireType::LengthDelimited => {
+                    let len = usize::try_from(decode_varint(&mut encoded).map_err(framing)?).unwrap_or(usize::MAX);
+                    if len > encoded.len() {
+                        return Err(PAST_END);
+                    }
+                    let value = &encoded[..len];
+                    if field == 5 {
+                        header.node =
+                            std::str::from_utf8(value).map_err(|_| PeekError("the event's node is not UTF-8"))?;
+                    } else if (10..=17).contains(&field) {
+                        header.kind = Event::kind_name_of_field(field);
+                    }
+                    len
+                }
+                WireType::StartGroup | WireType::EndGroup => return Err(PeekError("groups are not part of the event model")),
+            };
+            encoded = encoded.get(skip..).ok_or(PAST_END)?;
+        }
+        Ok(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn peek_agrees_with_the_full_decoding() {
+        let kinds = [
+            Kind::Exec(ProcessExec { process: Some(Process { argv: vec!["x".into()], ..Default::default() }), ..Default::default() }),
+            Kind::Status(AgentStatus::default()),
+            Kind::Fork(ProcessFork::default()),
+            Kind::Exit(ProcessExit::default()),
+            Kind::Loss(Loss::default()),
+            Kind::Alert(v1::Alert::default()),
+            Kind::Connection(Connection::default()),
+            Kind::ContainerStarted(ContainerStarted::default()),
+        ];
+        for kind in kinds {
+            let event = Event { id: "i".into(), seq: 3, time_unix_nano: -1, node: "node-1".into(), kind: Some(kind), privilege: vec!["p".into()], ..Default::default() };
+            let bytes = event.encode_to_vec();
+            assert_eq!(EventHeader::peek(&bytes), Ok(EventHeader { node: "node-1", kind: event.kind_name() }));
+        }
+        assert_eq!(EventHeader::peek(&Event::default().encode_to_vec()), Ok(EventHeader { node: "", kind: "unknown" }));
+        // Cut short, a group, a node that is not UTF-8: errors.
+        let bytes = Event { node: "node-1".into(), ..Default::default() }.encode_to_vec();
+        assert!(EventHeader::peek(&bytes[..bytes.len() - 1]).is_err());
+        assert!(EventHeader::peek(&[0x0b]).is_err());
+        assert!(EventHeader::peek(&[0x2a, 1, 0xff]).is_err());
+        assert!(EventHeader::peek(&[0x11, 1, 2]).is_err());
     }
 }

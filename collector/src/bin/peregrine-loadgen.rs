@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Parser;
 use peregrine_journal::{Fsync, FullPolicy, Journal, JournalConfig};
 use peregrine_proto::{
-    Ancestor, Credentials, Event, EventBatch, Kind, Namespaces, Process, ProcessExec, v1::ingest_client::IngestClient,
+    Ancestor, Credentials, Event, EventBatch, EventBatchRaw, Kind, Namespaces, Process, ProcessExec, v1::ingest_client::IngestClient,
 };
 use prost::Message;
 use tokio::sync::mpsc;
@@ -100,7 +100,7 @@ async fn stream(args: &Args) -> anyhow::Result<()> {
     let address = args.address.clone().context("--address is required")?;
     let tailer = args.tail.clone().map(|path| std::thread::spawn(move || tail(&path)));
     let mut client = IngestClient::connect(address.clone()).await.with_context(|| format!("connecting to {address}"))?;
-    let (tx, rx) = mpsc::channel::<EventBatch>(args.window);
+    let (tx, rx) = mpsc::channel::<EventBatchRaw>(args.window);
     let mut acks = client.stream(ReceiverStream::new(rx)).await?.into_inner();
     let run = format!("lg{}", std::process::id());
     let started = Instant::now();
@@ -122,7 +122,7 @@ async fn stream(args: &Args) -> anyhow::Result<()> {
                 })
                 .collect();
             sizes.push_back(events.len() as u64);
-            tx.send(EventBatch { batch_seq, events }).await.context("stream closed")?;
+            tx.send(EventBatch { batch_seq, events }.into()).await.context("stream closed")?;
             in_flight += 1;
             continue;
         }
