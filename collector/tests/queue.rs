@@ -19,6 +19,7 @@ use std::{
 };
 
 use peregrine_proto::{Ack, Event, EventBatch, EventBatchRaw, v1::ingest_client::IngestClient};
+use prost::Message;
 use serde_json::Value;
 use support::{TempDir, TestCa, alert_event, azure_standin, connection_event, exec_event, exit_event, free_port, in_container, wait_for};
 
@@ -152,25 +153,63 @@ fn series(name: &str) -> String {
 
 /// Sends the batches on one stream and returns the acknowledgements.
 fn send(port: u16, batches: Vec<Vec<Event>>) -> Vec<Ack> {
+    let raw = batches.into_iter().enumerate().map(|(i, events)| EventBatch { batch_seq: i as u64 + 1, events }.into()).collect();
+    send_raw(port, raw).unwrap_or_else(|status| panic!("stream refused: {status}"))
+}
+
+/// Sends encoded batches on one stream: every acknowledgement, or the status the stream ended with.
+fn send_raw(port: u16, batches: Vec<EventBatchRaw>) -> Result<Vec<Ack>, tonic::Status> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async move {
         let mut client = IngestClient::connect(format!("http://127.0.0.1:{port}")).await.unwrap();
         let n = batches.len();
         let (tx, rx) = tokio::sync::mpsc::channel(n.max(1));
-        for (i, events) in batches.into_iter().enumerate() {
-            tx.send(EventBatchRaw::from(EventBatch { batch_seq: i as u64 + 1, events })).await.unwrap();
+        for batch in batches {
+            tx.send(batch).await.unwrap();
         }
-        let mut acks = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let mut acks = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
         let mut got = Vec::new();
         while got.len() < n {
             match tokio::time::timeout(WAIT, acks.message()).await {
                 Ok(Ok(Some(ack))) => got.push(ack),
+                Ok(Err(status)) => return Err(status),
                 other => panic!("ack {} of {n}: {other:?}", got.len() + 1),
             }
         }
         drop(tx);
-        got
+        Ok(got)
     })
+}
+
+/// Ingest reads only each event's top-level fields. A batch malformed there is refused whole,
+/// with the event named; an event whose nested content does not decode is acknowledged, then
+/// set aside at the output and counted with its reason, and the events around it delivered.
+#[test]
+fn malformed_events_are_refused_or_counted_never_passed_on() {
+    let dir = TempDir::new("queue-malformed");
+    let out = dir.path().join("events.jsonl");
+    let collector = Collector::start(dir.path(), &out, None);
+    let good = events("fine", 2);
+    // Field 1 (id) = "bad", then field 10 (the exec kind) holding 3 bytes that are no message.
+    let nested_garbage = [&[0x0a, 3][..], b"bad", &[0x52, 3, 0xff, 0xff, 0xff]].concat();
+    let batch = EventBatchRaw {
+        batch_seq: 1,
+        events: vec![good[0].encode_to_vec().into(), nested_garbage.into(), good[1].encode_to_vec().into()],
+    };
+    let acks = send_raw(collector.port, vec![batch]).unwrap();
+    assert_eq!((acks[0].batch_seq, acks[0].accepted), (1, 3));
+    assert_eq!(wait_delivered(&out, 2), ids(&good));
+    collector.wait_metric("events_dropped_total{output=\"archive\",reason=\"undecodable\"}", 1.0);
+    assert!(collector.stderr_text().contains("an event that does not decode was skipped"), "{}", collector.stderr_text());
+
+    // A group (wire type 3) at the top level: the batch is refused, nothing of it queued.
+    let refused = EventBatchRaw { batch_seq: 1, events: vec![events("never", 1)[0].encode_to_vec().into(), vec![0x0b].into()] };
+    let status = send_raw(collector.port, vec![refused]).unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    assert_eq!(status.message(), "event 1 of batch 1 is malformed: groups are not part of the event model");
+    send_all(collector.port, &events("after", 1), 1);
+    assert_eq!(wait_delivered(&out, 3)[2], "after-0000");
+    assert_eq!(delivered(&out).len(), 3, "nothing of the refused batch was delivered");
 }
 
 fn events(prefix: &str, n: usize) -> Vec<Event> {
