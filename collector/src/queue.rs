@@ -226,8 +226,8 @@ impl Queue {
     }
 
     /// After a delivery: log the ids first, then commit (see the module comment).
-    fn finish(&self, ids: &[String], last: u64) {
-        if let Err(e) = lock(&self.delivered).remember(ids) {
+    fn finish(&self, delivered: &Delivered, last: u64) {
+        if let Err(e) = lock(&self.delivered).remember(delivered) {
             tracing::warn!(output = %self.output.name, error = %e, "cannot log delivered event ids; after a restart, replays of them may be delivered again");
         }
         let mut journal = lock(&self.journal);
@@ -313,14 +313,13 @@ impl DeliveredIds {
         }
     }
 
-    fn remember(&mut self, ids: &[String]) -> Result<(), JournalError> {
-        for id in ids {
-            let k = self.key(id.as_bytes());
+    fn remember(&mut self, delivered: &Delivered) -> Result<(), JournalError> {
+        for &k in &delivered.keys {
             self.insert(k);
         }
         let Some(log) = &mut self.log else { return Ok(()) };
         let mut record = Vec::with_capacity(ID_RECORD_BYTES + 64);
-        for id in ids {
+        for id in &delivered.ids {
             let Ok(len) = u16::try_from(id.len()) else { continue };
             record.extend_from_slice(&len.to_le_bytes());
             record.extend_from_slice(id.as_bytes());
@@ -334,6 +333,14 @@ impl DeliveredIds {
         }
         log.flush()
     }
+}
+
+/// The ids of a delivered batch, and their keys in [`DeliveredIds`] (hashed once, when the
+/// batch was de-duplicated).
+#[derive(Default)]
+struct Delivered {
+    ids: Vec<String>,
+    keys: Vec<u128>,
 }
 
 /// Ids in one record of the delivered-id log: (u16 length, bytes) repeated. Stops at the
@@ -545,11 +552,11 @@ async fn work(q: Arc<Queue>, batch_max: usize, mut stop: watch::Receiver<bool>) 
 
 /// Decodes a batch read from the queue and leaves out what was delivered already (or is in
 /// the batch twice); returns the events and their ids.
-fn unique_events(q: &Queue, records: Records) -> (Vec<Event>, Vec<String>) {
+fn unique_events(q: &Queue, records: Records) -> (Vec<Event>, Delivered) {
     let delivered = lock(&q.delivered);
-    let mut in_batch = HashSet::new();
+    let mut in_batch = HashSet::with_capacity(records.len());
     let mut events = Vec::with_capacity(records.len());
-    let mut ids = Vec::with_capacity(records.len());
+    let mut ids = Delivered { ids: Vec::with_capacity(records.len()), keys: Vec::with_capacity(records.len()) };
     let mut duplicates = 0u64;
     for (seq, payload) in records {
         let event = match Event::decode(payload.as_slice()) {
@@ -567,7 +574,8 @@ fn unique_events(q: &Queue, records: Records) -> (Vec<Event>, Vec<String>) {
                 duplicates += 1;
                 continue;
             }
-            ids.push(event.id.clone());
+            ids.ids.push(event.id.clone());
+            ids.keys.push(k);
         }
         events.push(event);
     }
@@ -610,8 +618,10 @@ mod tests {
         let ids: Vec<String> = (0..30).map(|i| format!("id-{i}")).collect();
         {
             let mut d = DeliveredIds::open(&dir, 10, Fsync::Never).unwrap();
-            d.remember(&ids[..20]).unwrap();
-            d.remember(&ids[20..]).unwrap();
+            let batch = |ids: &[String]| Delivered { ids: ids.to_vec(), keys: ids.iter().map(|i| d.key(i.as_bytes())).collect() };
+            let (first, rest) = (batch(&ids[..20]), batch(&ids[20..]));
+            d.remember(&first).unwrap();
+            d.remember(&rest).unwrap();
             assert_eq!(d.order.len(), 10);
             assert!(!d.contains(d.key(b"id-19")));
             assert!(d.contains(d.key(b"id-20")) && d.contains(d.key(b"id-29")));

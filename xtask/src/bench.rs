@@ -203,6 +203,20 @@ fn dropped_total(metrics: &str) -> f64 {
         .sum()
 }
 
+/// The process's CPU time once it has gone idle (under 1% of a CPU over 200 ms), or after 60 s.
+fn settled_cpu_ns(pid: u32) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = cpu_ns(pid);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = cpu_ns(pid);
+        if now.saturating_sub(last) < 2_000_000 || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// utime + stime of a process, in nanoseconds.
 fn cpu_ns(pid: u32) -> u64 {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -519,6 +533,26 @@ fn auditd_rounds(args: &Bench, report: &mut String) -> Result<()> {
     result
 }
 
+/// Runs the command on one CPU only: the ingest bench keeps the load generator off the
+/// collector's CPU, so the collector's cost per event is not its neighbour's cache and
+/// scheduling noise (on 2 cores, unpinned runs moved by ±20%).
+fn pin(cmd: &mut Command, cpu: usize) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure makes one async-signal-safe system call on a
+    // cpu set it built on its own stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
 /// `cargo xtask bench ingest`: the collector alone, fed by `peregrine-loadgen` the way agents
 /// feed it, into a file output through its durable queue. Rounds alternate the two fsync
 /// policies (on_flush, the default, and never). Then one steady-rate run measures event →
@@ -531,6 +565,7 @@ pub fn ingest(bins: &Binaries, rounds: usize, seconds: f64) -> Result<()> {
         let port = free_port()?;
         let out = dir.0.join(format!("events-{tag}.jsonl"));
         let mut cmd = collector_command(bins, port, &out, &dir.0.join(format!("queue-{tag}")))?;
+        pin(&mut cmd, 1);
         let collector = Owned(cmd.args(["--set", &format!("queue.fsync={fsync}")]).spawn()?);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -540,7 +575,9 @@ pub fn ingest(bins: &Binaries, rounds: usize, seconds: f64) -> Result<()> {
         Ok((collector, port, out))
     };
     let load = |port: u16, extra: &[String]| -> Result<serde_json::Value> {
-        let out = Command::new(&loadgen)
+        let mut cmd = Command::new(&loadgen);
+        pin(&mut cmd, 0);
+        let out = cmd
             .args(["--address", &format!("http://127.0.0.1:{port}"), "--seconds", &seconds.to_string()])
             .args(extra)
             .output()?;
@@ -550,18 +587,27 @@ pub fn ingest(bins: &Binaries, rounds: usize, seconds: f64) -> Result<()> {
     let mut report = String::new();
     let cmd = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     let _ = writeln!(report, "### `cargo xtask {cmd}`\n");
-    let _ = writeln!(report, "{rounds} rounds × {seconds} s per fsync policy, alternating; batches of 512 exec events, 8 in flight, one stream.\n");
+    let _ = writeln!(
+        report,
+        "{rounds} rounds × {seconds} s per fsync policy, alternating; batches of 512 exec events, 8 in flight, one stream; the collector on CPU 1, the load generator on CPU 0; collector CPU counted until it is idle after the last acknowledgement (the output's backlog included).\n"
+    );
     // Per fsync policy: events/s acked, collector CPU µs per event, events/s per core.
     type Samples = (Vec<f64>, Vec<f64>, Vec<f64>);
     let mut per: BTreeMap<&str, Samples> = BTreeMap::new();
     for round in 0..rounds {
         let order = if round % 2 == 0 { ["on_flush", "never"] } else { ["never", "on_flush"] };
         for fsync in order {
-            let (collector, port, _) = start(fsync, &format!("{fsync}-{round}"))?;
+            let tag = format!("{fsync}-{round}");
+            let (collector, port, out) = start(fsync, &tag)?;
             let pid = collector.0.id();
             let cpu0 = cpu_ns(pid);
             let r = load(port, &[])?;
-            let cpu = cpu_ns(pid).saturating_sub(cpu0) as f64 / 1e9;
+            // The output may still be writing what was acknowledged: its CPU counts too.
+            let cpu = settled_cpu_ns(pid).saturating_sub(cpu0) as f64 / 1e9;
+            drop(collector);
+            // Gigabytes per round: left behind, their writeback slows the rounds after.
+            let _ = fs::remove_file(&out);
+            let _ = fs::remove_dir_all(dir.0.join(format!("queue-{tag}")));
             let acked = r["acked"].as_f64().unwrap_or(0.0);
             let secs = r["seconds"].as_f64().unwrap_or(1.0);
             eprintln!("    round={round} fsync={fsync}: {acked} events acked in {secs:.2} s, collector CPU {cpu:.2} s");
