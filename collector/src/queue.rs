@@ -337,7 +337,6 @@ impl DeliveredIds {
 
 /// The ids of a delivered batch, and their keys in [`DeliveredIds`] (hashed once, when the
 /// batch was de-duplicated).
-#[derive(Default)]
 struct Delivered {
     ids: Vec<String>,
     keys: Vec<u128>,
@@ -556,7 +555,7 @@ fn unique_events(q: &Queue, records: Records) -> (Vec<Event>, Delivered) {
     let delivered = lock(&q.delivered);
     let mut in_batch = HashSet::with_capacity(records.len());
     let mut events = Vec::with_capacity(records.len());
-    let mut ids = Delivered { ids: Vec::with_capacity(records.len()), keys: Vec::with_capacity(records.len()) };
+    let mut kept = Delivered { ids: Vec::with_capacity(records.len()), keys: Vec::with_capacity(records.len()) };
     let mut duplicates = 0u64;
     for (seq, payload) in records {
         let event = match Event::decode(payload.as_slice()) {
@@ -574,8 +573,8 @@ fn unique_events(q: &Queue, records: Records) -> (Vec<Event>, Delivered) {
                 duplicates += 1;
                 continue;
             }
-            ids.ids.push(event.id.clone());
-            ids.keys.push(k);
+            kept.ids.push(event.id.clone());
+            kept.keys.push(k);
         }
         events.push(event);
     }
@@ -583,7 +582,7 @@ fn unique_events(q: &Queue, records: Records) -> (Vec<Event>, Delivered) {
         q.metrics.duplicates_removed.get_or_create(&q.label).inc_by(duplicates);
         tracing::debug!(output = %q.output.name, duplicates, "replayed events removed");
     }
-    (events, ids)
+    (events, kept)
 }
 
 /// Jittered exponential backoff without a limit on attempts: random in [base/2, base], the

@@ -46,10 +46,10 @@ impl Event {
         self.kind.as_mut()?.process_mut()
     }
 
-    /// [`Event::kind_name`] of an event whose kind is encoded in field number `field` (the
-    /// `oneof kind` members: 10 to 17), for readers that do not decode the whole event.
-    pub fn kind_name_of_field(field: u32) -> &'static str {
-        match field {
+    /// Short name of the kind encoded in field number `field` (the `oneof kind` members, 10
+    /// to 17), `None` for any other field: for readers that do not decode the whole event.
+    pub fn kind_name_of_field(field: u32) -> Option<&'static str> {
+        Some(match field {
             10 => "exec",
             11 => "status",
             12 => "fork",
@@ -58,22 +58,31 @@ impl Event {
             15 => "alert",
             16 => "connection",
             17 => "container_started",
-            _ => "unknown",
-        }
+            _ => return None,
+        })
     }
 
     /// Short name of the event's kind, used as a metric label and in logs.
     pub fn kind_name(&self) -> &'static str {
-        match &self.kind {
-            Some(Kind::Exec(_)) => "exec",
-            Some(Kind::Status(_)) => "status",
-            Some(Kind::Fork(_)) => "fork",
-            Some(Kind::Exit(_)) => "exit",
-            Some(Kind::Loss(_)) => "loss",
-            Some(Kind::Alert(_)) => "alert",
-            Some(Kind::Connection(_)) => "connection",
-            Some(Kind::ContainerStarted(_)) => "container_started",
-            None => "unknown",
+        self.kind.as_ref().and_then(|k| Self::kind_name_of_field(k.field())).unwrap_or(UNKNOWN_KIND)
+    }
+}
+
+/// [`Event::kind_name`] of an event without a kind.
+pub const UNKNOWN_KIND: &str = "unknown";
+
+impl Kind {
+    /// The field number of this member of `oneof kind` (the wire contract in the .proto file).
+    pub fn field(&self) -> u32 {
+        match self {
+            Kind::Exec(_) => 10,
+            Kind::Status(_) => 11,
+            Kind::Fork(_) => 12,
+            Kind::Exit(_) => 13,
+            Kind::Loss(_) => 14,
+            Kind::Alert(_) => 15,
+            Kind::Connection(_) => 16,
+            Kind::ContainerStarted(_) => 17,
         }
     }
 }
@@ -112,7 +121,7 @@ impl<'a> EventHeader<'a> {
         use prost::encoding::{WireType, decode_key, decode_varint};
         const PAST_END: PeekError = PeekError("a field runs past the end of the event");
         let framing = |_| PeekError("a field key or length is malformed");
-        let mut header = Self { node: "", kind: Event::kind_name_of_field(0) };
+        let mut header = Self { node: "", kind: UNKNOWN_KIND };
         while !encoded.is_empty() {
             let (field, wire) = decode_key(&mut encoded).map_err(framing)?;
             let skip = match wire {
@@ -131,8 +140,8 @@ impl<'a> EventHeader<'a> {
                     if field == 5 {
                         header.node =
                             std::str::from_utf8(value).map_err(|_| PeekError("the event's node is not UTF-8"))?;
-                    } else if (10..=17).contains(&field) {
-                        header.kind = Event::kind_name_of_field(field);
+                    } else if let Some(kind) = Event::kind_name_of_field(field) {
+                        header.kind = kind;
                     }
                     len
                 }

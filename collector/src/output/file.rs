@@ -37,32 +37,31 @@ impl JsonLines {
         let mut lines = Vec::with_capacity(events.len() * 1024);
         let mut n = 0;
         for e in events {
-            if ctx.max_event_bytes.is_none() {
+            let start = lines.len();
+            let encoded = match ctx.max_event_bytes {
                 // No size limit: straight into the batch, without a buffer per event.
-                let start = lines.len();
-                match serde_json::to_writer(&mut lines, e) {
-                    Ok(()) => {
-                        lines.push(b'\n');
-                        n += 1;
+                None => serde_json::to_writer(&mut lines, e).map(|()| truncate::Fitted::Fits((), false)),
+                limit => truncate::fit(e, limit, serde_json::to_vec, Vec::len).map(|fitted| match fitted {
+                    truncate::Fitted::Fits(bytes, truncated) => {
+                        lines.extend_from_slice(&bytes);
+                        truncate::Fitted::Fits((), truncated)
                     }
-                    Err(err) => {
-                        lines.truncate(start);
-                        ctx.dead_letter(e, "encode_error", &err.to_string()).await;
-                    }
-                }
-                continue;
-            }
-            match truncate::fit(e, ctx.max_event_bytes, serde_json::to_vec, Vec::len) {
-                Ok(truncate::Fitted::Fits(bytes, truncated)) => {
+                    truncate::Fitted::TooLarge(why) => truncate::Fitted::TooLarge(why),
+                }),
+            };
+            match encoded {
+                Ok(truncate::Fitted::Fits((), truncated)) => {
                     if truncated {
                         ctx.metrics.truncated(&ctx.name);
                     }
-                    lines.extend_from_slice(&bytes);
                     lines.push(b'\n');
                     n += 1;
                 }
                 Ok(truncate::Fitted::TooLarge(why)) => ctx.dead_letter(e, "too_large", &why).await,
-                Err(err) => ctx.dead_letter(e, "encode_error", &err.to_string()).await,
+                Err(err) => {
+                    lines.truncate(start);
+                    ctx.dead_letter(e, "encode_error", &err.to_string()).await;
+                }
             }
         }
         let mut target = self.target.lock().await;
