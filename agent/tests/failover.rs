@@ -21,7 +21,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Proc, TempDir, agent_command, collector_bin, http_get, tool, unique, wait_for};
+use support::{Proc, TempDir, agent_command, collector_bin, http_get, ip, netns_thread, tool, unique, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 const NS: &str = "pg-svc";
@@ -29,11 +29,6 @@ const VIP: &str = "198.18.7.100";
 const REPLICA_A: &str = "198.18.7.1";
 const REPLICA_B: &str = "198.18.7.2";
 const PORT: u16 = 7443;
-
-fn ip(args: &[&str]) {
-    let out = Command::new(tool("ip")).args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 /// The namespace, its addresses and the Service's nftables table; removed on drop.
 struct Service;
@@ -78,15 +73,7 @@ impl Service {
 
     /// Runs `f` on a thread that has joined the namespace's network stack.
     fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(format!("/run/netns/{NS}")).unwrap();
-            // SAFETY: setns on this thread only, with a namespace fd we hold open.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
+        netns_thread(NS, f).join().unwrap()
     }
 
     /// `cmd`, run in the namespace's network stack only (`ip netns exec` would also remount

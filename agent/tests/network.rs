@@ -29,11 +29,6 @@ const PEER6: &str = "fd00:18::2";
 /// Namespace tests share fixed names and addresses: one at a time.
 static NETNS: Mutex<()> = Mutex::new(());
 
-fn ip(args: &[&str]) {
-    let out = Command::new(tool("ip")).args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 /// A peer namespace joined to the host by a veth pair; removed (with its links and routes)
 /// on drop.
 struct Peer {
@@ -73,14 +68,7 @@ impl Peer {
 
     /// Runs `f` on a thread that has joined the namespace's network stack.
     fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on this thread only, with a namespace fd we hold open.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
+        netns_thread(&self.name, f)
     }
 }
 

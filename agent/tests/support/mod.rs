@@ -37,6 +37,26 @@ pub fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("`{name}` is not installed: run `cargo xtask setup` (or `cargo xtask test`)"))
 }
 
+/// Runs `ip` with these arguments; fails the test with its stderr if it fails.
+pub fn ip(args: &[&str]) {
+    let out = Command::new(tool("ip")).args(args).output().unwrap();
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs `f` on a new thread that has joined the network stack of the namespace `name`
+/// (`/run/netns/<name>`, as `ip netns add` makes it).
+pub fn netns_thread<T: Send + 'static>(name: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with a namespace fd we hold open.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
 /// The kernel object `cargo xtask test` built.
 pub fn ebpf_object() -> PathBuf {
     env_path("PEREGRINE_EBPF_OBJECT")
