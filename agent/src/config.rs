@@ -118,6 +118,10 @@ pub struct NetworkConfig {
     /// A UDP flow (process, cgroup, destination, port) is reported again after this long;
     /// 0 reports every send.
     pub udp_dedup_ms: u64,
+    /// A TCP flow (process, cgroup, peer, port, direction) is sent once per window this long;
+    /// the kernel counts its other connects or accepts in the window, which leave as one
+    /// summary event (`summary`, `count`) after it. 0 sends every connect and accept.
+    pub tcp_dedup_ms: u64,
     /// Egress enforcement (off when empty): IPv4 CIDRs that connects and sends are refused
     /// for, in the kernel, each refusal reported. E.g. ["169.254.169.254/32"] keeps pods away
     /// from the metadata service.
@@ -132,6 +136,7 @@ impl Default for NetworkConfig {
             pod_cidrs: Vec::new(),
             service_cidrs: Vec::new(),
             udp_dedup_ms: 10_000,
+            tcp_dedup_ms: 10_000,
             deny_destinations: Vec::new(),
         }
     }

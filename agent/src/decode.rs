@@ -4,9 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use peregrine_common::{
-    ABI_VERSION, CGROUP_PATH_CAP, COMM_LEN, CgroupRecord, ConnRecord, DENIED_NAME_CAP, ExecDeniedRecord, ExecRecord, ExitRecord,
+    ABI_VERSION, CGROUP_PATH_CAP, COMM_LEN, CgroupRecord, ConnRecord, ConnWindow, DENIED_NAME_CAP, FlowKey, ExecDeniedRecord, ExecRecord, ExitRecord,
     FILENAME_CAP, ForkRecord, PATH_CAP, PathBuf,
-    RecordHeader, RecordKind, TaskInfo, cgroup_flags, conn_flags, exec_flags, outcome, path_flags, sockaddr_op,
+    RecordHeader, RecordKind, TaskInfo, cgroup_flags, conn_flags, exec_flags, flow_dir, outcome, path_flags, sockaddr_op,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -112,6 +112,17 @@ pub struct Conn {
     pub op: Option<SockOp>,
     pub local: (IpAddr, u16),
     pub remote: (IpAddr, u16),
+    /// The TCP dedup window this record opened, if it opened one.
+    pub window: Option<OpenedWindow>,
+    /// The flow's previous window, closed by the kernel itself, when it absorbed anything.
+    pub carried: Option<ConnWindow>,
+}
+
+/// A dedup window a connect attempt or accept opened, with the key the kernel keeps it under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenedWindow {
+    pub start_ns: u64,
+    pub key: FlowKey,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -283,6 +294,25 @@ fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// The kernel's key for the window a record opened (see `ConnRecord::window_start_ns`).
+fn opened_window(kind: ConnKind, r: &ConnRecord) -> Option<OpenedWindow> {
+    let (dir, port) = match kind {
+        ConnKind::Connect => (flow_dir::TCP_OUT, r.tuple.dport),
+        ConnKind::Accept => (flow_dir::TCP_IN, r.tuple.sport),
+        _ => return None,
+    };
+    (r.window_start_ns != 0).then_some(OpenedWindow {
+        start_ns: r.window_start_ns,
+        key: FlowKey {
+            cgroup_id: r.owner.cgroup_id,
+            tgid: r.owner.tgid,
+            family: r.tuple.family | dir,
+            dport: port,
+            daddr: r.tuple.daddr,
+        },
+    })
+}
+
 fn decode_conn(header: &RecordHeader, kind: RecordKind, r: &ConnRecord) -> Conn {
     let mut lossy = false;
     let owner = (header.flags & conn_flags::OWNER_UNKNOWN == 0).then(|| Owner {
@@ -323,6 +353,8 @@ fn decode_conn(header: &RecordHeader, kind: RecordKind, r: &ConnRecord) -> Conn 
         op,
         local: (ip(r.tuple.family, &r.tuple.saddr), r.tuple.sport),
         remote: (ip(r.tuple.family, &r.tuple.daddr), r.tuple.dport),
+        window: opened_window(kind, r),
+        carried: (r.window_start_ns != 0 && r.carried.absorbed != 0).then_some(r.carried),
     }
 }
 

@@ -183,10 +183,19 @@ impl Drain {
                 }
                 _ = expiry.tick() => {
                     let now = boot_now_ns();
-                    for kind in self.net.expire(now, &self.tracker) {
+                    // Records already in the ring may open the windows about to be read.
+                    self.drain_once(&mut records);
+                    let lost_before = self.net.windows_lost();
+                    for kind in self.net.expire(now, &self.tracker, self.stamper.clock, &mut self.sensor) {
                         self.emit(now, kind);
                     }
+                    let lost = self.net.windows_lost() - lost_before;
+                    if lost > 0 {
+                        tracing::warn!(windows = lost, "TCP dedup windows lost before they were read (kernel map pressure)");
+                        self.lose(reason::TCP_WINDOW_LOST, lost);
+                    }
                     self.metrics.connects_pending.set(i64::try_from(self.net.pending()).unwrap_or(i64::MAX));
+                    self.metrics.tcp_dedup_windows.set(i64::try_from(self.net.windows()).unwrap_or(i64::MAX));
                 }
                 _ = heartbeat.tick() => {
                     self.drain_once(&mut records);
@@ -266,7 +275,7 @@ impl Drain {
             }
             Ok(decode::Record::Conn(conn)) => {
                 let boot_ns = conn.boot_ns;
-                for kind in self.net.apply(conn, &self.tracker) {
+                for kind in self.net.apply(conn, &self.tracker, self.stamper.clock, &mut self.sensor) {
                     self.emit(boot_ns, kind);
                 }
             }

@@ -119,6 +119,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let policy = kernel::SocketPolicy {
         exclude_loopback: config.network.exclude_loopback,
         udp_dedup_ns: config.network.udp_dedup_ms.saturating_mul(1_000_000),
+        tcp_dedup_ns: config.network.tcp_dedup_ms.saturating_mul(1_000_000),
         // Validated with the configuration.
         deny4: config.network.deny4().unwrap_or_default(),
         deny_exec: config.process.deny_exec.clone(),
@@ -171,6 +172,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(processes = seeded, "process cache seeded from /proc");
     let net = net::ConnTracker::new(net::NetConfig {
         outcome_wait_ns: config.network.outcome_wait_ms.saturating_mul(1_000_000),
+        tcp_dedup_ns: config.network.tcp_dedup_ms.saturating_mul(1_000_000),
         // Both parsed in validation already.
         pod_cidrs: config.network.pod_cidrs().unwrap_or_default(),
         service_cidrs: config.network.service_cidrs().unwrap_or_default(),

@@ -36,6 +36,9 @@ pub mod reason {
     /// No agent ran: the window between two runs (a Loss event with its bounds).
     pub const OBSERVATION_GAP: &str = "observation_gap";
     pub const KERNEL_READ_FAILED: &str = "kernel_read_failed";
+    /// A TCP dedup window's summary (the count of connects the kernel absorbed in it) could
+    /// not be read: the kernel's window map evicted it under pressure, or the read failed.
+    pub const TCP_WINDOW_LOST: &str = "tcp_window_lost";
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,6 +79,7 @@ pub struct Metrics {
     pub process_cache_entries: Gauge,
     pub process_cache_evicted: Counter,
     pub connects_pending: Gauge,
+    pub tcp_dedup_windows: Gauge,
     pub connects_unattributed: Counter,
     pub container_lookups: Family<ResultLabel, Counter>,
     pub enrichment_incomplete: Family<StatusLabel, Counter>,
@@ -104,6 +108,7 @@ impl Metrics {
         r.register("collector_connected", "1 while a collector stream is open", self.collector_connected.clone());
         r.register("process_cache_entries", "Processes in the process cache", self.process_cache_entries.clone());
         r.register("connects_pending", "TCP connects awaiting their outcome", self.connects_pending.clone());
+        r.register("tcp_dedup_windows", "TCP dedup windows the agent will read when they end", self.tcp_dedup_windows.clone());
         r.register(
             "connects_unattributed",
             "Connect outcomes reported without a process (owner evicted or older than the agent)",

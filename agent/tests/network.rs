@@ -378,3 +378,80 @@ fn denied_destination_fails_with_eperm_and_is_reported() {
     let err = TcpStream::connect((PEER, 9)).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
 }
+
+/// Repeats of one flow within the TCP dedup window: the kernel sends the first and counts the
+/// rest; one summary per flow and direction follows the window with the exact counts.
+#[test]
+fn repeated_connects_leave_one_event_and_a_summary_with_counts() {
+    let dir = TempDir::new("net-dedup");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &["network.tcp_dedup_ms=3000"]);
+    let peer = Peer::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = peer.inside(move || {
+        let l = TcpListener::bind((REMOTE, 8090)).unwrap();
+        tx.send(()).unwrap();
+        for _ in 0..5 {
+            let _ = l.accept().unwrap();
+        }
+    });
+    rx.recv_timeout(WAIT).unwrap();
+    let mut first_port = 0;
+    for i in 0..5 {
+        let s = TcpStream::connect((REMOTE, 8090)).unwrap();
+        if i == 0 {
+            first_port = s.local_addr().unwrap().port();
+        }
+    }
+    server.join().unwrap();
+    for _ in 0..3 {
+        let err = TcpStream::connect((REMOTE, 8091)).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+    }
+    let me = std::process::id();
+    let summary_of = |port: u64, evt: &'static str| {
+        find_conn(&collector, "a dedup summary", move |c| c["summary"] == true && c["remote_port"] == port && c["evt_type"] == evt)
+    };
+    let out = summary_of(8090, "connect");
+    assert_eq!((out["count"].as_u64(), out["established_count"].as_u64(), out["failed_count"].as_u64()), (Some(4), Some(4), Some(0)));
+    assert_eq!((out["remote_ip"].as_str(), out["local_port"].as_u64()), (Some(REMOTE), Some(0)));
+    assert_eq!(out["process"]["pid"], me);
+    assert_eq!(out["window_ms"], 3000);
+    let refused = summary_of(8091, "connect");
+    assert_eq!((refused["count"].as_u64(), refused["established_count"].as_u64(), refused["failed_count"].as_u64()), (Some(2), Some(0), Some(2)));
+    // The server's accepts, one flow (peer address, listening port) whatever the client port.
+    let inbound = find_conn(&collector, "the accept summary", |c| c["summary"] == true && c["evt_type"] == "accept" && c["local_ip"] == REMOTE);
+    assert_eq!((inbound["count"].as_u64(), inbound["remote_ip"].as_str()), (Some(4), Some(HOST)));
+    assert_eq!(inbound["process"]["pid"], me);
+
+    collector.wait_drained_past(boot_now_ns(), WAIT);
+    let all = connections(&collector.events());
+    let sent: Vec<&Value> = all.iter().filter(|c| c["remote_port"] == 8090 && c["summary"] != true).collect();
+    assert_eq!(sent.len(), 1, "one connect event for five connects: {sent:#?}");
+    assert_eq!((sent[0]["local_port"].as_u64(), sent[0]["outcome"].as_str()), (Some(u64::from(first_port)), Some("established")));
+    assert_eq!(all.iter().filter(|c| c["remote_port"] == 8091 && c["summary"] != true).count(), 1);
+    assert_eq!(all.iter().filter(|c| c["evt_type"] == "accept" && c["local_ip"] == REMOTE && c["summary"] != true).count(), 1);
+    assert_eq!(all.iter().filter(|c| c["summary"] == true).count(), 3, "one summary per flow: {all:#?}");
+}
+
+/// With the dedup window at 0 every connect is its own event. (Port 10: every agent sees every
+/// test's connects, and no other test uses it.)
+#[test]
+fn dedup_off_reports_every_connect() {
+    let dir = TempDir::new("net-nodedup");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &["network.tcp_dedup_ms=0"]);
+    let _peer = Peer::new();
+    for _ in 0..3 {
+        let err = TcpStream::connect((PEER, 10)).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+    }
+    let events = wait_for(WAIT, "three refused connects", || {
+        let cs: Vec<Value> = connections(&collector.events()).into_iter().filter(|c| c["remote_ip"] == PEER && c["remote_port"] == 10).collect();
+        (cs.len() >= 3).then_some(cs)
+    });
+    collector.wait_drained_past(boot_now_ns() + 2_000_000_000, WAIT);
+    let cs: Vec<Value> = connections(&collector.events()).into_iter().filter(|c| c["remote_ip"] == PEER && c["remote_port"] == 10).collect();
+    assert_eq!(cs.len(), 3, "{events:#?}");
+    assert!(cs.iter().all(|c| c["outcome"] == "refused" && c["summary"] != true && c["process"]["pid"] == std::process::id()));
+}

@@ -283,6 +283,15 @@ fn connection_rows_put_the_process_on_its_side_with_the_exact_values() {
     assert_eq!(listen["NetworkDirection"], "Listen");
     assert!(!listen.contains_key("SrcIpAddr") && !listen.contains_key("DstFQDN"), "a listener has no peer: {listen:?}");
 
+    // A dedup summary: EventCount is the repeats it stands for, EventStartTime its window's start.
+    let mut summary = connection_event("c-5", 5, "connect", "");
+    if let Some(peregrine_proto::Kind::Connection(c)) = &mut summary.kind {
+        (c.summary, c.count, c.local_port, c.window_start_unix_nano) = (true, 41, 0, 1_700_000_000_000_000_000);
+    }
+    let row = network_row(&summary);
+    assert_eq!((row["EventCount"].as_u64(), row["EventStartTime"].as_str()), (Some(41), Some("2023-11-14T22:13:20.000000Z")));
+    assert_eq!(validate(&catalogue(), "NetworkSession", &as_queried_network(&row), true), Vec::<String>::new());
+
     let denied = network_row(&connection_event("c-4", 4, "connect", "denied"));
     assert_eq!((denied["DvcAction"].as_str(), denied["EventResult"].as_str(), denied["EventSeverity"].as_str()), (Some("Deny"), Some("Failure"), Some("Low")));
 }

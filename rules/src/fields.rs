@@ -143,6 +143,10 @@ field_ids! {
     /// `peregrine.net.outcome`: how the connection ended (`success`, `in_progress`, `refused`,
     /// `timeout`, `unreachable`, `error`).
     PeregrineNetOutcome = "peregrine.net.outcome",
+    /// `peregrine.net.count`: connections the event stands for (1, or a dedup summary's count).
+    PeregrineNetCount = "peregrine.net.count",
+    /// `peregrine.net.summary`: the event is a dedup summary of a flow's repeats.
+    PeregrineNetSummary = "peregrine.net.summary",
     /// `peregrine.k8s.sa.name`: the pod's service account.
     PeregrineK8sSaName = "peregrine.k8s.sa.name",
     /// `peregrine.k8s.workload.kind`: `Deployment`, `DaemonSet`, `StatefulSet`, `Job`,
@@ -1110,6 +1114,20 @@ pub const CATALOGUE: &[FieldDef] = &[
         Direct(FieldId::PeregrineNetOutcome),
         Network,
         "Connection outcome: `success`, `in_progress`, `refused`, `timeout`, `unreachable`, `error`.",
+    ),
+    f(
+        "peregrine.net.count",
+        U64,
+        Direct(FieldId::PeregrineNetCount),
+        Network,
+        "Connections the event stands for: 1, or for a dedup summary how many more the flow made in the window (`peregrine.net.count > 100`: a burst).",
+    ),
+    f(
+        "peregrine.net.summary",
+        Bool,
+        Direct(FieldId::PeregrineNetSummary),
+        Network,
+        "The event is a dedup summary (`network.tcp_dedup_ms`) of repeats of a flow already reported; `peregrine.net.summary = false` keeps a rule to first contacts.",
     ),
     f(
         "peregrine.k8s.sa.name",

@@ -248,6 +248,8 @@ impl EventView for RuleEvent<'_> {
             FieldId::FdSockfamily => self.conn.as_ref().map_or(Value::Absent, |_| Value::Str("ip")),
             FieldId::PeregrineNetDestClass => self.conn.as_ref().map_or(Value::Absent, |n| Value::Str(&n.c.remote_class)),
             FieldId::PeregrineNetOutcome => self.conn.as_ref().map_or(Value::Absent, |n| Value::Str(&n.c.outcome)),
+            FieldId::PeregrineNetCount => self.conn.as_ref().map_or(Value::Absent, |n| Value::U64(n.c.count.max(1))),
+            FieldId::PeregrineNetSummary => self.conn.as_ref().map_or(Value::Absent, |n| Value::Bool(n.c.summary)),
             _ => Value::Absent,
         }
     }
@@ -402,6 +404,16 @@ mod tests {
         assert_eq!(evt_res("refused"), "ECONNREFUSED");
         let refused = peregrine_proto::Connection { outcome: "refused".into(), error: 111, ..Default::default() };
         assert_eq!(evt_rawres(&refused), -111);
+        // An event stands for one connection even when the count was left unset.
+        assert_eq!(v.field(FieldId::PeregrineNetCount, FieldArg::None), Value::U64(1));
+        assert_eq!(v.field(FieldId::PeregrineNetSummary, FieldArg::None), Value::Bool(false));
+        let mut summary = e.clone();
+        if let Some(Kind::Connection(c)) = &mut summary.kind {
+            (c.summary, c.count) = (true, 250);
+        }
+        let v = RuleEvent::new(&summary, &users).unwrap();
+        assert_eq!(v.field(FieldId::PeregrineNetCount, FieldArg::None), Value::U64(250));
+        assert_eq!(v.field(FieldId::PeregrineNetSummary, FieldArg::None), Value::Bool(true));
     }
 
     #[test]

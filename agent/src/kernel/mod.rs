@@ -11,11 +11,11 @@ pub mod transport;
 
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
-    maps::{MapData, PerCpuArray, PerfEventArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, PerfEventArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, RawTracePoint, TracePoint},
 };
 pub use error::KernelError;
-use peregrine_common::counter;
+use peregrine_common::{ConnWindow, FlowKey, counter};
 
 use crate::config::{EbpfConfig, TransportChoice};
 
@@ -78,6 +78,9 @@ pub struct SocketPolicy {
     pub exclude_loopback: bool,
     /// Report a UDP flow again after this long (0: every send).
     pub udp_dedup_ns: u64,
+    /// Send a TCP flow's first connect or accept per window this long, count the others
+    /// (0: send every one).
+    pub tcp_dedup_ns: u64,
     /// IPv4 destinations (address, prefix length) refused with EPERM; empty: no enforcement.
     pub deny4: Vec<([u8; 4], u32)>,
     /// Executables whose exec the LSM hook refuses; empty: the hook is not loaded.
@@ -89,6 +92,8 @@ pub struct Sensor {
     // Owns the programs and their links: must outlive the maps taken from it.
     _ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
+    /// TCP dedup windows (`TCP_SEEN`), by `FlowKey::to_bytes`.
+    tcp_windows: HashMap<MapData, [u8; 32], [u8; 32]>,
     /// Attached hooks, as `tracepoint/<category>/<name>`.
     pub hooks: Vec<String>,
     /// Boot-time ns when the last hook was attached: observation starts here.
@@ -162,7 +167,8 @@ impl Sensor {
             .override_global("CGROUP_PATH_LOC_OFFSET", &cg_path, true)
             .override_global("EXCLUDE_LOOPBACK", &exclude_loopback, true)
             .override_global("ENFORCE", &enforce, true)
-            .override_global("UDP_DEDUP_NS", &policy.udp_dedup_ns, true);
+            .override_global("UDP_DEDUP_NS", &policy.udp_dedup_ns, true)
+            .override_global("TCP_DEDUP_NS", &policy.tcp_dedup_ns, true);
         if use_perf == 0 {
             loader.map_max_entries("EVENTS", config.ring_buffer_bytes);
         }
@@ -228,8 +234,9 @@ impl Sensor {
             None => transport::Maps::Ring(take_map::<RingBuf<MapData>>(&mut ebpf, "EVENTS")?),
         };
         let counters = take_map(&mut ebpf, "COUNTERS")?;
+        let tcp_windows = take_map(&mut ebpf, "TCP_SEEN")?;
         let attached_boot_ns = crate::clock::boot_now_ns();
-        Ok((Self { _ebpf: ebpf, counters, hooks, attached_boot_ns, features, transport: kind, transport_reason }, maps))
+        Ok((Self { _ebpf: ebpf, counters, tcp_windows, hooks, attached_boot_ns, features, transport: kind, transport_reason }, maps))
     }
 
     /// Records the kernel could not put in the ring (it was full), summed over CPUs.
@@ -256,6 +263,21 @@ impl Sensor {
                 0
             }
         }
+    }
+}
+
+impl crate::net::dedup::WindowMap for Sensor {
+    fn read(&self, key: &FlowKey) -> Result<Option<ConnWindow>, String> {
+        match self.tcp_windows.get(&key.to_bytes(), 0) {
+            Ok(value) => Ok(Some(ConnWindow::from_bytes(&value))),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn remove(&mut self, key: &FlowKey) {
+        // Gone already (evicted, or the kernel replaced and the agent removed it) is fine.
+        let _ = self.tcp_windows.remove(&key.to_bytes());
     }
 }
 

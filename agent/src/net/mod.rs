@@ -5,8 +5,12 @@
 //! leaves per attempt: with the outcome when it comes within `outcome_wait`, otherwise as
 //! `in_progress` (a SYN timeout takes minutes; an alert must not wait), followed by an
 //! `update` event once the outcome is known.
+//!
+//! With TCP dedup on, only a flow's first connect or accept per window comes from the kernel;
+//! the others come later as one summary event per window (`dedup.rs`).
 
 pub mod classify;
+pub mod dedup;
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -14,12 +18,16 @@ use classify::Cidr;
 use peregrine_proto::{Connection, Kind};
 
 use crate::{
+    clock::BootClock,
     decode::{Conn, ConnKind, ConnOutcome, SockOp},
     process::Tracker,
 };
+use dedup::{Summary, WindowMap, Windows};
 
 pub struct NetConfig {
     pub outcome_wait_ns: u64,
+    /// The kernel's TCP dedup window (`network.tcp_dedup_ms`); 0: off.
+    pub tcp_dedup_ns: u64,
     pub pod_cidrs: Vec<Cidr>,
     pub service_cidrs: Vec<Cidr>,
 }
@@ -33,6 +41,7 @@ pub struct ConnTracker {
     config: NetConfig,
     /// Connects awaiting their outcome, by socket address.
     pending: HashMap<u64, Pending>,
+    windows: Windows,
 }
 
 /// Bound on connects awaiting an outcome; beyond it the oldest are reported at once.
@@ -56,7 +65,10 @@ fn family(ip: IpAddr) -> &'static str {
 
 impl ConnTracker {
     pub fn new(config: NetConfig) -> Self {
-        Self { config, pending: HashMap::new() }
+        // The outcomes of a window's last connects are counted when they come: read a window
+        // an outcome wait after it ends.
+        let windows = Windows::new(config.tcp_dedup_ns, config.outcome_wait_ns);
+        Self { config, pending: HashMap::new(), windows }
     }
 
     fn event(&self, c: &Conn, outcome: Option<ConnOutcome>, update: bool, processes: &Tracker) -> Kind {
@@ -101,34 +113,62 @@ impl ConnTracker {
             owner_unknown: c.owner.is_none(),
             process,
             update,
+            ..Default::default()
         })
     }
 
+    /// A window's summary: the opener's flow, how many more connects or accepts it had.
+    fn summary(&self, s: &Summary, clock: BootClock, processes: &Tracker) -> Kind {
+        let mut kind = self.event(&s.opener, None, false, processes);
+        if let Kind::Connection(c) = &mut kind {
+            c.summary = true;
+            c.count = s.counts.absorbed;
+            c.established_count = s.counts.established;
+            c.failed_count = s.counts.failed;
+            c.local_port = 0;
+            c.outcome = String::new();
+            c.window_start_unix_nano = u64::try_from(clock.to_unix_nanos(s.counts.start_ns)).unwrap_or(0);
+            c.window_ms = self.windows.window_ns() / 1_000_000;
+        }
+        kind
+    }
+
     /// Applies one record; returns the events to send now.
-    pub fn apply(&mut self, c: Conn, processes: &Tracker) -> Vec<Kind> {
+    pub fn apply(&mut self, c: Conn, processes: &Tracker, clock: BootClock, map: &mut dyn WindowMap) -> Vec<Kind> {
+        let mut summaries = Vec::new();
+        self.windows.opened(&c, map, &mut summaries);
+        let mut out: Vec<Kind> = summaries.iter().map(|s| self.summary(s, clock, processes)).collect();
         match (c.kind, c.outcome) {
             (ConnKind::Connect, None) => {
-                let mut out = Vec::new();
                 if self.pending.len() >= MAX_PENDING {
-                    out.extend(self.expire(u64::MAX, processes));
+                    out.extend(self.expire_pending(u64::MAX, processes));
                 }
                 self.pending.insert(c.sock, Pending { attempt: c, reported: false });
-                out
             }
-            (ConnKind::Connect, Some(result)) => match self.pending.remove(&c.sock) {
+            (ConnKind::Connect, Some(result)) => out.push(match self.pending.remove(&c.sock) {
                 // The attempt's tuple lacks the source port (bound later); the outcome's
                 // attribution comes from the kernel's map, the same owner as the attempt's.
-                Some(p) if !p.reported => vec![self.event(&Conn { owner: c.owner.clone().or(p.attempt.owner), ..c }, Some(result), false, processes)],
-                Some(p) => vec![self.event(&Conn { owner: c.owner.clone().or(p.attempt.owner), ..c }, Some(result), true, processes)],
-                None => vec![self.event(&c, Some(result), false, processes)],
-            },
-            _ => vec![self.event(&c, None, false, processes)],
+                Some(p) => self.event(&Conn { owner: c.owner.clone().or(p.attempt.owner), ..c }, Some(result), p.reported, processes),
+                None => self.event(&c, Some(result), false, processes),
+            }),
+            _ => out.push(self.event(&c, None, false, processes)),
         }
+        out
+    }
+
+    /// Reports connects older than the outcome wait as in_progress (once), and the summaries
+    /// of dedup windows that have ended.
+    pub fn expire(&mut self, now_ns: u64, processes: &Tracker, clock: BootClock, map: &mut dyn WindowMap) -> Vec<Kind> {
+        let mut out = self.expire_pending(now_ns, processes);
+        for s in self.windows.expire(now_ns, map) {
+            out.push(self.summary(&s, clock, processes));
+        }
+        out
     }
 
     /// Reports connects older than the wait as in_progress (once), and forgets reported ones
     /// that never got an outcome after a long time.
-    pub fn expire(&mut self, now_ns: u64, processes: &Tracker) -> Vec<Kind> {
+    fn expire_pending(&mut self, now_ns: u64, processes: &Tracker) -> Vec<Kind> {
         let wait = self.config.outcome_wait_ns;
         let due: Vec<u64> = self
             .pending
@@ -152,5 +192,15 @@ impl ConnTracker {
 
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Dedup windows open or recently read.
+    pub fn windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// Dedup windows lost before they were read (kernel map pressure), and failed reads.
+    pub fn windows_lost(&self) -> u64 {
+        self.windows.lost() + self.windows.read_failures()
     }
 }

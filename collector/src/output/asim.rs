@@ -269,6 +269,10 @@ fn network_row(e: &Event, c: &Connection) -> Value {
     common(e, &mut m);
     m.insert("Dvc".into(), json!(e.node));
     m.insert("EventCount".into(), json!(c.count.max(1)));
+    if c.summary && c.window_start_unix_nano > 0 {
+        // A dedup summary aggregates the flow's repeats since its window opened.
+        m.insert("EventStartTime".into(), json!(time(i64::try_from(c.window_start_unix_nano).unwrap_or(i64::MAX))));
+    }
     m.insert("EventType".into(), json!("EndpointNetworkSession"));
     let (result, details, action) = network_result(c);
     m.insert("EventResult".into(), json!(result));

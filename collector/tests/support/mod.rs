@@ -375,6 +375,7 @@ pub fn connection_event(id: &str, seq: u64, evt_type: &str, outcome: &str) -> Ev
             process: Some(process(4343, &["curl", "https://example.test/"])),
             owner_unknown: false,
             update: false,
+            ..Default::default()
         }),
     )
 }

@@ -11,7 +11,7 @@
 #![no_std]
 
 /// Bump on any change to a record layout, a record kind's meaning, or a global the agent sets.
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// Name of the object-file symbol holding the ABI version the programs were built with.
 pub const ABI_SYMBOL: &str = "PEREGRINE_ABI_VERSION";
@@ -299,6 +299,49 @@ pub struct ConnRecord {
     /// [`outcome`] for connects; 0 otherwise.
     pub outcome: u16,
     pub _pad: [u16; 3],
+    /// Boot-time ns of the dedup window this record opened (its flow's first connect or
+    /// accept in the window); 0 when TCP dedup is off or the record is no connect attempt or
+    /// accept. The window's key is the owner's cgroup and tgid with the tuple's peer address,
+    /// the port ([`flow_dir`]) and the family or'ed with the direction.
+    pub window_start_ns: u64,
+    /// The flow's previous window, when the kernel closed it itself (a connect after it
+    /// expired, before the agent read it): the attempts it absorbed. Zero otherwise.
+    pub carried: ConnWindow,
+}
+
+/// A TCP dedup window of one flow ([`FlowKey`] with [`flow_dir`] bits): the value of
+/// `TCP_SEEN`. The window's first connect or accept is sent as a record; the others only
+/// count here. Counters are added to atomically (several CPUs share one flow).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnWindow {
+    pub start_ns: u64,
+    /// Connects or accepts absorbed (not sent) in the window.
+    pub absorbed: u64,
+    /// Of the absorbed connects, how many ended established and how many failed, as far as
+    /// known when the window was read (a SYN timeout can end after it).
+    pub established: u64,
+    pub failed: u64,
+}
+
+/// Bits or'ed into [`FlowKey::family`] so one map keeps the flows of each direction apart.
+pub mod flow_dir {
+    /// A UDP datagram received (the key's address is its source).
+    pub const UDP_IN: u16 = 0x8000;
+    /// TCP connects (the key's address and port are the destination's).
+    pub const TCP_OUT: u16 = 0x4000;
+    /// TCP accepts (the key's address is the peer's, the port the local listening one).
+    pub const TCP_IN: u16 = 0x2000;
+}
+
+/// The `CONNECTING` map's value: who connected, and whether the record was absorbed into a
+/// dedup window (then its outcome is counted there, not sent).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Connecting {
+    pub owner: SockOwner,
+    /// The window the attempt was absorbed into; 0 when it was sent.
+    pub absorbed_into: u64,
 }
 
 /// [`RecordHeader::flags`] bits for UDP and denial records (the socket operation).
@@ -309,15 +352,41 @@ pub mod sockaddr_op {
     pub const RECVMSG: u16 = 1 << 10;
 }
 
-/// Key of the UDP first-contact map: one flow per process, cgroup and destination.
+/// Key of the UDP first-contact and TCP dedup maps: one flow per process, cgroup, peer and
+/// port, and direction ([`flow_dir`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub cgroup_id: u64,
     pub tgid: u32,
     pub family: u16,
     pub dport: u16,
     pub daddr: [u8; 16],
+}
+
+impl FlowKey {
+    /// The key as the map holds it (the layout has no padding).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&self.cgroup_id.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.tgid.to_ne_bytes());
+        b[12..14].copy_from_slice(&self.family.to_ne_bytes());
+        b[14..16].copy_from_slice(&self.dport.to_ne_bytes());
+        b[16..].copy_from_slice(&self.daddr);
+        b
+    }
+}
+
+impl ConnWindow {
+    /// A window as the map holds it.
+    pub fn from_bytes(b: &[u8; 32]) -> Self {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_ne_bytes(w)
+        };
+        Self { start_ns: word(0), absorbed: word(1), established: word(2), failed: word(3) }
+    }
 }
 
 /// A file as the kernel knows it: its superblock's device (the kernel's encoding,
@@ -374,7 +443,9 @@ const _: () = {
     assert!(size_of::<ExecDeniedRecord>() == 24 + 40 + 16 + 8 + DENIED_NAME_CAP);
     assert!(size_of::<Tuple>() == 48);
     assert!(size_of::<FlowKey>() == 32);
-    assert!(size_of::<ConnRecord>() == 24 + 40 + 8 + 48 + 8);
+    assert!(size_of::<ConnRecord>() == 24 + 40 + 8 + 48 + 8 + 8 + 32);
+    assert!(size_of::<ConnWindow>() == 32);
+    assert!(size_of::<Connecting>() == 48);
     assert!(size_of::<CgroupRecord>() == 24 + 16 + CGROUP_PATH_CAP);
     assert!(ARGV_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
     // argv_len and filename_len are u16.

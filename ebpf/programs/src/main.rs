@@ -10,6 +10,9 @@
 //! come from tracefs via globals the agent sets.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the stable atomics need compare-and-swap, which the BPF target does not offer.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 use aya_ebpf::{
     EbpfContext,
@@ -23,10 +26,12 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerfEventByteArray, RingBuf, lpm_trie::{Key, LpmTrie}},
     programs::{LsmContext, RawTracePointContext, SockAddrContext, TracePointContext},
 };
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use peregrine_common::{
-    ARGV_CAP, CGROUP_PATH_CAP, CgroupRecord, ConnRecord, DENIED_NAME_CAP, ExecDeniedRecord, ExecRecord, FileKey, ExitInfo, ExitRecord, FILENAME_CAP, FlowKey, ForkInfo,
+    ARGV_CAP, CGROUP_PATH_CAP, CgroupRecord, ConnRecord, ConnWindow, Connecting, DENIED_NAME_CAP, ExecDeniedRecord, ExecRecord, FileKey, ExitInfo, ExitRecord, FILENAME_CAP, FlowKey, ForkInfo,
     ForkRecord, RecordHeader, RecordKind, SockOwner, TaskInfo, Tuple, conn_flags, counter,
-    cgroup_flags, exec_flags, outcome, sockaddr_op, tcp_state,
+    cgroup_flags, exec_flags, flow_dir, outcome, sockaddr_op, tcp_state,
 };
 
 mod abi {
@@ -69,6 +74,10 @@ static EXCLUDE_LOOPBACK: u32 = 1;
 /// A UDP flow (process, cgroup, destination) is reported again after this long (0: every send).
 #[unsafe(no_mangle)]
 static UDP_DEDUP_NS: u64 = 10_000_000_000;
+/// A TCP flow (process, cgroup, peer, port, direction) is sent once per window of this long;
+/// later connects and accepts in the window are counted in `TCP_SEEN` (0: every one is sent).
+#[unsafe(no_mangle)]
+static TCP_DEDUP_NS: u64 = 10_000_000_000;
 /// 1: connects and sends to DENY4 destinations are refused (EPERM) and reported.
 #[unsafe(no_mangle)]
 static ENFORCE: u32 = 0;
@@ -104,7 +113,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 /// Who started each connecting socket, recorded at SYN_SENT (process context) for the outcome,
 /// which the kernel reports in softirq where `current` is an unrelated task.
 #[map]
-static CONNECTING: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65536, 0);
+static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entries(65536, 0);
 
 #[map]
 static CONN_SCRATCH: PerCpuArray<ConnRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -114,6 +123,10 @@ static CONN_SCRATCH: PerCpuArray<ConnRecord> = PerCpuArray::with_max_entries(1, 
 static DENY4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1024, 0);
 
 /// When each UDP flow was last reported.
+/// TCP dedup windows by flow; the agent reads a window once it has expired.
+#[map]
+static TCP_SEEN: LruHashMap<FlowKey, ConnWindow> = LruHashMap::with_max_entries(65536, 0);
+
 #[map]
 static UDP_SEEN: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
@@ -419,12 +432,52 @@ fn conn_scratch() -> Option<&'static mut ConnRecord> {
     CONN_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// Emits the staged connection record unless loopback is excluded and it is loopback.
+#[inline(always)]
+fn loopback_excluded(t: &Tuple) -> bool {
+    global(&EXCLUDE_LOOPBACK) != 0 && is_loopback(t)
+}
+
+/// Adds one to a counter of a map value other CPUs may be adding to.
+#[inline(always)]
+fn add_one(counter: *mut u64) {
+    // SAFETY: `counter` points into a map value, valid and 8-byte aligned for the program's
+    // run; the atomic add (BPF_XADD, its result unused) is what the kernel allows there.
+    let _ = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
+}
+
+/// The dedup window of the staged record's flow: `Some(start)` when the record falls in an
+/// open window and was counted there (not to be sent); `None` when it is to be sent, having
+/// opened a new window (`window_start_ns`, with the expired one's counts in `carried`).
+#[inline(always)]
+fn tcp_window(rec: &mut ConnRecord, dir: u16, port: u16, addr: [u8; 16]) -> Option<u64> {
+    rec.window_start_ns = 0;
+    rec.carried = ConnWindow::default();
+    let window = global(&TCP_DEDUP_NS);
+    if window == 0 {
+        return None;
+    }
+    let key = FlowKey { cgroup_id: rec.owner.cgroup_id, tgid: rec.owner.tgid, family: rec.tuple.family | dir, dport: port, daddr: addr };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(w) = TCP_SEEN.get_ptr_mut(&key) {
+        // SAFETY: a map value, valid for this run; counters are only ever added to.
+        let start = unsafe { (*w).start_ns };
+        if now.saturating_sub(start) < window {
+            // SAFETY: as above.
+            add_one(unsafe { &raw mut (*w).absorbed });
+            return Some(start);
+        }
+        // SAFETY: as above; copied before the entry is replaced.
+        rec.carried = unsafe { *w };
+    }
+    let _ = TCP_SEEN.insert(&key, &ConnWindow { start_ns: now, absorbed: 0, established: 0, failed: 0 }, 0);
+    rec.window_start_ns = now;
+    None
+}
+
+/// Emits the staged connection record.
 #[inline(always)]
 fn emit_conn<C: EbpfContext>(ctx: &C, rec: &mut ConnRecord, kind: RecordKind, flags: u16, sock: u64, result: u16) {
-    if global(&EXCLUDE_LOOPBACK) != 0 && is_loopback(&rec.tuple) {
-        return;
-    }
     rec.header = header(kind, flags, size_of::<ConnRecord>());
     rec.sock = sock;
     rec.outcome = result;
@@ -459,32 +512,60 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let sk = unsafe { ctx.read_at::<u64>(global(&SOCK_SKADDR_OFFSET) as usize) }.unwrap_or(0);
     let Some(rec) = conn_scratch() else { return 0 };
     // SAFETY: CO-RE getter reading the socket with probe reads into the staged record.
-    if unsafe { peregrine_sock_tuple(sk, &mut rec.tuple) } == 0 {
+    if unsafe { peregrine_sock_tuple(sk, &mut rec.tuple) } == 0 || loopback_excluded(&rec.tuple) {
         return 0;
     }
     if new == tcp_state::SYN_SENT {
         fill_current_owner(&mut rec.owner);
-        let _ = CONNECTING.insert(&sk, &rec.owner, 0);
-        emit_conn(&ctx, rec, RecordKind::Connect, 0, sk, outcome::ATTEMPT);
+        let (dport, daddr) = (rec.tuple.dport, rec.tuple.daddr);
+        let absorbed_into = tcp_window(rec, flow_dir::TCP_OUT, dport, daddr).unwrap_or(0);
+        let _ = CONNECTING.insert(&sk, &Connecting { owner: rec.owner, absorbed_into }, 0);
+        if absorbed_into == 0 {
+            emit_conn(&ctx, rec, RecordKind::Connect, 0, sk, outcome::ATTEMPT);
+        }
     } else if new == tcp_state::LISTEN {
         fill_current_owner(&mut rec.owner);
+        rec.window_start_ns = 0;
+        rec.carried = ConnWindow::default();
         emit_conn(&ctx, rec, RecordKind::Listen, 0, sk, 0);
     } else {
+        let established = new == tcp_state::ESTABLISHED;
+        // SAFETY: the map value is copied out before the entry is removed.
+        let entry = unsafe { CONNECTING.get(&sk) }.copied();
+        let _ = CONNECTING.remove(&sk);
         let mut flags = 0;
-        // SAFETY: the map value is copied into the record before the entry is removed.
-        match unsafe { CONNECTING.get(&sk) } {
-            Some(owner) => rec.owner = *owner,
+        match entry {
+            Some(c) if c.absorbed_into != 0 => {
+                count_absorbed_outcome(&c, &rec.tuple, established);
+                return 0;
+            }
+            Some(c) => rec.owner = c.owner,
             None => {
                 count(counter::CONN_OWNER_MISSING);
                 rec.owner = SockOwner::default();
                 flags = conn_flags::OWNER_UNKNOWN;
             }
         }
-        let _ = CONNECTING.remove(&sk);
-        let result = if new == tcp_state::ESTABLISHED { outcome::ESTABLISHED } else { outcome::FAILED };
+        rec.window_start_ns = 0;
+        rec.carried = ConnWindow::default();
+        let result = if established { outcome::ESTABLISHED } else { outcome::FAILED };
         emit_conn(&ctx, rec, RecordKind::Connect, flags, sk, result);
     }
     0
+}
+
+/// The outcome of an absorbed connect, added to its window if that is still the open one.
+#[inline(always)]
+fn count_absorbed_outcome(c: &Connecting, t: &Tuple, established: bool) {
+    let key = FlowKey { cgroup_id: c.owner.cgroup_id, tgid: c.owner.tgid, family: t.family | flow_dir::TCP_OUT, dport: t.dport, daddr: t.daddr };
+    if let Some(w) = TCP_SEEN.get_ptr_mut(&key) {
+        // SAFETY: a map value, valid for this run; counters are only ever added to.
+        unsafe {
+            if (*w).start_ns == c.absorbed_into {
+                add_one(if established { &raw mut (*w).established } else { &raw mut (*w).failed });
+            }
+        }
+    }
 }
 
 fn on_accept(ctx: &TracePointContext) {
@@ -497,11 +578,19 @@ fn on_accept(ctx: &TracePointContext) {
     let sk = unsafe { peregrine_fd_sock(ret as i32) };
     let Some(rec) = conn_scratch() else { return };
     // SAFETY: CO-RE getter reading the socket with probe reads into the staged record.
-    if sk == 0 || unsafe { peregrine_sock_tuple(sk, &mut rec.tuple) } == 0 || rec.tuple.protocol != IPPROTO_TCP {
+    if sk == 0
+        || unsafe { peregrine_sock_tuple(sk, &mut rec.tuple) } == 0
+        || rec.tuple.protocol != IPPROTO_TCP
+        || loopback_excluded(&rec.tuple)
+    {
         return;
     }
     fill_current_owner(&mut rec.owner);
-    emit_conn(ctx, rec, RecordKind::Accept, 0, sk, 0);
+    // One flow per peer address and local port: a client's source ports vary per connection.
+    let (sport, daddr) = (rec.tuple.sport, rec.tuple.daddr);
+    if tcp_window(rec, flow_dir::TCP_IN, sport, daddr).is_none() {
+        emit_conn(ctx, rec, RecordKind::Accept, 0, sk, 0);
+    }
 }
 
 /// Inbound connections, in the accepting process's context.
@@ -564,12 +653,16 @@ fn on_sock_addr(ctx: &SockAddrContext, v6: bool, op: u16) -> i32 {
         Some(addr) => op != sockaddr_op::RECVMSG && global(&ENFORCE) != 0 && DENY4.get(Key::new(32, addr)).is_some(),
         None => false,
     };
+    rec.window_start_ns = 0;
+    rec.carried = ConnWindow::default();
     if denied {
         fill_sockaddr_owner(&mut rec.owner);
-        emit_conn(ctx, rec, RecordKind::Denied, op, 0, 0);
+        if !loopback_excluded(&rec.tuple) {
+            emit_conn(ctx, rec, RecordKind::Denied, op, 0, 0);
+        }
         return DENY;
     }
-    if protocol != IPPROTO_UDP {
+    if protocol != IPPROTO_UDP || loopback_excluded(&rec.tuple) {
         return ALLOW;
     }
     fill_sockaddr_owner(&mut rec.owner);
@@ -577,7 +670,7 @@ fn on_sock_addr(ctx: &SockAddrContext, v6: bool, op: u16) -> i32 {
         cgroup_id: rec.owner.cgroup_id,
         tgid: rec.owner.tgid,
         // Inbound and outbound flows with one peer are distinct.
-        family: rec.tuple.family | if op == sockaddr_op::RECVMSG { 0x8000 } else { 0 },
+        family: rec.tuple.family | if op == sockaddr_op::RECVMSG { flow_dir::UDP_IN } else { 0 },
         dport: rec.tuple.dport,
         daddr: rec.tuple.daddr,
     };
