@@ -95,6 +95,8 @@ pub enum ConnOutcome {
     Established,
     /// Closed before establishing, with the socket's errno (0: closed by the caller).
     Failed(i32),
+    /// Established, then ended by the peer's reset.
+    Reset,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -341,6 +343,7 @@ fn decode_conn(header: &RecordHeader, kind: RecordKind, r: &ConnRecord) -> Conn 
     let result = match (kind, r.outcome) {
         (ConnKind::Connect, outcome::ESTABLISHED) => Some(ConnOutcome::Established),
         (ConnKind::Connect, outcome::FAILED) => Some(ConnOutcome::Failed(r.tuple.error)),
+        (ConnKind::Connect, outcome::RESET) => Some(ConnOutcome::Reset),
         _ => None,
     };
     Conn {

@@ -196,6 +196,11 @@ impl Drain {
                     }
                     self.metrics.connects_pending.set(i64::try_from(self.net.pending()).unwrap_or(i64::MAX));
                     self.metrics.tcp_dedup_windows.set(i64::try_from(self.net.windows()).unwrap_or(i64::MAX));
+                    for (program, runs, ns) in self.sensor.program_stats() {
+                        let label = crate::metrics::ProgramLabel { program: program.to_owned() };
+                        catch_up(&self.metrics.program_runs.get_or_create(&label), runs);
+                        catch_up(&self.metrics.program_run_ns.get_or_create(&label), ns);
+                    }
                 }
                 _ = heartbeat.tick() => {
                     self.drain_once(&mut records);

@@ -62,6 +62,11 @@ pub struct HookLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProgramLabel {
+    pub program: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabel {
     pub transport: &'static str,
 }
@@ -92,6 +97,8 @@ pub struct Metrics {
     pub kernel_features: Family<FeatureLabel, Gauge>,
     pub transport: Family<TransportLabel, Gauge>,
     pub hooks: Family<HookLabel, Gauge>,
+    pub program_runs: Family<ProgramLabel, Counter>,
+    pub program_run_ns: Family<ProgramLabel, Counter>,
     pub observation_gap_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
@@ -123,6 +130,16 @@ impl Metrics {
             "kernel_feature",
             "1 if the kernel offers the feature (probed at start; see the started status for why not)",
             self.kernel_features.clone(),
+        );
+        r.register(
+            "kernel_program_runs",
+            "Runs of each kernel program, counted by the kernel while kernel.bpf_stats_enabled = 1",
+            self.program_runs.clone(),
+        );
+        r.register(
+            "kernel_program_run_ns",
+            "Time spent in each kernel program (ns), counted while kernel.bpf_stats_enabled = 1 (which adds its own clock reads)",
+            self.program_run_ns.clone(),
         );
         r.register(
             "kernel_hook",

@@ -15,7 +15,7 @@ const ALL_HOOKS: [&str; 14] = [
     "tracepoint/sched/sched_process_exec",
     "raw_tracepoint/sched_process_fork",
     "tracepoint/sched/sched_process_exit",
-    "tracepoint/sock/inet_sock_set_state",
+    "raw_tracepoint/inet_sock_set_state",
     "tracepoint/syscalls/sys_exit_accept4",
     "tracepoint/syscalls/sys_exit_accept",
     "cgroup/connect4",

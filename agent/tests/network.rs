@@ -455,3 +455,41 @@ fn dedup_off_reports_every_connect() {
     assert_eq!(cs.len(), 3, "{events:#?}");
     assert!(cs.iter().all(|c| c["outcome"] == "refused" && c["summary"] != true && c["process"]["pid"] == std::process::id()));
 }
+
+/// A connect that established and is then reset by the peer: after the connect's event, an
+/// update with the outcome `reset` for the same socket and process.
+#[test]
+fn a_reset_by_the_peer_ends_the_connect_as_reset() {
+    let dir = TempDir::new("net-reset");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let peer = Peer::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = peer.inside(move || {
+        let l = TcpListener::bind((REMOTE, 8095)).unwrap();
+        tx.send(()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt on a descriptor owned by `s`, with a correctly sized option.
+        let rc = unsafe {
+            libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, (&linger as *const libc::linger).cast(), size_of::<libc::linger>() as u32)
+        };
+        assert_eq!(rc, 0);
+        // Closing with a zero linger sends a reset instead of a FIN.
+        drop(s);
+    });
+    rx.recv_timeout(WAIT).unwrap();
+    let mut s = TcpStream::connect((REMOTE, 8095)).unwrap();
+    let local = s.local_addr().unwrap();
+    server.join().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let err = s.read(&mut [0u8; 1]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNRESET));
+    let reset = find_conn(&collector, "the reset", |c| c["outcome"] == "reset" && c["local_port"] == local.port());
+    assert_eq!((reset["update"].as_bool(), reset["error"].as_i64()), (Some(true), Some(i64::from(libc::ECONNRESET))));
+    assert_eq!((reset["remote_ip"].as_str(), reset["remote_port"].as_u64(), reset["local_ip"].as_str()), (Some(REMOTE), Some(8095), Some(HOST)));
+    assert_eq!(reset["process"]["pid"], std::process::id());
+    let cs: Vec<Value> = connections(&collector.events()).into_iter().filter(|c| c["local_port"] == local.port() && c["remote_port"] == 8095).collect();
+    assert_eq!(cs.len(), 2, "the connect, then its reset: {cs:#?}");
+    assert_eq!((cs[0]["outcome"].as_str(), cs[0]["update"].as_bool()), (Some("established"), Some(false)));
+}

@@ -236,21 +236,24 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Total (run_time_ns, run_cnt) over the BPF programs the process holds, from fdinfo
-/// (filled while kernel.bpf_stats_enabled = 1).
-fn bpf_stats(pid: u32) -> (u64, u64) {
-    let mut total = (0, 0);
-    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return total };
-    for fd in fds.flatten() {
-        let info = fs::read_to_string(fd.path()).unwrap_or_default();
-        if !info.contains("prog_id:") {
+/// Each kernel program's (runs, ns) as the agent exports them (counted by the kernel while
+/// kernel.bpf_stats_enabled = 1).
+fn program_stats(metrics: &str) -> BTreeMap<String, (f64, f64)> {
+    let mut out: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    for line in metrics.lines() {
+        let (slot, rest) = if let Some(r) = line.strip_prefix("peregrine_agent_kernel_program_runs_total{program=\"") {
+            (0, r)
+        } else if let Some(r) = line.strip_prefix("peregrine_agent_kernel_program_run_ns_total{program=\"") {
+            (1, r)
+        } else {
             continue;
-        }
-        let get = |k: &str| info.lines().find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok()).unwrap_or(0);
-        total.0 += get("run_time_ns:");
-        total.1 += get("run_cnt:");
+        };
+        let Some((name, value)) = rest.split_once("\"} ") else { continue };
+        let Ok(v) = value.trim().parse::<f64>() else { continue };
+        let e = out.entry(name.to_owned()).or_default();
+        if slot == 0 { e.0 = v } else { e.1 = v }
     }
-    total
+    out
 }
 
 struct Stack {
@@ -283,7 +286,7 @@ fn collector_command(bins: &Binaries, port: u16, out: &Path, queue: &Path) -> Re
     Ok(cmd)
 }
 
-fn start_stack(bins: &Binaries, cgroup: &CpuCgroup) -> Result<Stack> {
+fn start_stack(bins: &Binaries, cgroup: &CpuCgroup, sets: &[&str]) -> Result<Stack> {
     let dir = TempDir(std::env::temp_dir().join(format!("peregrine-bench-{}", std::process::id())));
     fs::create_dir_all(&dir.0)?;
     let ingest = free_port()?;
@@ -294,6 +297,7 @@ fn start_stack(bins: &Binaries, cgroup: &CpuCgroup) -> Result<Stack> {
             .args(["--set", "cluster_name=bench", "--set", &format!("collector.address=http://127.0.0.1:{ingest}")])
             .args(["--set", &format!("ebpf.object={}", bins.ebpf.display()), "--set", &format!("http.listen=127.0.0.1:{port}")])
             .args(["--set", &format!("spool.dir={}", dir.0.join("spool").display())])
+            .args(sets.iter().flat_map(|s| ["--set", s]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?,
@@ -314,37 +318,75 @@ struct AgentSample {
     execs: u64,
     events: f64,
     cpu_ns: u64,
-    bpf_ns: u64,
+    /// Per kernel program over the window: (runs, ns); empty unless bpf_stats was on.
+    programs: BTreeMap<String, (f64, f64)>,
     dropped: f64,
     lost: f64,
 }
 
-fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, workers: usize, seconds: f64) -> Result<AgentSample> {
-    let stack = start_stack(bins, cgroup)?;
+/// An agent configuration measured against the workload.
+struct Variant {
+    label: &'static str,
+    sets: &'static [&'static str],
+    /// Every unit of work becomes an event (no dedup): the window ends when all are sent.
+    /// Otherwise it ends when the agent's CPU has settled.
+    every_unit_an_event: bool,
+}
+
+fn variants(workload: Workload) -> &'static [Variant] {
+    match workload {
+        Workload::Exec => &[Variant { label: "agent/none", sets: &[], every_unit_an_event: true }],
+        Workload::Connect => &[
+            Variant { label: "agent (default dedup 10 s)/none", sets: &[], every_unit_an_event: false },
+            Variant { label: "agent (dedup off)/none", sets: &["network.tcp_dedup_ms=0"], every_unit_an_event: true },
+        ],
+    }
+}
+
+fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, variant: &Variant, workers: usize, seconds: f64) -> Result<AgentSample> {
+    let stack = start_stack(bins, cgroup, variant.sets)?;
     let pid = stack.agent.0.id();
     let before = http_get(stack.port, "/metrics").unwrap_or_default();
-    let (cpu0, (bpf0, _)) = (cpu_ns(pid), bpf_stats(pid));
+    let cpu0 = cpu_ns(pid);
     let execs = workload.run(workers, seconds)?;
-    // The window ends when the agent has sent every event it saw (bounded).
     let exec_series = workload.event_series();
-    let target = metric(&before, exec_series) + execs as f64;
-    let deadline = Instant::now() + Duration::from_secs(30);
     let mut after = String::new();
-    while Instant::now() < deadline {
-        after = http_get(stack.port, "/metrics").unwrap_or_default();
-        let lost = metric(&after, "peregrine_agent_kernel_records_lost_total");
-        if metric(&after, exec_series) + lost >= target {
-            break;
+    let cpu1 = if variant.every_unit_an_event {
+        // The window ends when the agent has sent every event it saw (bounded).
+        let target = metric(&before, exec_series) + execs as f64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            after = http_get(stack.port, "/metrics").unwrap_or_default();
+            let lost = metric(&after, "peregrine_agent_kernel_records_lost_total");
+            if metric(&after, exec_series) + lost >= target {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let (cpu1, (bpf1, _)) = (cpu_ns(pid), bpf_stats(pid));
+        cpu_ns(pid)
+    } else {
+        let settled = settled_cpu_ns(pid);
+        after = http_get(stack.port, "/metrics").unwrap_or_default();
+        settled
+    };
+    // The agent exports program stats every 250 ms: let it pass one more export.
+    std::thread::sleep(Duration::from_millis(600));
+    let last = http_get(stack.port, "/metrics").unwrap_or_default();
+    let (p0, p1) = (program_stats(&before), program_stats(&last));
+    let programs = p1
+        .iter()
+        .map(|(name, (runs, ns))| {
+            let (r0, n0) = p0.get(name).copied().unwrap_or_default();
+            (name.clone(), (runs - r0, ns - n0))
+        })
+        .filter(|(_, (runs, _))| *runs > 0.0)
+        .collect();
     Ok(AgentSample {
         rate: execs as f64 / seconds,
         execs,
         events: metric(&after, exec_series) - metric(&before, exec_series),
         cpu_ns: cpu1 - cpu0,
-        bpf_ns: bpf1 - bpf0,
+        programs,
         dropped: dropped_total(&after) - dropped_total(&before),
         lost: metric(&after, "peregrine_agent_kernel_records_lost_total") - metric(&before, "peregrine_agent_kernel_records_lost_total"),
     })
@@ -392,7 +434,9 @@ pub fn run(bins: &Binaries, args: &Bench) -> Result<()> {
         .args(["build", "--release", "-p", "xtask", "--bin", "execstorm", "--bin", "connstorm"]))?;
     let cgroup = CpuCgroup::new(args.cpu_millis)?;
     let _peer = if args.workload == Workload::Connect { Some(ConnectPeer::new()?) } else { None };
-    let old_stats = set_bpf_stats(true);
+    // Statistics cost two clock reads per program run: off while ratios are measured, on
+    // only for the separate in-kernel runs (and the soak).
+    let old_stats = set_bpf_stats(args.soak.is_some());
     let result = if let Some(n) = args.soak { soak(bins, &cgroup, args.workload, n) } else { rounds(bins, &cgroup, args) };
     if let Some(old) = old_stats {
         let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", old.trim());
@@ -416,48 +460,70 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench) -> Result<String> {
         args.rounds, args.seconds, args.cpu_millis
     );
     let u = args.workload.unit();
-    let _ = writeln!(report, "| workers | pair | median ratio | 95% CI | agent CPU µs/{u} | in-kernel ns/{u} | drops | lost in kernel | {u}s/s (none, median) |");
+    let _ = writeln!(
+        report,
+        "| workers | pair | median ratio | 95% CI | agent CPU µs/{u} | events/{u} | drops | lost in kernel | {u}s/s (none, median) |"
+    );
     let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|");
+    let variants = variants(args.workload);
     for &workers in &args.workers {
+        #[derive(Default)]
+        struct Acc {
+            ratio: Vec<f64>,
+            cpu_per: Vec<f64>,
+            events_per: Vec<f64>,
+            drops: f64,
+            lost: f64,
+        }
+        let mut acc: Vec<Acc> = variants.iter().map(|_| Acc::default()).collect();
         let mut aa = Vec::new();
-        let mut ratio = Vec::new();
         let mut none_rates = Vec::new();
-        let mut cpu_per = Vec::new();
-        let mut bpf_per = Vec::new();
-        let (mut drops, mut lost) = (0.0, 0.0);
         for round in 0..args.rounds {
-            let mut conds = ["none-a", "agent", "none-b"];
-            conds.rotate_left(round % 3);
-            let mut rates = BTreeMap::new();
+            // "none-a", each variant, "none-b", rotated by one each round.
+            let mut conds: Vec<Option<usize>> = vec![None];
+            conds.extend((0..variants.len()).map(Some));
+            conds.push(None);
+            let n = conds.len();
+            conds.rotate_left(round % n);
+            let mut none = Vec::new();
+            let mut agent = vec![0.0; variants.len()];
             for cond in conds {
-                if cond == "agent" {
-                    let s = run_with_agent(bins, cgroup, args.workload, workers, args.seconds)?;
-                    cpu_per.push(s.cpu_ns as f64 / s.events.max(1.0) / 1000.0);
-                    bpf_per.push(s.bpf_ns as f64 / s.execs.max(1) as f64);
-                    drops += s.dropped;
-                    lost += s.lost;
-                    rates.insert(cond, s.rate);
-                } else {
-                    rates.insert(cond, args.workload.run(workers, args.seconds)? as f64 / args.seconds);
+                match cond {
+                    Some(i) => {
+                        let s = run_with_agent(bins, cgroup, args.workload, &variants[i], workers, args.seconds)?;
+                        let a = &mut acc[i];
+                        a.cpu_per.push(s.cpu_ns as f64 / s.execs.max(1) as f64 / 1000.0);
+                        a.events_per.push(s.events / s.execs.max(1) as f64);
+                        a.drops += s.dropped;
+                        a.lost += s.lost;
+                        agent[i] = s.rate;
+                    }
+                    None => none.push(args.workload.run(workers, args.seconds)? as f64 / args.seconds),
                 }
             }
-            let (a, b, g) = (rates["none-a"], rates["none-b"], rates["agent"]);
-            eprintln!("    workers={workers} round={round}: none-a {a:.0}/s none-b {b:.0}/s agent {g:.0}/s");
+            let (a, b) = (none[0], none[1]);
+            eprintln!("    workers={workers} round={round}: none {a:.0}/s, {b:.0}/s; agent {agent:.0?}/s");
             aa.push(b / a);
-            ratio.push(g / ((a + b) / 2.0));
+            for (i, g) in agent.iter().enumerate() {
+                acc[i].ratio.push(g / ((a + b) / 2.0));
+            }
             none_rates.push((a + b) / 2.0);
         }
         let (am, alo, ahi) = median_ci(&aa);
-        let (rm, rlo, rhi) = median_ci(&ratio);
-        let (cm, _, _) = median_ci(&cpu_per);
-        let (bm, _, _) = median_ci(&bpf_per);
         let (nm, _, _) = median_ci(&none_rates);
         let _ = writeln!(report, "| {workers} | A/A (none/none) | {am:.3} | [{alo:.3}, {ahi:.3}] | | | | | {nm:.0} |");
-        let _ = writeln!(
-            report,
-            "| {workers} | agent/none | {rm:.3} | [{rlo:.3}, {rhi:.3}] | {cm:.2} | {bm:.0} | {drops:.0} | {lost:.0} | |"
-        );
+        for (v, a) in variants.iter().zip(&acc) {
+            let (rm, rlo, rhi) = median_ci(&a.ratio);
+            let (cm, _, _) = median_ci(&a.cpu_per);
+            let (em, _, _) = median_ci(&a.events_per);
+            let _ = writeln!(
+                report,
+                "| {workers} | {} | {rm:.3} | [{rlo:.3}, {rhi:.3}] | {cm:.2} | {em:.3} | {:.0} | {:.0} | |",
+                v.label, a.drops, a.lost
+            );
+        }
     }
+    in_kernel(bins, cgroup, args, variants, &mut report)?;
     for peer in &args.peers {
         match peer.as_str() {
             "auditd" => auditd_rounds(args, &mut report)?,
@@ -467,8 +533,48 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench) -> Result<String> {
     Ok(report)
 }
 
+/// In-kernel time per unit of work, per program, in runs of their own (`kernel.bpf_stats_enabled`
+/// costs two clock reads per program run, so it stays off while ratios are measured).
+fn in_kernel(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench, variants: &[Variant], report: &mut String) -> Result<()> {
+    let u = args.workload.unit();
+    let workers = args.workers.first().copied().unwrap_or(1);
+    let _ = writeln!(
+        report,
+        "\nIn the kernel, {workers} worker(s), {} s with `kernel.bpf_stats_enabled = 1` (a separate run: the statistics add two clock reads per program run, which these figures include):\n",
+        args.seconds
+    );
+    let _ = writeln!(report, "| agent | program | runs/{u} | ns/run | ns/{u} |");
+    let _ = writeln!(report, "|---|---|---|---|---|");
+    let old = set_bpf_stats(true);
+    let mut result = Ok(());
+    for v in variants {
+        let s = match run_with_agent(bins, cgroup, args.workload, v, workers, args.seconds) {
+            Ok(s) => s,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        let units = s.execs.max(1) as f64;
+        let mut total = 0.0;
+        for (name, (runs, ns)) in &s.programs {
+            total += ns / units;
+            // Programs the workload does not drive (an exec elsewhere on the node).
+            if runs / units < 0.01 {
+                continue;
+            }
+            let _ = writeln!(report, "| {} | `{name}` | {:.2} | {:.0} | {:.0} |", v.label, runs / units, ns / runs.max(1.0), ns / units);
+        }
+        let _ = writeln!(report, "| {} | **all** | | | **{total:.0}** |", v.label);
+    }
+    if let Some(old) = old {
+        let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", old.trim());
+    }
+    result
+}
+
 fn soak(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, target: u64) -> Result<String> {
-    let stack = start_stack(bins, cgroup)?;
+    let stack = start_stack(bins, cgroup, &[])?;
     let pid = stack.agent.0.id();
     let started = Instant::now();
     let mut total = 0;

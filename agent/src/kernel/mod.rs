@@ -55,7 +55,7 @@ const FORK_HOOK: Hook =
 const EXIT_HOOK: Hook =
     Hook { program: "sched_process_exit", kind: HookKind::TracePoint, category: "sched", name: "sched_process_exit" };
 const NETWORK_HOOKS: [Hook; 3] = [
-    Hook { program: "inet_sock_set_state", kind: HookKind::TracePoint, category: "sock", name: "inet_sock_set_state" },
+    Hook { program: "inet_sock_set_state", kind: HookKind::RawTracePoint, category: "sock", name: "inet_sock_set_state" },
     Hook { program: "sys_exit_accept4", kind: HookKind::TracePoint, category: "syscalls", name: "sys_exit_accept4" },
     Hook { program: "sys_exit_accept", kind: HookKind::TracePoint, category: "syscalls", name: "sys_exit_accept" },
 ];
@@ -90,7 +90,7 @@ pub struct SocketPolicy {
 /// Programs loaded and attached; dropping it detaches them.
 pub struct Sensor {
     // Owns the programs and their links: must outlive the maps taken from it.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     /// TCP dedup windows (`TCP_SEEN`), by `FlowKey::to_bytes`.
     tcp_windows: HashMap<MapData, [u8; 32], [u8; 32]>,
@@ -131,9 +131,6 @@ impl Sensor {
         }
         let tracefs = &config.tracefs_path;
         let filename_loc = tracefs::read_field_offset(tracefs, "sched", "sched_process_exec", "filename")?;
-        let sock = |field| tracefs::read_field_offset(tracefs, "sock", "inet_sock_set_state", field);
-        let (skaddr, oldstate, newstate, protocol) =
-            (sock("skaddr")?, sock("oldstate")?, sock("newstate")?, sock("protocol")?);
         let accept_ret = tracefs::read_field_offset(tracefs, "syscalls", "sys_exit_accept4", "ret")?;
         let cg = |field| tracefs::read_field_offset(tracefs, "cgroup", "cgroup_mkdir", field);
         let (cg_root, cg_level, cg_id, cg_path) = (cg("root")?, cg("level")?, cg("id")?, cg("path")?);
@@ -156,10 +153,6 @@ impl Sensor {
             .override_global("USE_PERF", &use_perf, true)
             .override_global("EXEC_FILENAME_LOC_OFFSET", &filename_loc, true)
             .override_global("WAKEUP_WATERMARK_BYTES", &config.wakeup_watermark_bytes, true)
-            .override_global("SOCK_SKADDR_OFFSET", &skaddr, true)
-            .override_global("SOCK_OLDSTATE_OFFSET", &oldstate, true)
-            .override_global("SOCK_NEWSTATE_OFFSET", &newstate, true)
-            .override_global("SOCK_PROTOCOL_OFFSET", &protocol, true)
             .override_global("ACCEPT_RET_OFFSET", &accept_ret, true)
             .override_global("CGROUP_ROOT_OFFSET", &cg_root, true)
             .override_global("CGROUP_LEVEL_OFFSET", &cg_level, true)
@@ -236,7 +229,7 @@ impl Sensor {
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         let tcp_windows = take_map(&mut ebpf, "TCP_SEEN")?;
         let attached_boot_ns = crate::clock::boot_now_ns();
-        Ok((Self { _ebpf: ebpf, counters, tcp_windows, hooks, attached_boot_ns, features, transport: kind, transport_reason }, maps))
+        Ok((Self { ebpf, counters, tcp_windows, hooks, attached_boot_ns, features, transport: kind, transport_reason }, maps))
     }
 
     /// Records the kernel could not put in the ring (it was full), summed over CPUs.
@@ -253,6 +246,19 @@ impl Sensor {
     /// connect began before the agent): reported unattributed rather than misattributed.
     pub fn connects_unattributed(&self) -> u64 {
         self.counter(counter::CONN_OWNER_MISSING)
+    }
+
+    /// (program, runs, ns in it) as the kernel counts them while `kernel.bpf_stats_enabled`
+    /// is 1 (zeros otherwise): what each hook costs on this node.
+    pub fn program_stats(&self) -> Vec<(&str, u64, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                let ns = u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+                Some((name, info.run_count(), ns))
+            })
+            .collect()
     }
 
     fn counter(&self, index: u32) -> u64 {

@@ -4,7 +4,8 @@
 //! The kernel sends an attempt at SYN_SENT and the outcome when the handshake ends. One event
 //! leaves per attempt: with the outcome when it comes within `outcome_wait`, otherwise as
 //! `in_progress` (a SYN timeout takes minutes; an alert must not wait), followed by an
-//! `update` event once the outcome is known.
+//! `update` event once the outcome is known. A connect reported established that the peer
+//! later resets is reported again, as an `update` with the outcome `reset`.
 //!
 //! With TCP dedup on, only a flow's first connect or accept per window comes from the kernel;
 //! the others come later as one summary event per window (`dedup.rs`).
@@ -50,6 +51,7 @@ const MAX_PENDING: usize = 65536;
 pub fn outcome_name(o: ConnOutcome) -> &'static str {
     match o {
         ConnOutcome::Established => "established",
+        ConnOutcome::Reset => "reset",
         ConnOutcome::Failed(111) => "refused",
         ConnOutcome::Failed(110) => "timed_out",
         ConnOutcome::Failed(104) => "reset",
@@ -99,6 +101,7 @@ impl ConnTracker {
             outcome: outcome_text.into(),
             error: match (c.kind, outcome) {
                 (_, Some(ConnOutcome::Failed(e))) => e,
+                (_, Some(ConnOutcome::Reset)) => 104, // ECONNRESET
                 // What the caller's connect()/sendmsg() returned.
                 (ConnKind::Denied, _) => 1, // EPERM
                 _ => 0,
@@ -145,6 +148,8 @@ impl ConnTracker {
                 }
                 self.pending.insert(c.sock, Pending { attempt: c, reported: false });
             }
+            // The end of a connect reported established: an update of that event.
+            (ConnKind::Connect, Some(ConnOutcome::Reset)) => out.push(self.event(&c, Some(ConnOutcome::Reset), true, processes)),
             (ConnKind::Connect, Some(result)) => out.push(match self.pending.remove(&c.sock) {
                 // The attempt's tuple lacks the source port (bound later); the outcome's
                 // attribution comes from the kernel's map, the same owner as the attempt's.

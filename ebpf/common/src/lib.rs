@@ -253,6 +253,8 @@ pub mod outcome {
     pub const ESTABLISHED: u16 = 1;
     /// Closed before establishing; `error` (the socket's sk_err) tells why.
     pub const FAILED: u16 = 2;
+    /// A connect reported established was later ended by the peer's reset (ECONNRESET).
+    pub const RESET: u16 = 3;
 }
 
 /// [`RecordHeader::flags`] bits for connection records.
@@ -339,9 +341,13 @@ pub mod flow_dir {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Connecting {
+    /// The whole owner when the attempt was sent; only pid, tgid and cgroup when absorbed.
     pub owner: SockOwner,
-    /// The window the attempt was absorbed into; 0 when it was sent.
+    /// The window the attempt was absorbed into; 0 when it was sent (then the entry stays
+    /// after the connect established, until the socket closes, so a reset can be reported).
     pub absorbed_into: u64,
+    /// The absorbing window's key (so the outcome needs no second read of the socket).
+    pub key: FlowKey,
 }
 
 /// [`RecordHeader::flags`] bits for UDP and denial records (the socket operation).
@@ -445,7 +451,7 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 32);
     assert!(size_of::<ConnRecord>() == 24 + 40 + 8 + 48 + 8 + 8 + 32);
     assert!(size_of::<ConnWindow>() == 32);
-    assert!(size_of::<Connecting>() == 48);
+    assert!(size_of::<Connecting>() == 80);
     assert!(size_of::<CgroupRecord>() == 24 + 16 + CGROUP_PATH_CAP);
     assert!(ARGV_CAP.is_power_of_two() && PATH_CAP.is_power_of_two());
     // argv_len and filename_len are u16.

@@ -418,22 +418,46 @@ __u64 peregrine_current_start_ns(void)
 	return process_start(current_task());
 }
 
-// The socket's addresses, ports (host order) and protocol; its pending error (errno).
-// Returns the address family (AF_INET 2, AF_INET6 10), or 0 when unreadable.
+// The socket's addresses, ports (host order) and protocol (not its error: see
+// peregrine_sock_error). Returns the address family (AF_INET 2, AF_INET6 10), or 0 when
+// unreadable. Called several times per connection, so the IPv4 endpoints, ports and family
+// (the head of sock_common) come in one read, picked apart at their relocated offsets.
 int peregrine_sock_tuple(__u64 skaddr, struct peregrine_tuple *out)
 {
 	struct sock *sk = (struct sock *)skaddr;
 	if (!sk)
 		return 0;
-	unsigned short family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	const __u32 o_daddr = bpf_core_field_offset(sk->__sk_common.skc_daddr);
+	const __u32 o_saddr = bpf_core_field_offset(sk->__sk_common.skc_rcv_saddr);
+	const __u32 o_dport = bpf_core_field_offset(sk->__sk_common.skc_dport);
+	const __u32 o_num = bpf_core_field_offset(sk->__sk_common.skc_num);
+	const __u32 o_family = bpf_core_field_offset(sk->__sk_common.skc_family);
+	unsigned short family;
+	__be32 s, d;
+	__u8 head[32];
+	// The offsets are load-time constants: the verifier keeps one branch.
+	if (o_family + 2 <= sizeof(head) && o_daddr + 4 <= sizeof(head) && o_saddr + 4 <= sizeof(head) &&
+	    o_dport + 2 <= sizeof(head) && o_num + 2 <= sizeof(head)) {
+		if (bpf_probe_read_kernel(head, o_family + 2, &sk->__sk_common))
+			return 0;
+		__builtin_memcpy(&family, head + o_family, 2);
+		__builtin_memcpy(&d, head + o_daddr, 4);
+		__builtin_memcpy(&s, head + o_saddr, 4);
+		__be16 dport;
+		__builtin_memcpy(&dport, head + o_dport, 2);
+		out->dport = __builtin_bswap16(dport);
+		__builtin_memcpy(&out->sport, head + o_num, 2);
+	} else {
+		family = BPF_CORE_READ(sk, __sk_common.skc_family);
+		d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		out->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
+		out->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	}
 	out->family = family;
-	out->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	out->dport = __builtin_bswap16(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	out->protocol = BPF_CORE_READ(sk, sk_protocol);
-	out->error = BPF_CORE_READ(sk, sk_err);
+	out->error = 0;
 	if (family == 2) {
-		__be32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__be32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
 		__builtin_memcpy(out->saddr, &s, 4);
 		__builtin_memcpy(out->daddr, &d, 4);
 	} else if (family == 10) {
@@ -441,6 +465,25 @@ int peregrine_sock_tuple(__u64 skaddr, struct peregrine_tuple *out)
 		bpf_core_read(out->daddr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
 	return family;
+}
+
+struct inet_sock {
+	__be16 inet_sport;
+} __attribute__((preserve_access_index));
+
+// The socket's local port (host order) from inet_sport, which outlives the close: by the time
+// the state tracepoint reports TCP_CLOSE the bind hash has been left and skc_num is 0.
+__u16 peregrine_sock_sport(__u64 skaddr)
+{
+	struct inet_sock *inet = (struct inet_sock *)skaddr;
+	return inet ? __builtin_bswap16(BPF_CORE_READ(inet, inet_sport)) : 0;
+}
+
+// The socket's pending error (errno): why a connect failed.
+int peregrine_sock_error(__u64 skaddr)
+{
+	struct sock *sk = (struct sock *)skaddr;
+	return sk ? BPF_CORE_READ(sk, sk_err) : 0;
 }
 
 // The `struct sock *` behind file descriptor `fd` of the current task (accept's new socket),

@@ -46,15 +46,6 @@ static PEREGRINE_ABI_VERSION: u32 = abi::OBJECT_ABI_VERSION;
 #[unsafe(no_mangle)]
 static EXEC_FILENAME_LOC_OFFSET: u32 = 8;
 
-/// Offsets in `sock:inet_sock_set_state`'s record (from tracefs).
-#[unsafe(no_mangle)]
-static SOCK_SKADDR_OFFSET: u32 = 8;
-#[unsafe(no_mangle)]
-static SOCK_OLDSTATE_OFFSET: u32 = 16;
-#[unsafe(no_mangle)]
-static SOCK_NEWSTATE_OFFSET: u32 = 20;
-#[unsafe(no_mangle)]
-static SOCK_PROTOCOL_OFFSET: u32 = 30;
 /// Offset of `ret` in `syscalls:sys_exit_accept{,4}`'s record.
 #[unsafe(no_mangle)]
 static ACCEPT_RET_OFFSET: u32 = 16;
@@ -141,6 +132,8 @@ unsafe extern "C" {
     fn peregrine_exit_info(out: *mut ExitInfo) -> i32;
     fn peregrine_current_start_ns() -> u64;
     fn peregrine_sock_tuple(sk: u64, out: *mut Tuple) -> i32;
+    fn peregrine_sock_error(sk: u64) -> i32;
+    fn peregrine_sock_sport(sk: u64) -> u16;
     fn peregrine_fd_sock(fd: i32) -> u64;
     fn peregrine_bprm_file(bprm: *const u8, out: *mut FileKey) -> i32;
     fn peregrine_bprm_filename(bprm: *const u8, buf: *mut u8, size: u32) -> i32;
@@ -401,13 +394,25 @@ unsafe fn fill_cgroup(ctx: &TracePointContext, kind: RecordKind, rec: *mut Cgrou
 const IPPROTO_TCP: u16 = 6;
 
 fn fill_current_owner(owner: &mut SockOwner) {
+    fill_owner_ids(owner);
+    fill_owner_details(owner);
+}
+
+/// What a dedup key needs: cheap helpers only.
+#[inline(always)]
+fn fill_owner_ids(owner: &mut SockOwner) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: CO-RE getter reading the current task with probe reads.
-    owner.start_ns = unsafe { peregrine_current_start_ns() };
     // SAFETY: helper without arguments.
     owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     owner.pid = pid_tgid as u32;
     owner.tgid = (pid_tgid >> 32) as u32;
+}
+
+/// What only a sent record needs.
+#[inline(always)]
+fn fill_owner_details(owner: &mut SockOwner) {
+    // SAFETY: CO-RE getter reading the current task with probe reads.
+    owner.start_ns = unsafe { peregrine_current_start_ns() };
     owner.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }
 
@@ -445,21 +450,26 @@ fn add_one(counter: *mut u64) {
     let _ = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
 }
 
+/// The dedup key of the staged record's flow (owner ids and tuple filled).
+#[inline(always)]
+fn flow_key(rec: &ConnRecord, dir: u16, port: u16) -> FlowKey {
+    FlowKey { cgroup_id: rec.owner.cgroup_id, tgid: rec.owner.tgid, family: rec.tuple.family | dir, dport: port, daddr: rec.tuple.daddr }
+}
+
 /// The dedup window of the staged record's flow: `Some(start)` when the record falls in an
 /// open window and was counted there (not to be sent); `None` when it is to be sent, having
 /// opened a new window (`window_start_ns`, with the expired one's counts in `carried`).
 #[inline(always)]
-fn tcp_window(rec: &mut ConnRecord, dir: u16, port: u16, addr: [u8; 16]) -> Option<u64> {
+fn tcp_window(rec: &mut ConnRecord, key: &FlowKey) -> Option<u64> {
     rec.window_start_ns = 0;
     rec.carried = ConnWindow::default();
     let window = global(&TCP_DEDUP_NS);
     if window == 0 {
         return None;
     }
-    let key = FlowKey { cgroup_id: rec.owner.cgroup_id, tgid: rec.owner.tgid, family: rec.tuple.family | dir, dport: port, daddr: addr };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    if let Some(w) = TCP_SEEN.get_ptr_mut(&key) {
+    if let Some(w) = TCP_SEEN.get_ptr_mut(key) {
         // SAFETY: a map value, valid for this run; counters are only ever added to.
         let start = unsafe { (*w).start_ns };
         if now.saturating_sub(start) < window {
@@ -470,7 +480,7 @@ fn tcp_window(rec: &mut ConnRecord, dir: u16, port: u16, addr: [u8; 16]) -> Opti
         // SAFETY: as above; copied before the entry is replaced.
         rec.carried = unsafe { *w };
     }
-    let _ = TCP_SEEN.insert(&key, &ConnWindow { start_ns: now, absorbed: 0, established: 0, failed: 0 }, 0);
+    let _ = TCP_SEEN.insert(key, &ConnWindow { start_ns: now, absorbed: 0, established: 0, failed: 0 }, 0);
     rec.window_start_ns = now;
     None
 }
@@ -488,77 +498,123 @@ fn emit_conn<C: EbpfContext>(ctx: &C, rec: &mut ConnRecord, kind: RecordKind, fl
 /// TCP state changes: CLOSE->SYN_SENT (a connect, in the caller's context: remember who),
 /// SYN_SENT->ESTABLISHED or ->CLOSE (the outcome, usually in softirq: attribute from the map,
 /// never from `current`), CLOSE->LISTEN (a new listener, in the caller's context).
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    // SAFETY: reads of the tracepoint record through bpf_probe_read_kernel.
-    let field = |off: &'static u32| unsafe { ctx.read_at::<i32>(global(off) as usize) }.unwrap_or(-1);
-    // SAFETY: as above.
-    let protocol = unsafe { ctx.read_at::<u16>(global(&SOCK_PROTOCOL_OFFSET) as usize) }.unwrap_or(0);
-    if protocol != IPPROTO_TCP {
-        return 0;
-    }
-    let (old, new) = (field(&SOCK_OLDSTATE_OFFSET), field(&SOCK_NEWSTATE_OFFSET));
-    let interesting = matches!(
-        (old, new),
-        (tcp_state::CLOSE, tcp_state::SYN_SENT)
-            | (tcp_state::SYN_SENT, tcp_state::ESTABLISHED)
-            | (tcp_state::SYN_SENT, tcp_state::CLOSE)
-            | (tcp_state::CLOSE, tcp_state::LISTEN)
-    );
-    if !interesting {
-        return 0;
-    }
-    // SAFETY: as above.
-    let sk = unsafe { ctx.read_at::<u64>(global(&SOCK_SKADDR_OFFSET) as usize) }.unwrap_or(0);
-    let Some(rec) = conn_scratch() else { return 0 };
-    // SAFETY: CO-RE getter reading the socket with probe reads into the staged record.
-    if unsafe { peregrine_sock_tuple(sk, &mut rec.tuple) } == 0 || loopback_excluded(&rec.tuple) {
-        return 0;
-    }
-    if new == tcp_state::SYN_SENT {
-        fill_current_owner(&mut rec.owner);
-        let (dport, daddr) = (rec.tuple.dport, rec.tuple.daddr);
-        let absorbed_into = tcp_window(rec, flow_dir::TCP_OUT, dport, daddr).unwrap_or(0);
-        let _ = CONNECTING.insert(&sk, &Connecting { owner: rec.owner, absorbed_into }, 0);
-        if absorbed_into == 0 {
-            emit_conn(&ctx, rec, RecordKind::Connect, 0, sk, outcome::ATTEMPT);
-        }
-    } else if new == tcp_state::LISTEN {
-        fill_current_owner(&mut rec.owner);
-        rec.window_start_ns = 0;
-        rec.carried = ConnWindow::default();
-        emit_conn(&ctx, rec, RecordKind::Listen, 0, sk, 0);
-    } else {
-        let established = new == tcp_state::ESTABLISHED;
-        // SAFETY: the map value is copied out before the entry is removed.
-        let entry = unsafe { CONNECTING.get(&sk) }.copied();
-        let _ = CONNECTING.remove(&sk);
-        let mut flags = 0;
-        match entry {
-            Some(c) if c.absorbed_into != 0 => {
-                count_absorbed_outcome(&c, &rec.tuple, established);
-                return 0;
-            }
-            Some(c) => rec.owner = c.owner,
-            None => {
-                count(counter::CONN_OWNER_MISSING);
-                rec.owner = SockOwner::default();
-                flags = conn_flags::OWNER_UNKNOWN;
-            }
-        }
-        rec.window_start_ns = 0;
-        rec.carried = ConnWindow::default();
-        let result = if established { outcome::ESTABLISHED } else { outcome::FAILED };
-        emit_conn(&ctx, rec, RecordKind::Connect, flags, sk, result);
+/// A raw tracepoint: its arguments (sock, old state, new state) are plain loads from the
+/// context, so the many uninteresting changes of every connection cost next to nothing, and
+/// the kernel builds no trace record for it.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    match (old, new) {
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => on_connect(&ctx, sk),
+        (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => on_outcome(&ctx, sk, true),
+        (tcp_state::SYN_SENT, tcp_state::CLOSE) => on_outcome(&ctx, sk, false),
+        (tcp_state::CLOSE, tcp_state::LISTEN) => on_listen(&ctx, sk),
+        (tcp_state::LISTEN | tcp_state::CLOSE, tcp_state::CLOSE) => {}
+        (_, tcp_state::CLOSE) => on_close(&ctx, sk),
+        _ => {}
     }
     0
 }
 
+const ECONNRESET: i32 = 104;
+
+/// An established socket closing: if it is a connect that was reported, forget it, and report
+/// a reset by the peer as the connect's end.
+#[inline(always)]
+fn on_close<C: EbpfContext>(ctx: &C, sk: u64) {
+    // SAFETY: the map value is copied out before the entry is removed.
+    let Some(c) = (unsafe { CONNECTING.get(&sk) }).copied() else { return };
+    let _ = CONNECTING.remove(&sk);
+    // SAFETY: CO-RE getter reading the socket with a probe read.
+    if c.absorbed_into != 0 || unsafe { peregrine_sock_error(sk) } != ECONNRESET {
+        return;
+    }
+    let Some(rec) = tcp_tuple(sk) else { return };
+    rec.owner = c.owner;
+    rec.window_start_ns = 0;
+    rec.carried = ConnWindow::default();
+    rec.tuple.error = ECONNRESET;
+    // SAFETY: CO-RE getter reading the socket with a probe read.
+    rec.tuple.sport = unsafe { peregrine_sock_sport(sk) };
+    emit_conn(ctx, rec, RecordKind::Connect, 0, sk, outcome::RESET);
+}
+
+/// Reads the socket into the staged record; None when unreadable, not TCP, or excluded loopback.
+#[inline(always)]
+fn tcp_tuple(sk: u64) -> Option<&'static mut ConnRecord> {
+    let rec = conn_scratch()?;
+    // SAFETY: CO-RE getter reading the socket with probe reads into the staged record.
+    let family = unsafe { peregrine_sock_tuple(sk, &mut rec.tuple) };
+    (family != 0 && rec.tuple.protocol == IPPROTO_TCP && !loopback_excluded(&rec.tuple)).then_some(rec)
+}
+
+#[inline(always)]
+fn on_connect<C: EbpfContext>(ctx: &C, sk: u64) {
+    let Some(rec) = tcp_tuple(sk) else { return };
+    fill_owner_ids(&mut rec.owner);
+    let key = flow_key(rec, flow_dir::TCP_OUT, rec.tuple.dport);
+    match tcp_window(rec, &key) {
+        Some(start) => {
+            let _ = CONNECTING.insert(&sk, &Connecting { owner: rec.owner, absorbed_into: start, key }, 0);
+        }
+        None => {
+            fill_owner_details(&mut rec.owner);
+            let _ = CONNECTING.insert(&sk, &Connecting { owner: rec.owner, absorbed_into: 0, key }, 0);
+            emit_conn(ctx, rec, RecordKind::Connect, 0, sk, outcome::ATTEMPT);
+        }
+    }
+}
+
+#[inline(always)]
+fn on_listen<C: EbpfContext>(ctx: &C, sk: u64) {
+    let Some(rec) = tcp_tuple(sk) else { return };
+    fill_current_owner(&mut rec.owner);
+    rec.window_start_ns = 0;
+    rec.carried = ConnWindow::default();
+    emit_conn(ctx, rec, RecordKind::Listen, 0, sk, 0);
+}
+
+#[inline(always)]
+fn on_outcome<C: EbpfContext>(ctx: &C, sk: u64, established: bool) {
+    // SAFETY: the map value is copied out before the entry is removed.
+    let entry = unsafe { CONNECTING.get(&sk) }.copied();
+    // A reported connect that established stays until it closes (`on_close`).
+    let keep = established && entry.is_some_and(|c| c.absorbed_into == 0);
+    if entry.is_some() && !keep {
+        let _ = CONNECTING.remove(&sk);
+    }
+    if let Some(c) = &entry
+        && c.absorbed_into != 0
+    {
+        count_absorbed_outcome(c, established);
+        return;
+    }
+    let Some(rec) = tcp_tuple(sk) else { return };
+    let mut flags = 0;
+    match entry {
+        Some(c) => rec.owner = c.owner,
+        None => {
+            count(counter::CONN_OWNER_MISSING);
+            rec.owner = SockOwner::default();
+            flags = conn_flags::OWNER_UNKNOWN;
+        }
+    }
+    rec.window_start_ns = 0;
+    rec.carried = ConnWindow::default();
+    if !established {
+        // SAFETY: CO-RE getter reading the socket with a probe read.
+        rec.tuple.error = unsafe { peregrine_sock_error(sk) };
+    }
+    let result = if established { outcome::ESTABLISHED } else { outcome::FAILED };
+    emit_conn(ctx, rec, RecordKind::Connect, flags, sk, result);
+}
+
 /// The outcome of an absorbed connect, added to its window if that is still the open one.
 #[inline(always)]
-fn count_absorbed_outcome(c: &Connecting, t: &Tuple, established: bool) {
-    let key = FlowKey { cgroup_id: c.owner.cgroup_id, tgid: c.owner.tgid, family: t.family | flow_dir::TCP_OUT, dport: t.dport, daddr: t.daddr };
-    if let Some(w) = TCP_SEEN.get_ptr_mut(&key) {
+fn count_absorbed_outcome(c: &Connecting, established: bool) {
+    if let Some(w) = TCP_SEEN.get_ptr_mut(&c.key) {
         // SAFETY: a map value, valid for this run; counters are only ever added to.
         unsafe {
             if (*w).start_ns == c.absorbed_into {
@@ -576,19 +632,15 @@ fn on_accept(ctx: &TracePointContext) {
     }
     // SAFETY: CO-RE getter walking the current task's fd table with probe reads.
     let sk = unsafe { peregrine_fd_sock(ret as i32) };
-    let Some(rec) = conn_scratch() else { return };
-    // SAFETY: CO-RE getter reading the socket with probe reads into the staged record.
-    if sk == 0
-        || unsafe { peregrine_sock_tuple(sk, &mut rec.tuple) } == 0
-        || rec.tuple.protocol != IPPROTO_TCP
-        || loopback_excluded(&rec.tuple)
-    {
+    if sk == 0 {
         return;
     }
-    fill_current_owner(&mut rec.owner);
+    let Some(rec) = tcp_tuple(sk) else { return };
+    fill_owner_ids(&mut rec.owner);
     // One flow per peer address and local port: a client's source ports vary per connection.
-    let (sport, daddr) = (rec.tuple.sport, rec.tuple.daddr);
-    if tcp_window(rec, flow_dir::TCP_IN, sport, daddr).is_none() {
+    let key = flow_key(rec, flow_dir::TCP_IN, rec.tuple.sport);
+    if tcp_window(rec, &key).is_none() {
+        fill_owner_details(&mut rec.owner);
         emit_conn(ctx, rec, RecordKind::Accept, 0, sk, 0);
     }
 }
@@ -619,6 +671,10 @@ fn on_sock_addr(ctx: &SockAddrContext, v6: bool, op: u16) -> i32 {
     // SAFETY: the kernel passes a valid bpf_sock_addr. The verifier allows user_ip4 only in
     // the *4 hooks and user_ip6 only in the *6 hooks, so each is read on its own branch.
     let (protocol, port) = unsafe { ((*sa).protocol, (*sa).user_port) };
+    // TCP connects are the state tracepoint's; here only for enforcement.
+    if protocol != IPPROTO_UDP && global(&ENFORCE) == 0 {
+        return ALLOW;
+    }
     // SAFETY: as above.
     let (ip4, ip6) = if v6 { (0, unsafe { (*sa).user_ip6 }) } else { (unsafe { (*sa).user_ip4 }, [0u32; 4]) };
     let Some(rec) = conn_scratch() else { return ALLOW };
