@@ -11,7 +11,7 @@ use support::*;
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Every hook the agent attaches by default, in the order it reports them.
-const ALL_HOOKS: [&str; 14] = [
+const ALL_HOOKS: [&str; 15] = [
     "tracepoint/sched/sched_process_exec",
     "raw_tracepoint/sched_process_fork",
     "tracepoint/sched/sched_process_exit",
@@ -26,6 +26,7 @@ const ALL_HOOKS: [&str; 14] = [
     "cgroup/recvmsg6",
     "tracepoint/cgroup/cgroup_mkdir",
     "tracepoint/cgroup/cgroup_rmdir",
+    "raw_tracepoint/inet_sk_error_report",
 ];
 
 /// A copy of /bin/true under a unique name: it exits within a millisecond, so nothing could

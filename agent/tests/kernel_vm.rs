@@ -268,9 +268,17 @@ fn the_6_1_kernel_runs_the_scenarios_with_every_optional_feature() {
     // The kernel's report: every hook attached; every feature, optional ones included, there.
     let started = events.iter().find(|e| e["kind"]["status"]["phase"] == 1).unwrap_or_else(|| panic!("no started status: {log}"));
     let hooks = started["kind"]["status"]["hooks"].as_array().unwrap();
-    assert_eq!(hooks.len(), 15, "{hooks:?}");
+    assert_eq!(hooks.len(), 16, "{hooks:?}");
     assert!(hooks.iter().any(|h| h == "lsm/bprm_check_security"), "the LSM exec hook, enforcing: {hooks:?}");
-    for h in ["tracepoint/sched/sched_process_exec", "raw_tracepoint/sched_process_fork", "tracepoint/sched/sched_process_exit", "cgroup/connect4", "tracepoint/cgroup/cgroup_mkdir"] {
+    for h in [
+        "tracepoint/sched/sched_process_exec",
+        "raw_tracepoint/sched_process_fork",
+        "tracepoint/sched/sched_process_exit",
+        "raw_tracepoint/inet_sock_set_state",
+        "raw_tracepoint/inet_sk_error_report",
+        "cgroup/connect4",
+        "tracepoint/cgroup/cgroup_mkdir",
+    ] {
         assert!(hooks.iter().any(|x| x == h), "{h} attached on 6.1: {hooks:?}");
     }
     let features = &started["kind"]["status"]["kernel_features"];

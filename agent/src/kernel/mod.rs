@@ -59,6 +59,9 @@ const NETWORK_HOOKS: [Hook; 3] = [
     Hook { program: "sys_exit_accept4", kind: HookKind::TracePoint, category: "syscalls", name: "sys_exit_accept4" },
     Hook { program: "sys_exit_accept", kind: HookKind::TracePoint, category: "syscalls", name: "sys_exit_accept" },
 ];
+/// Optional: the tracepoint exists since 5.14; without it resets go unreported.
+const RESET_HOOK: Hook =
+    Hook { program: "inet_sk_error_report", kind: HookKind::RawTracePoint, category: "sock", name: "inet_sk_error_report" };
 const SOCK_ADDR_HOOKS: [Hook; 6] = [
     Hook { program: "sock_connect4", kind: HookKind::CgroupSockAddr, category: "", name: "connect4" },
     Hook { program: "sock_connect6", kind: HookKind::CgroupSockAddr, category: "", name: "connect6" },
@@ -219,6 +222,17 @@ impl Sensor {
             if enabled {
                 attach(&mut ebpf, hook, &cgroup_root)?;
                 hooks.push(hook.label());
+            }
+        }
+
+        load_program(&mut ebpf, &RESET_HOOK)?;
+        if config.programs.network {
+            match attach(&mut ebpf, &RESET_HOOK, &cgroup_root) {
+                Ok(()) => hooks.push(RESET_HOOK.label()),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "no sock:inet_sk_error_report tracepoint (kernels before 5.14): resets of established connects are not reported"
+                ),
             }
         }
 

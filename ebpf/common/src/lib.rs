@@ -344,7 +344,7 @@ pub struct Connecting {
     /// The whole owner when the attempt was sent; only pid, tgid and cgroup when absorbed.
     pub owner: SockOwner,
     /// The window the attempt was absorbed into; 0 when it was sent (then the entry stays
-    /// after the connect established, until the socket closes, so a reset can be reported).
+    /// after the connect established, so a reset by the peer can be reported).
     pub absorbed_into: u64,
     /// The absorbing window's key (so the outcome needs no second read of the socket).
     pub key: FlowKey,

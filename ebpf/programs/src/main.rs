@@ -511,8 +511,6 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
         (tcp_state::SYN_SENT, tcp_state::ESTABLISHED) => on_outcome(&ctx, sk, true),
         (tcp_state::SYN_SENT, tcp_state::CLOSE) => on_outcome(&ctx, sk, false),
         (tcp_state::CLOSE, tcp_state::LISTEN) => on_listen(&ctx, sk),
-        (tcp_state::LISTEN | tcp_state::CLOSE, tcp_state::CLOSE) => {}
-        (_, tcp_state::CLOSE) => on_close(&ctx, sk),
         _ => {}
     }
     0
@@ -520,22 +518,38 @@ pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
 
 const ECONNRESET: i32 = 104;
 
-/// An established socket closing: if it is a connect that was reported, forget it, and report
-/// a reset by the peer as the connect's end.
+/// Socket errors (`sk_error_report`), which only fire when something went wrong: a reset by
+/// the peer of a connect that was reported established ends it as `reset`. Watching every
+/// close instead would cost a map lookup per connection.
+#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    // SAFETY: CO-RE getter reading the socket with a probe read.
+    if unsafe { peregrine_sock_error(sk) } == ECONNRESET {
+        on_reset(&ctx, sk);
+    }
+    0
+}
+
 #[inline(always)]
-fn on_close<C: EbpfContext>(ctx: &C, sk: u64) {
+fn on_reset<C: EbpfContext>(ctx: &C, sk: u64) {
     // SAFETY: the map value is copied out before the entry is removed.
     let Some(c) = (unsafe { CONNECTING.get(&sk) }).copied() else { return };
-    let _ = CONNECTING.remove(&sk);
-    // SAFETY: CO-RE getter reading the socket with a probe read.
-    if c.absorbed_into != 0 || unsafe { peregrine_sock_error(sk) } != ECONNRESET {
+    if c.absorbed_into != 0 {
         return;
     }
     let Some(rec) = tcp_tuple(sk) else { return };
+    // The entry outlives its socket when that closed without an error: it must name this
+    // connection (a later connect at the same address replaced it at SYN_SENT).
+    if c.key.family & !flow_dir::TCP_OUT != rec.tuple.family || c.key.dport != rec.tuple.dport || c.key.daddr != rec.tuple.daddr {
+        return;
+    }
+    let _ = CONNECTING.remove(&sk);
     rec.owner = c.owner;
     rec.window_start_ns = 0;
     rec.carried = ConnWindow::default();
     rec.tuple.error = ECONNRESET;
+    // By now the socket has left the bind hash (skc_num is 0); inet_sport keeps the port.
     // SAFETY: CO-RE getter reading the socket with a probe read.
     rec.tuple.sport = unsafe { peregrine_sock_sport(sk) };
     emit_conn(ctx, rec, RecordKind::Connect, 0, sk, outcome::RESET);
@@ -580,7 +594,8 @@ fn on_listen<C: EbpfContext>(ctx: &C, sk: u64) {
 fn on_outcome<C: EbpfContext>(ctx: &C, sk: u64, established: bool) {
     // SAFETY: the map value is copied out before the entry is removed.
     let entry = unsafe { CONNECTING.get(&sk) }.copied();
-    // A reported connect that established stays until it closes (`on_close`).
+    // A reported connect that established stays, so a reset by the peer can name its owner
+    // (`on_reset`); the LRU or the next connect at the same address replaces it.
     let keep = established && entry.is_some_and(|c| c.absorbed_into == 0);
     if entry.is_some() && !keep {
         let _ = CONNECTING.remove(&sk);
