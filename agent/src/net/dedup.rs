@@ -8,7 +8,7 @@
 //! agent read it, opens the next window and carries the old counts in its record. Both paths
 //! name the window by its start, so a window is summarised once whichever comes first.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use peregrine_common::{ConnWindow, FlowKey};
 
@@ -40,6 +40,9 @@ pub struct Windows {
     window_ns: u64,
     grace_ns: u64,
     open: HashMap<FlowKey, Open>,
+    /// Windows in the order they opened, to find the oldest without a scan; entries whose
+    /// window was replaced or forgotten are skipped when they reach the front.
+    order: VecDeque<(FlowKey, u64)>,
     /// Windows the kernel's LRU map evicted before the agent could read them (map pressure):
     /// whatever they absorbed is lost, and reported as such.
     lost: u64,
@@ -57,7 +60,7 @@ const WAIT_CARRIED_NS: u64 = 60_000_000_000;
 
 impl Windows {
     pub fn new(window_ns: u64, grace_ns: u64) -> Self {
-        Self { window_ns, grace_ns, open: HashMap::new(), lost: 0, read_failures: 0 }
+        Self { window_ns, grace_ns, open: HashMap::new(), order: VecDeque::new(), lost: 0, read_failures: 0 }
     }
 
     pub fn window_ns(&self) -> u64 {
@@ -84,6 +87,13 @@ impl Windows {
             self.read_oldest(map, out);
         }
         self.open.insert(w.key, Open { start_ns: w.start_ns, opener: c.clone(), done: false });
+        self.order.push_back((w.key, w.start_ns));
+        if self.order.len() > 2 * MAX_OPEN {
+            // Replaced windows leave stale entries behind the front: compact, amortised over
+            // MAX_OPEN openings.
+            let open = &self.open;
+            self.order.retain(|(k, start)| open.get(k).is_some_and(|w| w.start_ns == *start));
+        }
     }
 
     /// Reads the windows that have expired; returns their summaries (windows that absorbed
@@ -125,15 +135,25 @@ impl Windows {
         });
         self.lost += lost;
         self.read_failures += failures;
+        self.trim_order();
         out
+    }
+
+    /// Drops the front entries of `order` that no longer name a tracked window.
+    fn trim_order(&mut self) {
+        while let Some((key, start)) = self.order.front() {
+            if self.open.get(key).is_some_and(|w| w.start_ns == *start) {
+                break;
+            }
+            self.order.pop_front();
+        }
     }
 
     /// Reads the oldest window now, its summary early rather than lost: the agent tracks no
     /// more windows than the kernel map holds.
     fn read_oldest(&mut self, map: &mut dyn WindowMap, out: &mut Vec<Summary>) {
-        let Some((key, start)) = self.open.iter().min_by_key(|(_, w)| w.start_ns).map(|(k, w)| (*k, w.start_ns)) else {
-            return;
-        };
+        self.trim_order();
+        let Some((key, start)) = self.order.pop_front() else { return };
         let Some(w) = self.open.remove(&key) else { return };
         if w.done {
             return;
@@ -272,6 +292,27 @@ mod tests {
         opened(&mut w, &opener(80, 100 * SEC, None), &mut kernel);
         assert!(w.expire(120 * SEC, &mut kernel).is_empty());
         assert_eq!((w.lost(), w.len()), (1, 0));
+    }
+
+    #[test]
+    fn beyond_the_bound_the_oldest_window_is_read_early_not_lost() {
+        let mut kernel = Kernel::default();
+        let mut w = Windows::new(10 * SEC, SEC);
+        let mut out = Vec::new();
+        for i in 0..MAX_OPEN as u64 {
+            let port = (i % 60000) as u16;
+            let mut c = opener(port, 100 * SEC + i, None);
+            let mut k = key(port);
+            k.tgid = (i / 60000) as u32 + 42;
+            c.window = Some(OpenedWindow { start_ns: 100 * SEC + i, key: k });
+            w.opened(&c, &mut kernel, &mut out);
+        }
+        // The first window absorbed 3 connects; the bound is reached with one more flow.
+        kernel.0.insert(key(0), counts(100 * SEC, 3));
+        w.opened(&opener(61000, 200 * SEC, None), &mut kernel, &mut out);
+        assert_eq!(out.len(), 1, "the oldest window read early");
+        assert_eq!((out[0].counts.absorbed, out[0].opener.remote.1), (3, 0));
+        assert_eq!((w.len(), w.lost()), (MAX_OPEN, 0));
     }
 
     #[test]
