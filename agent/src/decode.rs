@@ -298,21 +298,12 @@ fn ip(family: u16, raw: &[u8; 16]) -> IpAddr {
 
 /// The kernel's key for the window a record opened (see `ConnRecord::window_start_ns`).
 fn opened_window(kind: ConnKind, r: &ConnRecord) -> Option<OpenedWindow> {
-    let (dir, port) = match kind {
-        ConnKind::Connect => (flow_dir::TCP_OUT, r.tuple.dport),
-        ConnKind::Accept => (flow_dir::TCP_IN, r.tuple.sport),
+    let dir = match kind {
+        ConnKind::Connect => flow_dir::TCP_OUT,
+        ConnKind::Accept => flow_dir::TCP_IN,
         _ => return None,
     };
-    (r.window_start_ns != 0).then_some(OpenedWindow {
-        start_ns: r.window_start_ns,
-        key: FlowKey {
-            cgroup_id: r.owner.cgroup_id,
-            tgid: r.owner.tgid,
-            family: r.tuple.family | dir,
-            dport: port,
-            daddr: r.tuple.daddr,
-        },
-    })
+    (r.window_start_ns != 0).then(|| OpenedWindow { start_ns: r.window_start_ns, key: FlowKey::tcp(r, dir) })
 }
 
 fn decode_conn(header: &RecordHeader, kind: RecordKind, r: &ConnRecord) -> Conn {

@@ -371,6 +371,21 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The TCP dedup key of a connection record's flow (the kernel builds it from the staged
+    /// record, the agent from the record it received): owner's cgroup and tgid, the peer's
+    /// address, and the peer's port for a connect ([`flow_dir::TCP_OUT`]) or the local one for
+    /// an accept ([`flow_dir::TCP_IN`]: a client's source port varies per connection).
+    #[inline(always)]
+    pub fn tcp(rec: &ConnRecord, dir: u16) -> Self {
+        Self {
+            cgroup_id: rec.owner.cgroup_id,
+            tgid: rec.owner.tgid,
+            family: rec.tuple.family | dir,
+            dport: if dir == flow_dir::TCP_IN { rec.tuple.sport } else { rec.tuple.dport },
+            daddr: rec.tuple.daddr,
+        }
+    }
+
     /// The key as the map holds it (the layout has no padding).
     pub fn to_bytes(&self) -> [u8; 32] {
         let mut b = [0u8; 32];

@@ -102,7 +102,8 @@ static CGROUP_SCRATCH: PerCpuArray<CgroupRecord> = PerCpuArray::with_max_entries
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
 /// Who started each connecting socket, recorded at SYN_SENT (process context) for the outcome,
-/// which the kernel reports in softirq where `current` is an unrelated task.
+/// which the kernel reports in softirq where `current` is an unrelated task; kept after a
+/// reported connect established, for a later reset by the peer.
 #[map]
 static CONNECTING: LruHashMap<u64, Connecting> = LruHashMap::with_max_entries(65536, 0);
 
@@ -113,11 +114,11 @@ static CONN_SCRATCH: PerCpuArray<ConnRecord> = PerCpuArray::with_max_entries(1, 
 #[map]
 static DENY4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(1024, 0);
 
-/// When each UDP flow was last reported.
 /// TCP dedup windows by flow; the agent reads a window once it has expired.
 #[map]
 static TCP_SEEN: LruHashMap<FlowKey, ConnWindow> = LruHashMap::with_max_entries(65536, 0);
 
+/// When each UDP flow was last reported.
 #[map]
 static UDP_SEEN: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(65536, 0);
 
@@ -450,19 +451,11 @@ fn add_one(counter: *mut u64) {
     let _ = unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
 }
 
-/// The dedup key of the staged record's flow (owner ids and tuple filled).
-#[inline(always)]
-fn flow_key(rec: &ConnRecord, dir: u16, port: u16) -> FlowKey {
-    FlowKey { cgroup_id: rec.owner.cgroup_id, tgid: rec.owner.tgid, family: rec.tuple.family | dir, dport: port, daddr: rec.tuple.daddr }
-}
-
 /// The dedup window of the staged record's flow: `Some(start)` when the record falls in an
 /// open window and was counted there (not to be sent); `None` when it is to be sent, having
 /// opened a new window (`window_start_ns`, with the expired one's counts in `carried`).
 #[inline(always)]
 fn tcp_window(rec: &mut ConnRecord, key: &FlowKey) -> Option<u64> {
-    rec.window_start_ns = 0;
-    rec.carried = ConnWindow::default();
     let window = global(&TCP_DEDUP_NS);
     if window == 0 {
         return None;
@@ -546,8 +539,6 @@ fn on_reset<C: EbpfContext>(ctx: &C, sk: u64) {
     }
     let _ = CONNECTING.remove(&sk);
     rec.owner = c.owner;
-    rec.window_start_ns = 0;
-    rec.carried = ConnWindow::default();
     rec.tuple.error = ECONNRESET;
     // By now the socket has left the bind hash (skc_num is 0); inet_sport keeps the port.
     // SAFETY: CO-RE getter reading the socket with a probe read.
@@ -555,10 +546,13 @@ fn on_reset<C: EbpfContext>(ctx: &C, sk: u64) {
     emit_conn(ctx, rec, RecordKind::Connect, 0, sk, outcome::RESET);
 }
 
-/// Reads the socket into the staged record; None when unreadable, not TCP, or excluded loopback.
+/// Stages a record for the socket: its tuple read, no dedup window (`tcp_window` sets one).
+/// None when unreadable, not TCP, or excluded loopback.
 #[inline(always)]
 fn tcp_tuple(sk: u64) -> Option<&'static mut ConnRecord> {
     let rec = conn_scratch()?;
+    rec.window_start_ns = 0;
+    rec.carried = ConnWindow::default();
     // SAFETY: CO-RE getter reading the socket with probe reads into the staged record.
     let family = unsafe { peregrine_sock_tuple(sk, &mut rec.tuple) };
     (family != 0 && rec.tuple.protocol == IPPROTO_TCP && !loopback_excluded(&rec.tuple)).then_some(rec)
@@ -568,7 +562,7 @@ fn tcp_tuple(sk: u64) -> Option<&'static mut ConnRecord> {
 fn on_connect<C: EbpfContext>(ctx: &C, sk: u64) {
     let Some(rec) = tcp_tuple(sk) else { return };
     fill_owner_ids(&mut rec.owner);
-    let key = flow_key(rec, flow_dir::TCP_OUT, rec.tuple.dport);
+    let key = FlowKey::tcp(rec, flow_dir::TCP_OUT);
     match tcp_window(rec, &key) {
         Some(start) => {
             let _ = CONNECTING.insert(&sk, &Connecting { owner: rec.owner, absorbed_into: start, key }, 0);
@@ -585,8 +579,6 @@ fn on_connect<C: EbpfContext>(ctx: &C, sk: u64) {
 fn on_listen<C: EbpfContext>(ctx: &C, sk: u64) {
     let Some(rec) = tcp_tuple(sk) else { return };
     fill_current_owner(&mut rec.owner);
-    rec.window_start_ns = 0;
-    rec.carried = ConnWindow::default();
     emit_conn(ctx, rec, RecordKind::Listen, 0, sk, 0);
 }
 
@@ -616,8 +608,6 @@ fn on_outcome<C: EbpfContext>(ctx: &C, sk: u64, established: bool) {
             flags = conn_flags::OWNER_UNKNOWN;
         }
     }
-    rec.window_start_ns = 0;
-    rec.carried = ConnWindow::default();
     if !established {
         // SAFETY: CO-RE getter reading the socket with a probe read.
         rec.tuple.error = unsafe { peregrine_sock_error(sk) };
@@ -652,8 +642,7 @@ fn on_accept(ctx: &TracePointContext) {
     }
     let Some(rec) = tcp_tuple(sk) else { return };
     fill_owner_ids(&mut rec.owner);
-    // One flow per peer address and local port: a client's source ports vary per connection.
-    let key = flow_key(rec, flow_dir::TCP_IN, rec.tuple.sport);
+    let key = FlowKey::tcp(rec, flow_dir::TCP_IN);
     if tcp_window(rec, &key).is_none() {
         fill_owner_details(&mut rec.owner);
         emit_conn(ctx, rec, RecordKind::Accept, 0, sk, 0);
@@ -694,6 +683,8 @@ fn on_sock_addr(ctx: &SockAddrContext, v6: bool, op: u16) -> i32 {
     let (ip4, ip6) = if v6 { (0, unsafe { (*sa).user_ip6 }) } else { (unsafe { (*sa).user_ip4 }, [0u32; 4]) };
     let Some(rec) = conn_scratch() else { return ALLOW };
     rec.tuple = Tuple::default();
+    rec.window_start_ns = 0;
+    rec.carried = ConnWindow::default();
     rec.tuple.family = if v6 { 10 } else { 2 };
     rec.tuple.protocol = protocol as u16;
     // user_port holds the port in network byte order in its low 16 bits.
@@ -724,8 +715,6 @@ fn on_sock_addr(ctx: &SockAddrContext, v6: bool, op: u16) -> i32 {
         Some(addr) => op != sockaddr_op::RECVMSG && global(&ENFORCE) != 0 && DENY4.get(Key::new(32, addr)).is_some(),
         None => false,
     };
-    rec.window_start_ns = 0;
-    rec.carried = ConnWindow::default();
     if denied {
         fill_sockaddr_owner(&mut rec.owner);
         if !loopback_excluded(&rec.tuple) {
