@@ -28,6 +28,28 @@ pub struct Summary {
     pub counts: ConnWindow,
 }
 
+/// What the kernel map holds of a window the agent is reading.
+enum Read {
+    /// The window, now removed from the map.
+    Taken(ConnWindow),
+    /// The kernel opened the flow's next window: that window's first record carries the counts.
+    Replaced,
+    /// Evicted from the map: its counts are lost.
+    Gone,
+}
+
+/// Reads the window `start` of `key` and, if it is still in the map, removes it.
+fn take(map: &mut dyn WindowMap, key: &FlowKey, start: u64) -> Result<Read, String> {
+    Ok(match map.read(key)? {
+        Some(k) if k.start_ns == start => {
+            map.remove(key);
+            Read::Taken(k)
+        }
+        Some(_) => Read::Replaced,
+        None => Read::Gone,
+    })
+}
+
 struct Open {
     start_ns: u64,
     opener: Conn,
@@ -111,18 +133,16 @@ impl Windows {
             if age < due_after {
                 return true;
             }
-            match map.read(key) {
-                Ok(Some(k)) if k.start_ns == w.start_ns => {
-                    map.remove(key);
+            match take(map, key, w.start_ns) {
+                Ok(Read::Taken(k)) => {
                     if k.absorbed > 0 {
                         out.push(Summary { opener: w.opener.clone(), counts: k });
                     }
                     w.done = true;
                     true
                 }
-                // The kernel replaced it: the record of the next window carries the counts.
-                Ok(Some(_)) if age < due_after.saturating_add(WAIT_CARRIED_NS) => true,
-                Ok(_) => {
+                Ok(Read::Replaced) if age < due_after.saturating_add(WAIT_CARRIED_NS) => true,
+                Ok(Read::Replaced | Read::Gone) => {
                     lost += 1;
                     false
                 }
@@ -158,15 +178,20 @@ impl Windows {
         if w.done {
             return;
         }
-        match map.read(&key) {
-            Ok(Some(k)) if k.start_ns == start => {
-                map.remove(&key);
+        match take(map, &key, start) {
+            Ok(Read::Taken(k)) => {
                 if k.absorbed > 0 {
                     out.push(Summary { opener: w.opener, counts: k });
                 }
             }
-            Ok(_) => self.lost += 1,
-            Err(_) => self.read_failures += 1,
+            // Forgotten here, the window is summarised from its carrying record (with that
+            // record's flow as opener, see `opened`).
+            Ok(Read::Replaced) => {}
+            Ok(Read::Gone) => self.lost += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a TCP dedup window failed");
+                self.read_failures += 1;
+            }
         }
     }
 
@@ -228,6 +253,17 @@ mod tests {
             remote: (IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)), port),
             window: Some(OpenedWindow { start_ns, key: key(port) }),
             carried,
+        }
+    }
+
+    /// MAX_OPEN windows of distinct flows, opened one ns apart from 100 s; the first is port 0's.
+    fn fill_to_bound(w: &mut Windows, kernel: &mut Kernel, out: &mut Vec<Summary>) {
+        for i in 0..MAX_OPEN as u64 {
+            let port = (i % 60000) as u16;
+            let mut k = key(port);
+            k.tgid = (i / 60000) as u32 + 42;
+            let c = Conn { window: Some(OpenedWindow { start_ns: 100 * SEC + i, key: k }), ..opener(port, 100 * SEC + i, None) };
+            w.opened(&c, kernel, out);
         }
     }
 
@@ -299,20 +335,27 @@ mod tests {
         let mut kernel = Kernel::default();
         let mut w = Windows::new(10 * SEC, SEC);
         let mut out = Vec::new();
-        for i in 0..MAX_OPEN as u64 {
-            let port = (i % 60000) as u16;
-            let mut c = opener(port, 100 * SEC + i, None);
-            let mut k = key(port);
-            k.tgid = (i / 60000) as u32 + 42;
-            c.window = Some(OpenedWindow { start_ns: 100 * SEC + i, key: k });
-            w.opened(&c, &mut kernel, &mut out);
-        }
+        fill_to_bound(&mut w, &mut kernel, &mut out);
         // The first window absorbed 3 connects; the bound is reached with one more flow.
         kernel.0.insert(key(0), counts(100 * SEC, 3));
         w.opened(&opener(61000, 200 * SEC, None), &mut kernel, &mut out);
         assert_eq!(out.len(), 1, "the oldest window read early");
         assert_eq!((out[0].counts.absorbed, out[0].opener.remote.1), (3, 0));
         assert_eq!((w.len(), w.lost()), (MAX_OPEN, 0));
+    }
+
+    #[test]
+    fn an_oldest_window_the_kernel_replaced_is_left_to_its_carrier_not_counted_lost() {
+        let mut kernel = Kernel::default();
+        let mut w = Windows::new(10 * SEC, SEC);
+        let mut out = Vec::new();
+        fill_to_bound(&mut w, &mut kernel, &mut out);
+        // The kernel already opened the oldest flow's next window.
+        kernel.0.insert(key(0), counts(111 * SEC, 0));
+        w.opened(&opener(61000, 200 * SEC, None), &mut kernel, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(w.lost(), 0, "the next window's record carries the counts");
+        assert!(kernel.0.contains_key(&key(0)), "the kernel's newer window is left alone");
     }
 
     #[test]
