@@ -434,9 +434,9 @@ pub fn run(bins: &Binaries, args: &Bench) -> Result<()> {
         .args(["build", "--release", "-p", "xtask", "--bin", "execstorm", "--bin", "connstorm"]))?;
     let cgroup = CpuCgroup::new(args.cpu_millis)?;
     let _peer = if args.workload == Workload::Connect { Some(ConnectPeer::new()?) } else { None };
-    // Statistics cost two clock reads per program run: off while ratios are measured, on
-    // only for the separate in-kernel runs (and the soak).
-    let old_stats = set_bpf_stats(args.soak.is_some());
+    // Statistics cost two clock reads per program run: off while ratios (and the soak) are
+    // measured, on only for the separate in-kernel runs.
+    let old_stats = set_bpf_stats(false);
     let result = if let Some(n) = args.soak { soak(bins, &cgroup, args.workload, n) } else { rounds(bins, &cgroup, args) };
     if let Some(old) = old_stats {
         let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", old.trim());
