@@ -123,6 +123,8 @@ impl QueueConfig {
                 QueueFullPolicy::DropNewest => peregrine_journal::FullPolicy::DropNewest,
             },
             fsync: self.journal_fsync(),
+            // The output resends what it has not committed: each commit is written at once.
+            commit_interval: std::time::Duration::ZERO,
         }
     }
 

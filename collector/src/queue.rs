@@ -272,7 +272,7 @@ impl DeliveredIds {
             return Ok(ids);
         }
         let max_bytes = (capacity as u64).saturating_mul(ID_LOG_BYTES_PER_ID).max(64 << 10);
-        let config = JournalConfig { max_bytes, segment_bytes: max_bytes / 16, full: FullPolicy::DropOldest, fsync };
+        let config = JournalConfig { max_bytes, segment_bytes: max_bytes / 16, full: FullPolicy::DropOldest, fsync, ..JournalConfig::default() };
         let mut log = Journal::open(dir, config)?;
         let mut after = 0;
         loop {

@@ -47,7 +47,7 @@ use std::{
     io::{self, Write},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 /// The first four bytes of every record (little-endian `E1 C3 5A 9D`: not ASCII, so ordinary
@@ -84,11 +84,21 @@ pub struct JournalConfig {
     pub segment_bytes: u64,
     pub full: FullPolicy,
     pub fsync: Fsync,
+    /// How often `commit()` writes the commit point to disk; zero: at every commit. Between
+    /// writes the point on disk lags: a restart reads again what was committed since (at
+    /// least once; never a loss). Before a segment is deleted the point is always written.
+    pub commit_interval: Duration,
 }
 
 impl Default for JournalConfig {
     fn default() -> Self {
-        Self { max_bytes: 256 << 20, segment_bytes: 8 << 20, full: FullPolicy::DropOldest, fsync: Fsync::OnFlush }
+        Self {
+            max_bytes: 256 << 20,
+            segment_bytes: 8 << 20,
+            full: FullPolicy::DropOldest,
+            fsync: Fsync::OnFlush,
+            commit_interval: Duration::ZERO,
+        }
     }
 }
 
@@ -197,6 +207,10 @@ pub struct Journal {
     /// Highest sequence number written out to the file (readers see up to here).
     flushed_seq: u64,
     committed: u64,
+    commit_interval: Duration,
+    /// The commit point on disk (at most `committed`) and when it was written.
+    persisted: u64,
+    persisted_at: Instant,
     /// Bytes (of `disk_bytes` + buffer) before the first uncommitted record.
     committed_bytes: u64,
     oldest_stamp: Option<i64>,
@@ -537,6 +551,9 @@ impl Journal {
             last_seq,
             flushed_seq: last_seq,
             committed,
+            commit_interval: config.commit_interval,
+            persisted: committed,
+            persisted_at: Instant::now(),
             committed_bytes: 0,
             oldest_stamp: None,
             positions: VecDeque::new(),
@@ -708,6 +725,22 @@ impl Journal {
         if seq <= self.committed {
             return Ok(());
         }
+        if self.commit_interval.is_zero() || self.persisted_at.elapsed() >= self.commit_interval {
+            self.persist(seq)?;
+        }
+        self.committed = seq;
+        let collected = self.collect_committed();
+        self.recompute_commit_point();
+        collected
+    }
+
+    /// Writes the commit point to disk if it lags (see `JournalConfig::commit_interval`): for
+    /// a clean stop.
+    pub fn sync_commit(&mut self) -> Result<(), JournalError> {
+        if self.persisted < self.committed { self.persist(self.committed) } else { Ok(()) }
+    }
+
+    fn persist(&mut self, seq: u64) -> Result<(), JournalError> {
         let tmp = self.dir.join(COMMIT_TMP);
         let dst = self.dir.join(COMMIT_FILE);
         let mut f = File::create(&tmp).map_err(io_err(&tmp, "creating"))?;
@@ -720,10 +753,9 @@ impl Journal {
         if self.fsync == Fsync::OnFlush {
             sync_dir(&self.dir)?;
         }
-        self.committed = seq;
-        let collected = self.collect_committed();
-        self.recompute_commit_point();
-        collected
+        self.persisted = seq;
+        self.persisted_at = Instant::now();
+        Ok(())
     }
 
     pub fn committed(&self) -> u64 {
@@ -893,6 +925,10 @@ impl Journal {
     /// Deletes sealed segments whose records are all committed.
     fn collect_committed(&mut self) -> Result<(), JournalError> {
         let mut removed = false;
+        if self.segs.len() > 1 && self.segs[1].first - 1 <= self.committed {
+            // A restart must not find its commit point inside a deleted segment.
+            self.sync_commit()?;
+        }
         while self.segs.len() > 1 && self.segs[1].first - 1 <= self.committed {
             self.remove_oldest()?;
             removed = true;

@@ -37,7 +37,7 @@ impl Drop for TempDir {
 }
 
 fn config(max_bytes: u64, segment_bytes: u64, full: FullPolicy) -> JournalConfig {
-    JournalConfig { max_bytes, segment_bytes, full, fsync: Fsync::Never }
+    JournalConfig { max_bytes, segment_bytes, full, fsync: Fsync::Never, ..JournalConfig::default() }
 }
 
 /// Deterministic payload for a sequence number, of varying length.
@@ -339,6 +339,50 @@ fn commit_deletes_segments_and_reopen_resumes_after_the_cursor() {
     let mut j = Journal::open(dir.path(), config(1 << 20, 4096, FullPolicy::DropOldest)).unwrap();
     assert_eq!(append(&mut j, b"next"), 101);
     assert_eq!(segments(dir.path()).len(), 1);
+}
+
+/// With a commit interval the point on disk lags the one in memory: a crash reads again what
+/// was committed since (never less), a segment is deleted only once the point on disk is past
+/// it, and `sync_commit` writes the lagging point.
+#[test]
+fn a_lagging_commit_point_reads_again_never_loses() {
+    let dir = TempDir::new("lazy-commit");
+    let lazy = JournalConfig { commit_interval: Duration::from_secs(3600), ..config(1 << 20, 4096, FullPolicy::DropOldest) };
+    let mut j = Journal::open(dir.path(), lazy.clone()).unwrap();
+    for seq in 1..=100 {
+        append(&mut j, &payload(seq));
+    }
+    j.flush().unwrap();
+    let starts: Vec<u64> = segments(dir.path()).iter().map(|p| p.file_stem().unwrap().to_str().unwrap().parse().unwrap()).collect();
+    assert!(starts.len() > 3, "{starts:?}");
+    let (first_segment_end, second_segment_end) = (starts[1] - 1, starts[2] - 1);
+    // Inside the first segment: in memory only.
+    j.commit(first_segment_end - 1).unwrap();
+    assert_eq!(j.committed(), first_segment_end - 1);
+    assert_eq!(j.depth().records, 100 - (first_segment_end - 1));
+    assert!(!dir.path().join("commit").exists(), "written although the interval has not passed");
+    let copy = copy_dir(dir.path(), "lazy-crash");
+    // Past the first segment: it is deleted, so the point is written first.
+    j.commit(first_segment_end + 1).unwrap();
+    assert_eq!(std::fs::read_to_string(dir.path().join("commit")).unwrap().trim(), (first_segment_end + 1).to_string());
+    // Inside the second segment, which stays: in memory only.
+    j.commit(second_segment_end - 1).unwrap();
+    drop(j);
+    // A crash before the interval: everything after the point on disk is read again.
+    let mut crashed = Journal::open(copy.path(), lazy.clone()).unwrap();
+    assert_eq!(crashed.committed(), 0);
+    let (got, damage) = read_all(&mut crashed, 0);
+    assert!(damage.is_empty(), "{damage:?}");
+    assert_eq!(got.len(), 100);
+    let mut j = Journal::open(dir.path(), lazy.clone()).unwrap();
+    assert_eq!(j.committed(), first_segment_end + 1, "the later commit was never written");
+    let (got, damage) = { let c = j.committed(); read_all(&mut j, c) };
+    assert!(damage.is_empty(), "{damage:?}");
+    assert_eq!(got.first().unwrap().0, first_segment_end + 2);
+    j.commit(90).unwrap();
+    j.sync_commit().unwrap();
+    drop(j);
+    assert_eq!(Journal::open(dir.path(), lazy).unwrap().committed(), 90);
 }
 
 /// Copies every file of `from` into a new directory.

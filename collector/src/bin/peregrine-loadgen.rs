@@ -209,7 +209,7 @@ fn tail(path: &std::path::Path) -> anyhow::Result<Vec<u64>> {
 /// does per batch), then replay them all.
 fn spool_bench(dir: &std::path::Path, records: u64) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(dir);
-    let config = JournalConfig { max_bytes: 4 << 30, segment_bytes: 64 << 20, full: FullPolicy::DropNewest, fsync: Fsync::Never };
+    let config = JournalConfig { max_bytes: 4 << 30, segment_bytes: 64 << 20, full: FullPolicy::DropNewest, fsync: Fsync::Never, ..JournalConfig::default() };
     let mut journal = Journal::open(dir, config)?;
     let payload = event("spool", 1).encode_to_vec();
     let t = Instant::now();
