@@ -40,6 +40,11 @@ pub struct SpoolConfig {
     /// `never`: records survive the agent being killed (the OS has them), not a power loss —
     /// which takes the kernel's ring buffer with it anyway. `on_flush`: fsync every batch.
     pub fsync: FsyncPolicy,
+    /// How often the acknowledged position is written to disk (0: at every acknowledgement).
+    /// After a crash the agent resends what was acknowledged since; the collector recognises
+    /// the duplicates by their event ids. Writing it at every acknowledgement cost more CPU
+    /// than anything else the sender does (docs/PERFORMANCE.md, exec).
+    pub commit_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -64,6 +69,7 @@ impl Default for SpoolConfig {
             segment_bytes: 8 << 20,
             full_policy: FullPolicy::DropOldest,
             fsync: FsyncPolicy::Never,
+            commit_interval_ms: 1000,
         }
     }
 }
@@ -81,6 +87,7 @@ impl SpoolConfig {
                 FsyncPolicy::Never => peregrine_journal::Fsync::Never,
                 FsyncPolicy::OnFlush => peregrine_journal::Fsync::OnFlush,
             },
+            commit_interval: std::time::Duration::from_millis(self.commit_interval_ms),
         }
     }
 }
@@ -225,7 +232,9 @@ pub struct CollectorConfig {
     pub connect_timeout_ms: u64,
     /// Upper bound of the reconnect backoff.
     pub max_backoff_ms: u64,
-    /// `gzip` or `none`: batches compressed on the wire (the spool keeps them uncompressed).
+    /// `none` (default) or `gzip`: batches compressed on the wire (the spool keeps them
+    /// uncompressed). gzip cost about a fifth of the agent's CPU per event on the exec bench
+    /// (docs/PERFORMANCE.md): worth it only where the agent→collector link is metered.
     pub compression: Compression,
     pub tls: ClientTls,
 }
@@ -312,8 +321,8 @@ pub struct PipelineConfig {
     /// Events held between the kernel drain and the sender; beyond it events are dropped and
     /// counted, so the drain (and the kernel ring behind it) never waits on the network.
     pub queue_capacity: usize,
+    /// Events per batch at most; a batch otherwise holds what one drain pass handed over.
     pub batch_max_events: usize,
-    pub batch_max_delay_ms: u64,
     /// Interval of the agent status event (counters and drain progress).
     pub heartbeat_interval_ms: u64,
 }
@@ -351,7 +360,7 @@ impl Default for CollectorConfig {
             address: "http://127.0.0.1:7700".into(),
             connect_timeout_ms: 2000,
             max_backoff_ms: 5000,
-            compression: Compression::Gzip,
+            compression: Compression::None,
             tls: ClientTls::default(),
         }
     }
@@ -368,7 +377,7 @@ impl Default for EbpfConfig {
             ring_buffer_bytes: 8 << 20,
             perf_buffer_pages: 64,
             wakeup_watermark_bytes: 2 << 20,
-            drain_interval_ms: 20,
+            drain_interval_ms: 50,
             drain_pause_file: None,
             programs: ProgramsConfig::default(),
         }
@@ -397,7 +406,7 @@ impl Default for ProgramsConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { queue_capacity: 65536, batch_max_events: 512, batch_max_delay_ms: 50, heartbeat_interval_ms: 10_000 }
+        Self { queue_capacity: 65536, batch_max_events: 512, heartbeat_interval_ms: 10_000 }
     }
 }
 
@@ -469,6 +478,9 @@ impl Validate for AgentConfig {
         self.network.deny4()?;
         if self.spool.segment_bytes < 4096 || self.spool.max_bytes < self.spool.segment_bytes.saturating_mul(2) {
             return err("spool.max_bytes", "must hold at least two segments (spool.segment_bytes, at least 4096)");
+        }
+        if self.spool.commit_interval_ms > 60_000 {
+            return err("spool.commit_interval_ms", "must be at most 60000: after a crash the agent resends what was acknowledged in that time");
         }
         if self.container.resolve_wait_ms > 10_000 {
             return err("container.resolve_wait_ms", "must be at most 10000: events wait this long for a new container's metadata");

@@ -106,8 +106,12 @@ fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&cli)?;
     peregrine_service::init_logging(&config.log_level);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: the agent's work is a pipeline of short steps that hand events to each other
+    // (drain → sender → gRPC stream). On several workers each hand-off could wake another
+    // thread, and a wake-up (futex, a timer re-armed in epoll_wait) costs more CPU than the
+    // step it carries; measured in docs/PERFORMANCE.md (exec). The DaemonSet's CPU limit is
+    // below one core anyway.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;

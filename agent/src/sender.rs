@@ -91,14 +91,17 @@ impl Sender {
             // Wait out the backoff while still taking (and spooling) what arrives.
             let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4 + 10));
             let deadline = tokio::time::Instant::now() + backoff + jitter;
-            let mut flush = tokio::time::interval(Duration::from_millis(self.pipeline.batch_max_delay_ms.max(1)));
             let open = loop {
                 tokio::select! {
                     next = rx.recv() => match next {
-                        Some(event) => self.accept(&event),
+                        Some(event) => {
+                            self.accept(&event);
+                            if rx.is_empty() {
+                                self.flush();
+                            }
+                        }
                         None => break false,
                     },
-                    _ = flush.tick() => self.flush(),
                     _ = tokio::time::sleep_until(deadline) => break true,
                 }
             };
@@ -108,6 +111,9 @@ impl Sender {
             backoff = (backoff * 2).min(max_backoff);
         }
         self.flush();
+        if let Err(e) = self.spool.sync_commit() {
+            tracing::warn!(error = %e, "writing the spool's commit point failed: acknowledged events may be sent again");
+        }
         tracing::info!(spooled = self.spool.depth().records, "sender stopped; unacknowledged events stay in the spool");
     }
 
@@ -219,8 +225,6 @@ impl Sender {
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut batch_seq = 0u64;
         let mut unflushed = 0usize;
-        let mut flush = tokio::time::interval(Duration::from_millis(self.pipeline.batch_max_delay_ms.max(1)));
-        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut queue_open = true;
         // After the queue closes, wait this long at most for the last acknowledgements.
         let mut finish_by: Option<tokio::time::Instant> = None;
@@ -237,8 +241,10 @@ impl Sender {
                     Some(event) => {
                         self.accept(&event);
                         unflushed += 1;
-                        // A full batch goes out at once; smaller ones at the next tick.
-                        if unflushed >= self.pipeline.batch_max_events {
+                        // The drain hands over a pass's events at once: the batch goes out
+                        // when they are all taken (or it is full), so a pass costs one write
+                        // and one send, and no timer has to wake the agent for it.
+                        if unflushed >= self.pipeline.batch_max_events || rx.is_empty() {
                             self.flush();
                             unflushed = 0;
                         }
@@ -249,12 +255,6 @@ impl Sender {
                         finish_by = Some(tokio::time::Instant::now() + Duration::from_secs(5));
                     }
                 },
-                _ = flush.tick() => {
-                    if unflushed > 0 {
-                        self.flush();
-                        unflushed = 0;
-                    }
-                }
                 _ = async { if let Some(t) = finish_by { tokio::time::sleep_until(t).await } }, if finish_by.is_some() => {
                     tracing::warn!(batches = in_flight.len(), "stopping without the collector's last acknowledgements: they stay spooled");
                     break Outcome::Finished;

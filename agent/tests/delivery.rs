@@ -58,7 +58,8 @@ fn the_spool_survives_kill_9_and_is_replayed_in_order() {
     agent.proc.child.wait().unwrap();
 
     let collector = Collector::start_on(dir.path(), port);
-    let _agent = Agent::start(dir.path(), &address, &[&spool_set]);
+    // The replay goes gzip-compressed (not the default): the collector takes both.
+    let _agent = Agent::start(dir.path(), &address, &[&spool_set, "collector.compression=gzip"]);
     let last = markers.last().unwrap().clone();
     collector.wait_event(WAIT, "the last spooled exec, replayed", |e| e["kind"]["exec"]["process"]["argv"][1] == last.as_str());
     let events = collector.events();

@@ -66,7 +66,7 @@ cp /bin/busybox /tmp/deny-me
   --set output.kind=file --set output.path=/tmp/events.jsonl 2>/tmp/collector.log &
 /bin/agent --set cluster_name=vm --set node_name=vm --set collector.address=http://127.0.0.1:7700 \
   --set ebpf.object=/peregrine-ebpf.o --set spool.dir=/tmp/spool --set http.listen=127.0.0.1:9464 \
-  --set pipeline.heartbeat_interval_ms=200 --set pipeline.batch_max_delay_ms=10 \
+  --set pipeline.heartbeat_interval_ms=200 \
   --set network.exclude_loopback=false --set 'process.deny_exec=["/tmp/deny-me"]' 2>/tmp/agent.log &
 agent=$!
 i=0; while [ $i -lt 900 ] && ! grep -q '"phase":1' /tmp/events.jsonl 2>/dev/null; do sleep 0.2; i=$((i+1)); done
@@ -111,7 +111,7 @@ kill $agent
 i=0; while [ $i -lt 100 ] && kill -0 $agent 2>/dev/null; do sleep 0.1; i=$((i+1)); done
 /bin/agent --set cluster_name=vm --set node_name=vm --set collector.address=http://127.0.0.1:7700 \
   --set ebpf.object=/peregrine-ebpf.o --set spool.dir=/tmp/spool2 --set http.listen=127.0.0.1:9466 \
-  --set pipeline.batch_max_delay_ms=10 --set ebpf.transport=perf_array 2>/tmp/agent2.log &
+  --set ebpf.transport=perf_array 2>/tmp/agent2.log &
 i=0; while [ $i -lt 900 ] && ! grep -q 'perf_event_array (configured)' /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done
 /bin/busybox true vm-perf-token
 i=0; while [ $i -lt 300 ] && ! grep -q vm-perf-token /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done

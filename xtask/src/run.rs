@@ -41,8 +41,6 @@ pub fn run(bins: &Binaries, cluster: &str, agent_sets: &[String]) -> Result<()> 
         &format!("ebpf.object={}", bins.ebpf.display()),
         "--set",
         "http.listen=127.0.0.1:9464",
-        "--set",
-        "pipeline.batch_max_delay_ms=20",
     ]);
     for s in agent_sets {
         agent_cmd.args(["--set", s]);

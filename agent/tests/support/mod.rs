@@ -284,7 +284,7 @@ pub fn agent_command(collector: &str, http_port: u16, sets: &[&str]) -> Command 
         .args(["--set", &format!("collector.address={collector}")])
         .args(["--set", &format!("ebpf.object={}", ebpf_object().display())])
         .args(["--set", &format!("http.listen=127.0.0.1:{http_port}")])
-        .args(["--set", "pipeline.heartbeat_interval_ms=100", "--set", "pipeline.batch_max_delay_ms=10"])
+        .args(["--set", "pipeline.heartbeat_interval_ms=100"])
         .args(["--set", "collector.max_backoff_ms=300"])
         // Each agent its own spool: a shared one would replay another test's events.
         .args(["--set", &format!("spool.dir={}", std::env::temp_dir().join(unique("peregrine-spool-")).display())]);
