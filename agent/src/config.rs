@@ -374,9 +374,11 @@ impl Default for EbpfConfig {
             tracefs_path: PathBuf::from("/sys/kernel/tracing"),
             cgroup2_path: None,
             transport: TransportChoice::Auto,
-            ring_buffer_bytes: 8 << 20,
+            // Resident twice over once it has wrapped (the kernel maps the data pages twice):
+            // 4 MiB holds ~1,300 exec records, some 25 drain passes at this machine's top exec rate.
+            ring_buffer_bytes: 4 << 20,
             perf_buffer_pages: 64,
-            wakeup_watermark_bytes: 2 << 20,
+            wakeup_watermark_bytes: 1 << 20,
             drain_interval_ms: 50,
             drain_pause_file: None,
             programs: ProgramsConfig::default(),

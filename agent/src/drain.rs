@@ -214,6 +214,7 @@ impl Drain {
                     }
                     self.send_alerts(None);
                     self.status(Phase::Heartbeat);
+                    crate::alloc::release_free_memory();
                 }
                 _ = shutdown.changed() => break,
             }

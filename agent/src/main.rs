@@ -1,6 +1,7 @@
 //! peregrine-agent: loads the kernel programs, drains their records, and streams events to the
 //! collector. See docs/ARCHITECTURE.md for the path an event takes.
 
+mod alloc;
 mod clock;
 mod config;
 mod container;
@@ -22,11 +23,6 @@ use clap::Parser;
 use peregrine_service::config::Layers;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
-
-// Events are many small, short-lived allocations across threads: glibc's malloc spent a
-// quarter of the agent's CPU on them under an exec storm (perf); mimalloc is built for this.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use crate::{
     config::AgentConfig,
@@ -201,6 +197,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             previous_run,
         },
     );
+    alloc::release_free_memory();
     let (stop_tx, stop_rx) = watch::channel(false);
     let draining = tokio::spawn(drain.run(stop_rx));
     let _ = ready_tx.send(true);

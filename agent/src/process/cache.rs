@@ -24,7 +24,9 @@ pub struct Key {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    process: Process,
+    /// Boxed: the map keeps its free slots at the size of an entry, and a `Process` is ~10
+    /// times the size of a pointer (measured in agent RSS under an exec storm).
+    process: Box<Process>,
     parent: Option<Key>,
     /// Start time known only to clock-tick precision (seeded from /proc).
     coarse: bool,
@@ -99,13 +101,13 @@ impl ProcessCache {
     }
 
     pub fn get(&self, key: Key) -> Option<&Process> {
-        self.resolve(key).and_then(|k| self.entries.get(&k)).map(|e| &e.process)
+        self.resolve(key).and_then(|k| self.entries.get(&k)).map(|e| &*e.process)
     }
 
     /// The newest live process with this tgid.
     pub fn live_by_tgid(&self, tgid: u32) -> Option<&Process> {
         let key = self.by_tgid.get(&tgid)?;
-        self.entries.get(key).filter(|e| e.exited_ns.is_none()).map(|e| &e.process)
+        self.entries.get(key).filter(|e| e.exited_ns.is_none()).map(|e| &*e.process)
     }
 
     fn index(&mut self, key: Key) {
@@ -124,7 +126,7 @@ impl ProcessCache {
 
     /// A process seen in /proc at start-up. Its key's start must be at tick precision.
     pub fn seed(&mut self, key: Key, parent: Option<Key>, process: Process) {
-        self.entries.insert(key, Entry { process, parent, coarse: true, exited_ns: None });
+        self.entries.insert(key, Entry { process: Box::new(process), parent, coarse: true, exited_ns: None });
         self.index(key);
     }
 
@@ -202,7 +204,7 @@ impl ProcessCache {
         if let Some(old) = self.resolve(key).filter(|k| *k != key) {
             self.forget(old);
         }
-        self.entries.insert(key, Entry { process: process.clone(), parent: Some(parent), coarse: false, exited_ns });
+        self.entries.insert(key, Entry { process: Box::new(process.clone()), parent: Some(parent), coarse: false, exited_ns });
         self.index(key);
         self.enforce_capacity();
         (process, ancestors)
@@ -229,7 +231,7 @@ impl ProcessCache {
         process.source = "fork".into();
         // The child may have exec'd (or exited) before this record arrived: keep what it has.
         if self.resolve(key).is_none() {
-            self.entries.insert(key, Entry { process: process.clone(), parent: Some(parent), coarse: false, exited_ns: None });
+            self.entries.insert(key, Entry { process: Box::new(process.clone()), parent: Some(parent), coarse: false, exited_ns: None });
             self.index(key);
             self.enforce_capacity();
         }
@@ -248,7 +250,7 @@ impl ProcessCache {
                     Some(entry) => {
                         entry.exited_ns = Some(x.boot_ns);
                         self.exited.push_back((x.boot_ns, k));
-                        entry.process.clone()
+                        (*entry.process).clone()
                     }
                     None => Process::default(),
                 }
@@ -267,7 +269,7 @@ impl ProcessCache {
                     source: "exit".into(),
                     ..Process::default()
                 };
-                self.entries.insert(key, Entry { process: process.clone(), parent: None, coarse: false, exited_ns: Some(x.boot_ns) });
+                self.entries.insert(key, Entry { process: Box::new(process.clone()), parent: None, coarse: false, exited_ns: Some(x.boot_ns) });
                 self.exited.push_back((x.boot_ns, key));
                 process
             }
