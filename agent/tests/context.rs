@@ -175,6 +175,14 @@ fn containers_running_before_the_agent_are_resolved_at_start() {
 
 /// A kubelet-style container cgroup that no runtime knows, with a process run in it.
 /// Its own top-level `kubepods-*` directory: the containerd fixture owns `/kubepods`.
+/// Every agent sees every cgroup on the node: a test counting lookups of containers nobody
+/// knows must not see another test's. The tests that make such containers take turns.
+static UNKNOWN_CONTAINERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn unknown_containers_turn() -> std::sync::MutexGuard<'static, ()> {
+    UNKNOWN_CONTAINERS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn run_in_unknown_container(args: &[&str]) -> (String, String) {
     let pod_uid = unique("uid-");
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
@@ -186,6 +194,7 @@ fn run_in_unknown_container(args: &[&str]) -> (String, String) {
 
 #[test]
 fn without_a_runtime_events_keep_flowing_marked_partial() {
+    let _turn = unknown_containers_turn();
     let dir = TempDir::new("context-nort");
     let collector = Collector::start(dir.path());
     let missing = dir.path().join("no-such-runtime.sock");
@@ -218,6 +227,7 @@ fn without_a_runtime_events_keep_flowing_marked_partial() {
 
 #[test]
 fn a_container_the_runtime_does_not_know_leaves_partial_after_the_wait() {
+    let _turn = unknown_containers_turn();
     let ctrd = Containerd::start();
     let dir = TempDir::new("context-unknown");
     let collector = Collector::start(dir.path());
@@ -246,6 +256,7 @@ fn a_container_the_runtime_does_not_know_leaves_partial_after_the_wait() {
 
 #[test]
 fn a_runtime_that_never_answers_does_not_block_events() {
+    let _turn = unknown_containers_turn();
     // A socket that accepts and then says nothing: every CRI call must time out.
     let dir = TempDir::new("context-slow");
     let sock = dir.path().join("silent.sock");
