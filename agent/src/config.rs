@@ -129,6 +129,12 @@ pub struct NetworkConfig {
     /// the kernel counts its other connects or accepts in the window, which leave as one
     /// summary event (`summary`, `count`) after it. 0 sends every connect and accept.
     pub tcp_dedup_ms: u64,
+    /// Entries of each kernel flow map: connects awaiting their outcome (`CONNECTING`), TCP
+    /// dedup windows (`TCP_SEEN`), UDP flows (`UDP_SEEN`). LRU maps: under pressure the
+    /// oldest go; an outcome whose connect was evicted is reported without an owner (unless
+    /// the agent holds the attempt), counted in `connects_unattributed`, and a dedup window
+    /// evicted before it was read is a counted loss (`tcp_window_lost`).
+    pub flow_map_entries: u32,
     /// Egress enforcement (off when empty): IPv4 CIDRs that connects and sends are refused
     /// for, in the kernel, each refusal reported. E.g. ["169.254.169.254/32"] keeps pods away
     /// from the metadata service.
@@ -144,6 +150,7 @@ impl Default for NetworkConfig {
             service_cidrs: Vec::new(),
             udp_dedup_ms: 10_000,
             tcp_dedup_ms: 10_000,
+            flow_map_entries: 65_536,
             deny_destinations: Vec::new(),
         }
     }
@@ -474,6 +481,9 @@ impl Validate for AgentConfig {
         }
         if !(1..=64).contains(&self.process.ancestry_depth) {
             return err("process.ancestry_depth", "must be between 1 and 64");
+        }
+        if !(16..=1 << 22).contains(&self.network.flow_map_entries) {
+            return err("network.flow_map_entries", "must be between 16 and 4194304");
         }
         self.network.pod_cidrs()?;
         self.network.service_cidrs()?;

@@ -120,6 +120,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         exclude_loopback: config.network.exclude_loopback,
         udp_dedup_ns: config.network.udp_dedup_ms.saturating_mul(1_000_000),
         tcp_dedup_ns: config.network.tcp_dedup_ms.saturating_mul(1_000_000),
+        flow_map_entries: config.network.flow_map_entries,
         // Validated with the configuration.
         deny4: config.network.deny4().unwrap_or_default(),
         deny_exec: config.process.deny_exec.clone(),

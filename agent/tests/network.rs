@@ -115,6 +115,27 @@ fn connect_syncnt1(dst: SocketAddr) -> std::io::Result<TcpStream> {
     }
 }
 
+/// A non-blocking TCP connect with one SYN retry: the socket, its handshake under way.
+fn connect_half_open(dst: std::net::SocketAddrV4) -> std::os::fd::OwnedFd {
+    // SAFETY: plain socket calls on a descriptor this function owns until returned.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, (&one as *const libc::c_int).cast(), 4);
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: dst.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.ip().octets()) },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32);
+        let e = std::io::Error::last_os_error();
+        assert!(rc != 0 && e.raw_os_error() == Some(libc::EINPROGRESS), "connect to {dst}: {e}");
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    }
+}
+
 #[test]
 fn outbound_connects_with_their_outcomes() {
     let dir = TempDir::new("net-out");
@@ -492,4 +513,81 @@ fn a_reset_by_the_peer_ends_the_connect_as_reset() {
     let cs: Vec<Value> = connections(&collector.events()).into_iter().filter(|c| c["local_port"] == local.port() && c["remote_port"] == 8095).collect();
     assert_eq!(cs.len(), 2, "the connect, then its reset: {cs:#?}");
     assert_eq!((cs[0]["outcome"].as_str(), cs[0]["update"].as_bool()), (Some("established"), Some(false)));
+}
+
+/// Map pressure: a flood of half-open connects (the peer drops every SYN) against kernel flow
+/// maps of 64 entries. Every flow's connect is still reported with its process and ends
+/// `timed_out`; outcomes whose map entry the LRU evicted are counted and are either joined to
+/// the attempt the agent holds or reported without an owner — never with another process;
+/// dedup windows evicted before they were read are counted losses, in the metric and in Loss
+/// events alike; and the pipeline keeps going.
+#[test]
+fn a_flood_of_half_open_connects_under_map_pressure_is_counted_never_misattributed() {
+    const FLOWS: u16 = 300;
+    const FIRST_PORT: u16 = 20_000;
+    const SAME_FLOW: usize = 200;
+    const SAME_PORT: u16 = 19_999;
+    let dir = TempDir::new("net-flood");
+    let collector = Collector::start(dir.path());
+    let agent = Agent::start(dir.path(), &collector.address(), &["network.flow_map_entries=64"]);
+    let _peer = Peer::new();
+    let unattributed = "peregrine_agent_connects_unattributed_total";
+    let lost_windows = "peregrine_agent_events_dropped_total{reason=\"tcp_window_lost\"}";
+    let before = agent.metrics();
+    let blackhole: std::net::Ipv4Addr = BLACKHOLE.parse().unwrap();
+    let mut sockets = Vec::new();
+    // Distinct flows: each connect opens its own window, so each attempt is sent.
+    for i in 0..FLOWS {
+        sockets.push(connect_half_open(std::net::SocketAddrV4::new(blackhole, FIRST_PORT + i)));
+    }
+    // One flow: its first connect is sent, the others are absorbed into its window.
+    for _ in 0..SAME_FLOW {
+        sockets.push(connect_half_open(std::net::SocketAddrV4::new(blackhole, SAME_PORT)));
+    }
+    let mine = u64::from(std::process::id());
+    let to_blackhole = |collector: &Collector| -> Vec<Value> {
+        connections(&collector.events()).into_iter().filter(|c| c["remote_ip"] == BLACKHOLE && c["summary"] != true).collect()
+    };
+    let flood_port = |c: &Value| c["remote_port"].as_u64().is_some_and(|p| (u64::from(FIRST_PORT)..u64::from(FIRST_PORT + FLOWS)).contains(&p));
+    let cs = wait_for(WAIT, "every distinct flow's connect ending timed out", || {
+        let cs = to_blackhole(&collector);
+        let done: std::collections::BTreeSet<u64> =
+            cs.iter().filter(|c| flood_port(c) && c["outcome"] == "timed_out").filter_map(|c| c["remote_port"].as_u64()).collect();
+        (done.len() == usize::from(FLOWS)).then_some(cs)
+    });
+    drop(sockets);
+    // Attributed to this process, or to no one; never to another.
+    for c in &cs {
+        let pid = c["process"]["pid"].as_u64();
+        assert!(pid == Some(mine) || (pid.is_none() && c["owner_unknown"] == true), "misattributed or unflagged: {c:#}");
+    }
+    // The distinct flows were all sent with their owner: each timed-out update names it.
+    assert!(cs.iter().filter(|c| flood_port(c) && c["outcome"] == "timed_out").all(|c| c["process"]["pid"].as_u64() == Some(mine)));
+    assert!(cs.iter().any(|c| c["remote_port"] == SAME_PORT && c["process"]["pid"].as_u64() == Some(mine)), "the one flow's first connect");
+    // The maps were really under pressure: outcomes arrived without their map entry.
+    let after = agent.metrics();
+    let evicted = metric(&after, unattributed).unwrap() - metric(&before, unattributed).unwrap_or(0.0);
+    assert!(evicted > 0.0, "no outcome lost its map entry: the test made no pressure");
+    let ownerless = cs.iter().filter(|c| c["owner_unknown"] == true).count() as f64;
+    assert!(ownerless <= evicted, "{ownerless} events without owner, {evicted} counted");
+    eprintln!("flood: {} events, {evicted} outcomes without their map entry, {ownerless} reported without owner", cs.len());
+
+    // Windows evicted before they were read (they end 10 s after the flood): counted, and the
+    // Loss events add up to the metric.
+    wait_for(WAIT, "Loss events adding up to the lost-window metric", || {
+        let counted = metric(&agent.metrics(), lost_windows)?;
+        let reported = collector
+            .events()
+            .iter()
+            .filter(|e| e["kind"]["loss"]["reason"] == "tcp_window_lost")
+            .filter_map(|e| e["kind"]["loss"]["total"].as_u64())
+            .max()?;
+        (counted > 0.0 && reported as f64 == counted).then_some(())
+    });
+
+    // Still flowing: a connect after the flood is reported with its process.
+    let err = TcpStream::connect((PEER, 11)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED));
+    let c = find_conn(&collector, "a connect after the flood", |c| c["remote_ip"] == PEER && c["remote_port"] == 11);
+    assert_eq!((c["outcome"].as_str(), c["process"]["pid"].as_u64()), (Some("refused"), Some(mine)));
 }

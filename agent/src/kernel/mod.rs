@@ -84,6 +84,8 @@ pub struct SocketPolicy {
     /// Send a TCP flow's first connect or accept per window this long, count the others
     /// (0: send every one).
     pub tcp_dedup_ns: u64,
+    /// Entries of each flow map (CONNECTING, TCP_SEEN, UDP_SEEN).
+    pub flow_map_entries: u32,
     /// IPv4 destinations (address, prefix length) refused with EPERM; empty: no enforcement.
     pub deny4: Vec<([u8; 4], u32)>,
     /// Executables whose exec the LSM hook refuses; empty: the hook is not loaded.
@@ -167,6 +169,9 @@ impl Sensor {
             .override_global("TCP_DEDUP_NS", &policy.tcp_dedup_ns, true);
         if use_perf == 0 {
             loader.map_max_entries("EVENTS", config.ring_buffer_bytes);
+        }
+        for map in ["CONNECTING", "TCP_SEEN", "UDP_SEEN"] {
+            loader.map_max_entries(map, policy.flow_map_entries);
         }
         let mut ebpf =
             loader.load(&bytes).map_err(|e| KernelError::Load { path: config.object.clone(), message: error_chain(&e) })?;
