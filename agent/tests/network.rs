@@ -90,50 +90,43 @@ fn find_conn(collector: &Collector, what: &str, pred: impl Fn(&Value) -> bool) -
     wait_for(WAIT, what, || connections(&collector.events()).into_iter().find(|c| pred(c)))
 }
 
-/// A TCP connect with one SYN retry only (TCP_SYNCNT = 1), so a silent peer times out fast.
-fn connect_syncnt1(dst: SocketAddr) -> std::io::Result<TcpStream> {
-    // SAFETY: plain socket calls on a descriptor this function owns until returned.
+/// Starts a TCP connect with one SYN retry only (TCP_SYNCNT = 1), so a silent peer times out
+/// fast: the socket, and the connect's error (none when it connected).
+fn start_connect_syncnt1(dst: std::net::SocketAddrV4, nonblocking: bool) -> (std::os::fd::OwnedFd, Option<std::io::Error>) {
+    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: plain socket calls on a descriptor owned by the returned OwnedFd.
     unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(libc::AF_INET, flags, 0);
         assert!(fd >= 0);
+        let fd = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd);
         let one: libc::c_int = 1;
-        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, (&one as *const libc::c_int).cast(), 4);
-        let SocketAddr::V4(v4) = dst else { panic!("v4 only") };
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: v4.port().to_be(),
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
-            sin_zero: [0; 8],
-        };
-        let rc = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32);
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            return Err(e);
-        }
-        Ok(<TcpStream as std::os::fd::FromRawFd>::from_raw_fd(fd))
-    }
-}
-
-/// A non-blocking TCP connect with one SYN retry: the socket, its handshake under way.
-fn connect_half_open(dst: std::net::SocketAddrV4) -> std::os::fd::OwnedFd {
-    // SAFETY: plain socket calls on a descriptor this function owns until returned.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0);
-        assert!(fd >= 0);
-        let one: libc::c_int = 1;
-        libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_SYNCNT, (&one as *const libc::c_int).cast(), 4);
+        libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_SYNCNT, (&one as *const libc::c_int).cast(), 4);
         let sin = libc::sockaddr_in {
             sin_family: libc::AF_INET as u16,
             sin_port: dst.port().to_be(),
             sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.ip().octets()) },
             sin_zero: [0; 8],
         };
-        let rc = libc::connect(fd, (&sin as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32);
-        let e = std::io::Error::last_os_error();
-        assert!(rc != 0 && e.raw_os_error() == Some(libc::EINPROGRESS), "connect to {dst}: {e}");
-        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        let rc = libc::connect(fd.as_raw_fd(), (&sin as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as u32);
+        let error = (rc != 0).then(std::io::Error::last_os_error);
+        (fd, error)
     }
+}
+
+/// A blocking connect with one SYN retry.
+fn connect_syncnt1(dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let SocketAddr::V4(v4) = dst else { panic!("v4 only") };
+    match start_connect_syncnt1(v4, false) {
+        (fd, None) => Ok(TcpStream::from(fd)),
+        (_, Some(e)) => Err(e),
+    }
+}
+
+/// A non-blocking connect with one SYN retry: the socket, its handshake under way.
+fn connect_half_open(dst: std::net::SocketAddrV4) -> std::os::fd::OwnedFd {
+    let (fd, error) = start_connect_syncnt1(dst, true);
+    assert!(error.as_ref().is_some_and(|e| e.raw_os_error() == Some(libc::EINPROGRESS)), "connect to {dst}: {error:?}");
+    fd
 }
 
 #[test]
