@@ -11,6 +11,13 @@ use peregrine_proto::{AgentStatus, Event, Kind, Loss, v1::agent_status::Phase};
 use tokio::{sync::mpsc, sync::watch};
 use uuid::Uuid;
 
+/// Records per drain pass at most. The agent has one thread: a storm that fills the ring as
+/// fast as it is read must not keep the sender, the HTTP endpoints and container lookups
+/// waiting for the pass to end.
+const MAX_PASS: usize = 4096;
+/// Passes at shutdown at most: enough for a full ring of the smallest records.
+const RING_PASSES_AT_STOP: usize = 64;
+
 use crate::{
     clock::{BootClock, boot_now_ns},
     container::{ContainerStage, Enriched, Resolution},
@@ -164,11 +171,15 @@ impl Drain {
         // Connects without an outcome are reported after about a second: check 4 times a second.
         let mut expiry = tokio::time::interval(Duration::from_millis(250));
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set when a pass stopped at its bound: the next pass comes after the other tasks
+        // (sender, HTTP, container lookups) had a turn on the agent's one thread.
+        let mut backlog = false;
         loop {
             tokio::select! {
-                () = records.readable() => self.drain_once(&mut records),
+                () = tokio::task::yield_now(), if backlog => backlog = self.drain_once(&mut records),
+                () = records.readable() => backlog = self.drain_once(&mut records),
                 _ = tick.tick() => {
-                    self.drain_once(&mut records);
+                    backlog = self.drain_once(&mut records);
                     for e in self.containers.expire(std::time::Instant::now()) {
                         self.finish(e);
                     }
@@ -176,7 +187,7 @@ impl Drain {
                 Some(answer) = resolutions.recv() => {
                     // Records already in the ring may belong to this container: take them
                     // first, so its held events and these leave in kernel order.
-                    self.drain_once(&mut records);
+                    backlog = self.drain_once(&mut records);
                     for e in self.containers.resolved(answer) {
                         self.finish(e);
                     }
@@ -184,7 +195,7 @@ impl Drain {
                 _ = expiry.tick() => {
                     let now = boot_now_ns();
                     // Records already in the ring may open the windows about to be read.
-                    self.drain_once(&mut records);
+                    backlog = self.drain_once(&mut records);
                     let lost_before = self.net.windows_lost();
                     for kind in self.net.expire(now, &self.tracker, self.stamper.clock, &mut self.sensor) {
                         self.emit(now, kind);
@@ -203,7 +214,7 @@ impl Drain {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    self.drain_once(&mut records);
+                    backlog = self.drain_once(&mut records);
                     self.stamper.resample_clock();
                     self.tracker.sweep(boot_now_ns());
                     self.containers.sweep(boot_now_ns());
@@ -220,7 +231,12 @@ impl Drain {
             }
         }
         self.config.pause_file = None;
-        self.drain_once(&mut records);
+        // Bounded: what the ring holds (at most its size) when the stop came.
+        for _ in 0..RING_PASSES_AT_STOP {
+            if !self.drain_once(&mut records) {
+                break;
+            }
+        }
         // Whatever still waits for metadata leaves now, partial.
         for e in self.containers.expire(std::time::Instant::now() + std::time::Duration::from_secs(3600)) {
             self.finish(e);
@@ -260,15 +276,19 @@ impl Drain {
         self.config.pause_file.as_ref().is_some_and(|p| p.exists())
     }
 
-    fn drain_once(&mut self, records: &mut transport::Records) {
+    /// One pass over the ring, of at most `MAX_PASS` records; true when more are waiting.
+    fn drain_once(&mut self, records: &mut transport::Records) -> bool {
         if self.paused() {
-            return;
+            return false;
         }
         let started = boot_now_ns();
-        records.drain(|bytes| self.apply(bytes));
-        self.drained_until = started;
+        let more = records.drain(MAX_PASS, |bytes| self.apply(bytes));
+        if !more {
+            self.drained_until = started;
+        }
         self.sync_kernel_counters(records.lost());
         self.report_losses();
+        more
     }
 
     /// One kernel record through the stages.

@@ -174,6 +174,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let net = net::ConnTracker::new(net::NetConfig {
         outcome_wait_ns: config.network.outcome_wait_ms.saturating_mul(1_000_000),
         tcp_dedup_ns: config.network.tcp_dedup_ms.saturating_mul(1_000_000),
+        flow_map_entries: usize::try_from(config.network.flow_map_entries).unwrap_or(usize::MAX),
         // Both parsed in validation already.
         pod_cidrs: config.network.pod_cidrs().unwrap_or_default(),
         service_cidrs: config.network.service_cidrs().unwrap_or_default(),

@@ -91,13 +91,16 @@ impl Sender {
             // Wait out the backoff while still taking (and spooling) what arrives.
             let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4 + 10));
             let deadline = tokio::time::Instant::now() + backoff + jitter;
+            let mut unflushed = 0usize;
             let open = loop {
                 tokio::select! {
                     next = rx.recv() => match next {
                         Some(event) => {
                             self.accept(&event);
-                            if rx.is_empty() {
+                            unflushed += 1;
+                            if unflushed >= self.pipeline.batch_max_events || rx.is_empty() {
                                 self.flush();
+                                unflushed = 0;
                             }
                         }
                         None => break false,

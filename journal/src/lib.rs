@@ -926,8 +926,11 @@ impl Journal {
     fn collect_committed(&mut self) -> Result<(), JournalError> {
         let mut removed = false;
         if self.segs.len() > 1 && self.segs[1].first - 1 <= self.committed {
-            // A restart must not find its commit point inside a deleted segment.
-            self.sync_commit()?;
+            // Keeps the point on disk past what is deleted (a restart then reads nothing
+            // twice). A failure (say, a full disk) must not stop the deletion that frees
+            // space: a point left inside a deleted segment only means reading from the oldest
+            // segment left, and the next commit tries (and reports) the write again.
+            let _ = self.sync_commit();
         }
         while self.segs.len() > 1 && self.segs[1].first - 1 <= self.committed {
             self.remove_oldest()?;
@@ -1026,10 +1029,12 @@ impl Journal {
 }
 
 impl Drop for Journal {
-    /// Like a `BufWriter`, hands what is buffered to the OS (no fsync); errors have nowhere
-    /// to go. A crash (`kill -9`) loses what was not flushed.
+    /// Like a `BufWriter`, hands what is buffered to the OS (no fsync), and writes a lagging
+    /// commit point; errors have nowhere to go. A crash (`kill -9`) loses what was not
+    /// flushed.
     fn drop(&mut self) {
         let _ = self.write_out();
+        let _ = self.sync_commit();
     }
 }
 

@@ -365,24 +365,25 @@ fn a_lagging_commit_point_reads_again_never_loses() {
     // Past the first segment: it is deleted, so the point is written first.
     j.commit(first_segment_end + 1).unwrap();
     assert_eq!(std::fs::read_to_string(dir.path().join("commit")).unwrap().trim(), (first_segment_end + 1).to_string());
-    // Inside the second segment, which stays: in memory only.
+    // Inside the second segment, which stays: in memory only, until a clean drop writes it.
     j.commit(second_segment_end - 1).unwrap();
+    let crashed_later = copy_dir(dir.path(), "lazy-crash-later");
     drop(j);
+    assert_eq!(Journal::open(dir.path(), lazy.clone()).unwrap().committed(), second_segment_end - 1, "written at drop");
     // A crash before the interval: everything after the point on disk is read again.
     let mut crashed = Journal::open(copy.path(), lazy.clone()).unwrap();
     assert_eq!(crashed.committed(), 0);
     let (got, damage) = read_all(&mut crashed, 0);
     assert!(damage.is_empty(), "{damage:?}");
     assert_eq!(got.len(), 100);
-    let mut j = Journal::open(dir.path(), lazy.clone()).unwrap();
+    let mut j = Journal::open(crashed_later.path(), lazy.clone()).unwrap();
     assert_eq!(j.committed(), first_segment_end + 1, "the later commit was never written");
     let (got, damage) = { let c = j.committed(); read_all(&mut j, c) };
     assert!(damage.is_empty(), "{damage:?}");
     assert_eq!(got.first().unwrap().0, first_segment_end + 2);
     j.commit(90).unwrap();
     j.sync_commit().unwrap();
-    drop(j);
-    assert_eq!(Journal::open(dir.path(), lazy).unwrap().committed(), 90);
+    assert_eq!(std::fs::read_to_string(crashed_later.path().join("commit")).unwrap().trim(), "90");
 }
 
 /// Copies every file of `from` into a new directory.

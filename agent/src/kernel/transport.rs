@@ -95,14 +95,18 @@ impl Records {
         }
     }
 
-    /// Hands every available record to `f`, in each buffer's order.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
+    /// Hands available records to `f`, in each buffer's order: from the ring at most `max`
+    /// (true when it stopped there, with more waiting), from the perf buffers all of them
+    /// (bounded by their size).
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> bool {
         match self {
             Self::Ring(fd) => {
                 let ring = fd.get_mut();
-                while let Some(item) = ring.next() {
+                for _ in 0..max {
+                    let Some(item) = ring.next() else { return false };
                     f(&item);
                 }
+                true
             }
             Self::Perf(p) => {
                 let PerfReader { buffers, joined, lost } = p;
@@ -118,6 +122,7 @@ impl Records {
                         PerfEvent::Lost { count } => *lost += count,
                     });
                 }
+                false
             }
         }
     }

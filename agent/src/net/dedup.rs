@@ -69,10 +69,12 @@ pub struct Windows {
     /// whatever they absorbed is lost, and reported as such.
     lost: u64,
     read_failures: u64,
+    /// Bound on windows tracked: the kernel map's size (`network.flow_map_entries`); beyond
+    /// it the oldest is read early, before the kernel's LRU would evict it.
+    max_open: usize,
 }
 
-/// Bound on windows the agent tracks (the kernel map's size); beyond it the oldest is read
-/// early.
+/// The kernel map's default size.
 const MAX_OPEN: usize = 65536;
 /// How long a read window is kept to recognise the kernel carrying it anyway.
 const KEEP_DONE_NS: u64 = 10_000_000_000;
@@ -82,7 +84,12 @@ const WAIT_CARRIED_NS: u64 = 60_000_000_000;
 
 impl Windows {
     pub fn new(window_ns: u64, grace_ns: u64) -> Self {
-        Self { window_ns, grace_ns, open: HashMap::new(), order: VecDeque::new(), lost: 0, read_failures: 0 }
+        Self { window_ns, grace_ns, open: HashMap::new(), order: VecDeque::new(), lost: 0, read_failures: 0, max_open: MAX_OPEN }
+    }
+
+    /// Tracks at most `max_open` windows (at least 1).
+    pub fn bounded(self, max_open: usize) -> Self {
+        Self { max_open: max_open.max(1), ..self }
     }
 
     pub fn window_ns(&self) -> u64 {
@@ -105,14 +112,14 @@ impl Windows {
                 _ => out.push(Summary { opener: c.clone(), counts }),
             }
         }
-        if self.open.len() >= MAX_OPEN && !self.open.contains_key(&w.key) {
+        if self.open.len() >= self.max_open && !self.open.contains_key(&w.key) {
             self.read_oldest(map, out);
         }
         self.open.insert(w.key, Open { start_ns: w.start_ns, opener: c.clone(), done: false });
         self.order.push_back((w.key, w.start_ns));
-        if self.order.len() > 2 * MAX_OPEN {
+        if self.order.len() > 2 * self.max_open {
             // Replaced windows leave stale entries behind the front: compact, amortised over
-            // MAX_OPEN openings.
+            // max_open openings.
             let open = &self.open;
             self.order.retain(|(k, start)| open.get(k).is_some_and(|w| w.start_ns == *start));
         }
@@ -342,6 +349,21 @@ mod tests {
         assert_eq!(out.len(), 1, "the oldest window read early");
         assert_eq!((out[0].counts.absorbed, out[0].opener.remote.1), (3, 0));
         assert_eq!((w.len(), w.lost()), (MAX_OPEN, 0));
+    }
+
+    #[test]
+    fn the_bound_follows_the_kernel_map_size() {
+        let mut kernel = Kernel::default();
+        let mut w = Windows::new(10 * SEC, SEC).bounded(4);
+        let mut out = Vec::new();
+        for port in 0..4u16 {
+            w.opened(&opener(port, 100 * SEC + u64::from(port), None), &mut kernel, &mut out);
+        }
+        kernel.0.insert(key(0), counts(100 * SEC, 2));
+        assert!(out.is_empty());
+        w.opened(&opener(4, 101 * SEC, None), &mut kernel, &mut out);
+        assert_eq!(out.len(), 1, "the fifth flow reads the oldest window early");
+        assert_eq!((out[0].counts.absorbed, out[0].opener.remote.1, w.len(), w.lost()), (2, 0, 4, 0));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct NetConfig {
     pub outcome_wait_ns: u64,
     /// The kernel's TCP dedup window (`network.tcp_dedup_ms`); 0: off.
     pub tcp_dedup_ns: u64,
+    /// Size of the kernel's flow maps: the agent tracks no more dedup windows than they hold.
+    pub flow_map_entries: usize,
     pub pod_cidrs: Vec<Cidr>,
     pub service_cidrs: Vec<Cidr>,
 }
@@ -69,7 +71,7 @@ impl ConnTracker {
     pub fn new(config: NetConfig) -> Self {
         // The outcomes of a window's last connects are counted when they come: read a window
         // an outcome wait after it ends.
-        let windows = Windows::new(config.tcp_dedup_ns, config.outcome_wait_ns);
+        let windows = Windows::new(config.tcp_dedup_ns, config.outcome_wait_ns).bounded(config.flow_map_entries);
         Self { config, pending: HashMap::new(), windows }
     }
 
