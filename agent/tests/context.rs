@@ -42,6 +42,7 @@ fn cri_socket_set(ctrd: &Containerd) -> String {
 
 #[test]
 fn pods_get_their_identity_image_and_privilege_from_cri_alone() {
+    let _turn = containers_turn();
     let ctrd = Containerd::start();
     let dir = TempDir::new("context");
     let collector = Collector::start(dir.path());
@@ -153,6 +154,7 @@ output: echo in privileged container (id=%container.id pod=%k8s.pod.name ns=%k8s
 
 #[test]
 fn containers_running_before_the_agent_are_resolved_at_start() {
+    let _turn = containers_turn();
     let ctrd = Containerd::start();
     let spec = PodSpec::new("early");
     let pod = ctrd.run_pod(&spec);
@@ -175,12 +177,13 @@ fn containers_running_before_the_agent_are_resolved_at_start() {
 
 /// A kubelet-style container cgroup that no runtime knows, with a process run in it.
 /// Its own top-level `kubepods-*` directory: the containerd fixture owns `/kubepods`.
-/// Every agent sees every cgroup on the node: a test counting lookups of containers nobody
-/// knows must not see another test's. The tests that make such containers take turns.
-static UNKNOWN_CONTAINERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Every agent sees every cgroup on the node: a test counting lookups must not see another
+/// test's containers (a real pod's cgroup exists before containerd can answer for it, and an
+/// agent with a short give-up time counts it as not found). The tests here take turns.
+static CONTAINERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn unknown_containers_turn() -> std::sync::MutexGuard<'static, ()> {
-    UNKNOWN_CONTAINERS.lock().unwrap_or_else(|e| e.into_inner())
+fn containers_turn() -> std::sync::MutexGuard<'static, ()> {
+    CONTAINERS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn run_in_unknown_container(args: &[&str]) -> (String, String) {
@@ -194,7 +197,7 @@ fn run_in_unknown_container(args: &[&str]) -> (String, String) {
 
 #[test]
 fn without_a_runtime_events_keep_flowing_marked_partial() {
-    let _turn = unknown_containers_turn();
+    let _turn = containers_turn();
     let dir = TempDir::new("context-nort");
     let collector = Collector::start(dir.path());
     let missing = dir.path().join("no-such-runtime.sock");
@@ -227,7 +230,7 @@ fn without_a_runtime_events_keep_flowing_marked_partial() {
 
 #[test]
 fn a_container_the_runtime_does_not_know_leaves_partial_after_the_wait() {
-    let _turn = unknown_containers_turn();
+    let _turn = containers_turn();
     let ctrd = Containerd::start();
     let dir = TempDir::new("context-unknown");
     let collector = Collector::start(dir.path());
@@ -256,7 +259,7 @@ fn a_container_the_runtime_does_not_know_leaves_partial_after_the_wait() {
 
 #[test]
 fn a_runtime_that_never_answers_does_not_block_events() {
-    let _turn = unknown_containers_turn();
+    let _turn = containers_turn();
     // A socket that accepts and then says nothing: every CRI call must time out.
     let dir = TempDir::new("context-slow");
     let sock = dir.path().join("silent.sock");
@@ -291,6 +294,7 @@ fn a_runtime_that_never_answers_does_not_block_events() {
 
 #[test]
 fn the_kubernetes_api_adds_the_workload_service_account_and_current_labels() {
+    let _turn = containers_turn();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     // A stand-in for the API server (none can run here), driven by kube-rs's own watcher.
     let api = rt.block_on(kube_standin::KubeStandin::start());
