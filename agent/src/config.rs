@@ -254,8 +254,9 @@ pub enum Compression {
 }
 
 /// This node's identity towards the collector: a certificate whose DNS name is the node's
-/// name, signed by a CA the collector trusts. Files are read at every connect, so a renewed
-/// certificate (cert-manager, see docs/DELIVERY.md) is picked up without a restart.
+/// name, signed by a CA the collector trusts: provisioned as files, or obtained from the
+/// collector with the pod's service-account token (`enroll_token_file`). Files are read at
+/// every connect, so a renewed certificate is picked up without a restart.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientTls {
@@ -266,6 +267,11 @@ pub struct ClientTls {
     pub key_file: Option<PathBuf>,
     /// The name the collector's certificate must carry; default: the address's host.
     pub server_name: Option<String>,
+    /// The projected service-account token (audience `peregrine-collector`) with which the
+    /// agent gets its node certificate from the collector (docs/DELIVERY.md, enrollment). Set,
+    /// `cert_file` and `key_file` are where the agent keeps what it was issued (they need not
+    /// exist); it renews when a third of the certificate's lifetime is left.
+    pub enroll_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -449,10 +455,10 @@ impl Validate for AgentConfig {
         if self.collector.address.starts_with("https://") && tls_files.iter().any(|f| f.is_none()) {
             return err(
                 "collector.tls",
-                "an https:// collector needs collector.tls.ca_file, cert_file and key_file (this node's certificate)",
+                "an https:// collector needs collector.tls.ca_file, cert_file and key_file (this node's certificate, or where an enrolled one is kept with enroll_token_file)",
             );
         }
-        if self.collector.address.starts_with("http://") && tls_files.iter().any(|f| f.is_some()) {
+        if self.collector.address.starts_with("http://") && (tls_files.iter().any(|f| f.is_some()) || tls.enroll_token_file.is_some()) {
             return err("collector.address", "collector.tls.* is set but the address is http://: use https://");
         }
         let ring = self.ebpf.ring_buffer_bytes;

@@ -7,6 +7,7 @@ mod config;
 mod container;
 mod decode;
 mod drain;
+mod enroll;
 mod k8s;
 mod kernel;
 mod metrics;
@@ -147,6 +148,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let watermark = watermark::Watermark::in_dir(&config.spool.dir);
     let previous_run = watermark.previous();
     let sender = Sender {
+        node_name: config.node_name.clone(),
         collector: config.collector.clone(),
         pipeline: config.pipeline.clone(),
         metrics: metrics.clone(),

@@ -27,6 +27,8 @@ use crate::{
 };
 
 pub struct Sender {
+    /// This node's name: what an enrolled certificate is issued for.
+    pub node_name: String,
     pub collector: CollectorConfig,
     pub pipeline: PipelineConfig,
     pub metrics: Metrics,
@@ -168,18 +170,22 @@ impl Sender {
     }
 
     async fn connect(&self) -> Result<Channel, String> {
-        let mut endpoint = Endpoint::from_shared(self.collector.address.clone())
+        let endpoint = Endpoint::from_shared(self.collector.address.clone())
             .map_err(|e| format!("invalid collector.address: {e}"))?
             .connect_timeout(Duration::from_millis(self.collector.connect_timeout_ms))
             .tcp_nodelay(true);
-        if let Some(tls) = self.client_tls()? {
-            endpoint = endpoint.tls_config(tls).map_err(|e| format!("collector TLS settings: {}", crate::kernel::error_chain(&e)))?;
-        }
+        let endpoint = match self.client_tls(&endpoint).await? {
+            Some(tls) => endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("collector TLS settings: {}", crate::kernel::error_chain(&e)))?,
+            None => endpoint,
+        };
         endpoint.connect().await.map_err(|e| crate::kernel::error_chain(&e))
     }
 
-    /// mTLS settings, read from the files at every connect (certificates get renewed).
-    fn client_tls(&self) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
+    /// mTLS settings, read from the files at every connect (certificates get renewed); with
+    /// `enroll_token_file`, the certificate is first obtained or renewed from the collector.
+    async fn client_tls(&self, endpoint: &Endpoint) -> Result<Option<tonic::transport::ClientTlsConfig>, String> {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
         let tls = &self.collector.tls;
         let (Some(ca), Some(cert), Some(key)) = (&tls.ca_file, &tls.cert_file, &tls.key_file) else {
@@ -188,13 +194,16 @@ impl Sender {
         let read = |path: &std::path::PathBuf, what: &str| {
             std::fs::read(path).map_err(|e| format!("reading {what} {} (collector.tls): {e}", path.display()))
         };
-        let mut config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(ca, "the collector CA")?))
-            .identity(Identity::from_pem(read(cert, "this node's certificate")?, read(key, "this node's key")?));
+        let mut trust = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca, "the collector CA")?));
         if let Some(name) = &tls.server_name {
-            config = config.domain_name(name.clone());
+            trust = trust.domain_name(name.clone());
         }
-        Ok(Some(config))
+        if let Some(token_file) = &tls.enroll_token_file {
+            let enrollment =
+                crate::enroll::Enrollment { token_file, cert_file: cert, key_file: key, node: &self.node_name };
+            enrollment.ensure(endpoint, &trust).await?;
+        }
+        Ok(Some(trust.identity(Identity::from_pem(read(cert, "this node's certificate")?, read(key, "this node's key")?))))
     }
 
     /// Opens `peregrine.v1.Ingest/Stream` sending raw batches (the collector queues each

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
+#[path = "support/kube_standin.rs"]
+mod kube_standin;
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
@@ -97,6 +99,7 @@ impl Pki {
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
         let cert = ca.self_signed(&key).unwrap();
         std::fs::write(dir.join("ca.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("ca.key"), key.serialize_pem()).unwrap();
         Self { dir: dir.to_path_buf(), issuer: Issuer::new(ca, key) }
     }
 
@@ -117,6 +120,10 @@ impl Pki {
 
     fn ca(&self) -> String {
         self.dir.join("ca.pem").display().to_string()
+    }
+
+    fn ca_key(&self) -> String {
+        self.dir.join("ca.key").display().to_string()
     }
 }
 
@@ -184,6 +191,152 @@ fn mutual_tls_checks_the_node_identity() {
         metric(&untrusted.metrics(), "peregrine_agent_spool_records").filter(|n| *n >= 1.0)
     });
     assert_eq!(metric(&untrusted.metrics(), "peregrine_agent_events_sent_total"), Some(0.0));
+    let mut collector = collector;
+    assert!(collector.proc.alive(), "collector died: {}", collector.proc.stderr_text());
+}
+
+const AGENT_SA: &str = "system:serviceaccount:peregrine:peregrine-agent";
+
+/// Enrollment end to end: the agent starts with no certificate, only its service-account
+/// token; the collector has the (stand-in) Kubernetes API review the token through kube-rs,
+/// signs a certificate for the node the token names, and the agent delivers with it. Tokens
+/// for another node, another audience or another service account, and unknown tokens, get no
+/// certificate and are refused with their reason; a client without a certificate cannot
+/// stream events.
+#[test]
+fn a_node_enrolls_with_its_service_account_token_and_only_for_its_own_node() {
+    let dir = TempDir::new("enroll");
+    let pki = Pki::new(dir.path());
+    let (server_cert, server_key) = pki.leaf("collector", &["localhost", "127.0.0.1"], true);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    // A stand-in for the API server (none can run here); the collector asks it with kube-rs.
+    let api = rt.block_on(kube_standin::KubeStandin::start());
+    api.put_token("token-test-node", AGENT_SA, Some("test-node"), &["peregrine-collector"]);
+    api.put_token("token-other-node", AGENT_SA, Some("other-node"), &["peregrine-collector"]);
+    api.put_token("token-api-audience", AGENT_SA, Some("test-node"), &["https://kubernetes.default.svc.cluster.local"]);
+    api.put_token("token-web", "system:serviceaccount:default:web", Some("test-node"), &["peregrine-collector"]);
+    api.put_token("token-old-cluster", AGENT_SA, None, &["peregrine-collector"]);
+    let collector_token = dir.path().join("collector-token");
+    // As kubelet writes tokens: no newline (kube-rs sends the file's bytes as they are).
+    std::fs::write(&collector_token, "collector-sa-token").unwrap();
+    let port = free_port();
+    let collector = Collector::start_with(
+        dir.path(),
+        port,
+        &[
+            &format!("tls.cert_file={server_cert}"),
+            &format!("tls.key_file={server_key}"),
+            &format!("enroll.ca_cert_file={}", pki.ca()),
+            &format!("enroll.ca_key_file={}", pki.ca_key()),
+            &format!("enroll.kubernetes.api_url={}", api.url()),
+            &format!("enroll.kubernetes.token_file={}", collector_token.display()),
+        ],
+    );
+    let https = format!("https://localhost:{port}");
+    let sets_for = |name: &str, token: &str| {
+        let token_file = dir.path().join(format!("{name}.token"));
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        vec![
+            format!("collector.tls.ca_file={}", pki.ca()),
+            format!("collector.tls.cert_file={}", dir.path().join(format!("{name}.pem")).display()),
+            format!("collector.tls.key_file={}", dir.path().join(format!("{name}.key")).display()),
+            format!("collector.tls.enroll_token_file={}", token_file.display()),
+            "collector.max_backoff_ms=200".to_owned(),
+        ]
+    };
+    let start = |sets: &[String]| Agent::start(dir.path(), &https, &sets.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // This node's token: a certificate for test-node, and events delivered with it.
+    let good_sets = sets_for("enrolled", "token-test-node");
+    let good = start(&good_sets);
+    let marker = unique("enrolled-");
+    assert!(Command::new(tool("true")).arg(&marker).status().unwrap().success());
+    let e = collector.wait_event(WAIT, "an exec over an enrolled certificate", |e| {
+        e["kind"]["exec"]["process"]["argv"][1] == marker.as_str()
+    });
+    assert_eq!(e["node"], "test-node");
+    let reviews = api.token_reviews();
+    assert_eq!(reviews.len(), 1, "{reviews:?}");
+    let review = reviews[0].body.as_ref().unwrap();
+    assert_eq!(review["apiVersion"], "authentication.k8s.io/v1");
+    assert_eq!(review["spec"]["token"], "token-test-node");
+    assert_eq!(review["spec"]["audiences"], serde_json::json!(["peregrine-collector"]));
+    assert_eq!(reviews[0].authorization.as_deref(), Some("Bearer collector-sa-token"), "the collector's own token");
+
+    let pem = std::fs::read(dir.path().join("enrolled.pem")).unwrap();
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let cert = parsed.parse_x509().unwrap();
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(sans, ["DNSName(test-node)"]);
+    assert_eq!(cert.subject().to_string(), "CN=test-node");
+    assert_eq!(cert.issuer().to_string(), "CN=peregrine test node CA");
+    let eku = cert.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.client_auth && !eku.server_auth, "{eku:?}");
+    let validity = cert.validity();
+    assert_eq!(validity.not_after.timestamp() - validity.not_before.timestamp(), 86_400 + 300, "24 h, 5 min early");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("enrolled.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the node's key is readable by the agent only");
+    assert!(collector.proc.stderr_text().contains("enrolled: node certificate issued"));
+    drop(good);
+
+    // A restart keeps the certificate it has: no second review.
+    let again = start(&good_sets);
+    let marker = unique("kept-");
+    assert!(Command::new(tool("true")).arg(&marker).status().unwrap().success());
+    collector.wait_event(WAIT, "an exec over the kept certificate", |e| e["kind"]["exec"]["process"]["argv"][1] == marker.as_str());
+    assert_eq!(api.token_reviews().len(), 1);
+    drop(again);
+
+    // Every other token: refused with its reason, no certificate, nothing sent.
+    let refused = [
+        ("other-node", "token-other-node", "the token is from node `other-node`, not `test-node`"),
+        // The API server itself refuses a token for another audience.
+        (
+            "api-audience",
+            "token-api-audience",
+            "did not authenticate the token: [invalid bearer token, token audiences [\"https://kubernetes.default.svc.cluster.local\"] is invalid for the target audiences [\"peregrine-collector\"]]",
+        ),
+        ("web", "token-web", "`system:serviceaccount:default:web` may not enroll (enroll.service_accounts)"),
+        ("old-cluster", "token-old-cluster", "the token names no node (authentication.kubernetes.io/node-name)"),
+        ("unknown", "token-nobody-issued", "the Kubernetes API did not authenticate the token: [invalid bearer token"),
+    ];
+    for (name, token, why) in refused {
+        let agent = start(&sets_for(name, token));
+        wait_for(WAIT, &format!("the collector to refuse {name}"), || collector.proc.stderr_text().contains(why).then_some(()));
+        wait_for(WAIT, &format!("agent {name} to report the refusal"), || {
+            agent.proc.stderr_text().contains("the collector refused to enroll node `test-node`").then_some(())
+        });
+        assert!(agent.proc.stderr_text().contains(why), "the agent names the reason: {}", agent.proc.stderr_text());
+        assert!(!dir.path().join(format!("{name}.pem")).exists() && !dir.path().join(format!("{name}.key")).exists());
+        assert_eq!(metric(&agent.metrics(), "peregrine_agent_events_sent_total"), Some(0.0));
+    }
+    let metrics = support::http_get(collector.http_port, "/metrics").unwrap().1;
+    assert_eq!(metric(&metrics, r#"peregrine_collector_enrollments_total{result="issued"}"#), Some(1.0), "{metrics}");
+    assert_eq!(metric(&metrics, r#"peregrine_collector_enrollments_total{result="denied"}"#).map(|n| n >= 3.0), Some(true));
+    assert_eq!(metric(&metrics, r#"peregrine_collector_enrollments_total{result="unauthenticated"}"#).map(|n| n >= 2.0), Some(true));
+
+    // Enrollment lets clients without a certificate through the handshake; they still cannot
+    // stream events.
+    let status = rt.block_on(async {
+        use peregrine_proto::v1::{EventBatchRaw, ingest_client::IngestClient};
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(pki.ca()).unwrap()));
+        let channel = Endpoint::from_shared(https.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+        let batch = EventBatchRaw { batch_seq: 1, events: vec![] };
+        let outcome = tokio::time::timeout(WAIT, IngestClient::new(channel).stream(tokio_stream::iter([batch]))).await;
+        outcome.expect("the collector answers").expect_err("no stream without a client certificate")
+    });
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().starts_with("no client certificate"), "{status:?}");
     let mut collector = collector;
     assert!(collector.proc.alive(), "collector died: {}", collector.proc.stderr_text());
 }

@@ -449,8 +449,9 @@ fn first_line(s: &str) -> String {
 }
 
 /// The configuration every overlay ships is accepted by the real binaries: the agent gets past
-/// its configuration to the kernel object, the collector builds its outputs (the aks one then
-/// stops at the TLS files that cert-manager or Key Vault would have mounted).
+/// its configuration to the kernel object, the collector builds its outputs and its enrollment
+/// CA (the aks one then stops at the TLS files that cert-manager or Key Vault would have
+/// mounted).
 #[test]
 fn every_overlays_configuration_loads() {
     let dir = TempDir::new("overlay-config");
@@ -477,6 +478,19 @@ fn every_overlays_configuration_loads() {
             .env("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000001")
             .env("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000002")
             .env("AZURE_FEDERATED_TOKEN_FILE", dir.path().join("token"));
+        if overlay == "aks" {
+            // The enrollment CA the Secret peregrine-enroll-ca would hold, and an API server
+            // address in place of the in-cluster one (the client is built, not used, here).
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let (ca_pem, key_pem) = (dir.path().join("enroll-ca.pem"), dir.path().join("enroll-ca.key"));
+            fs::write(&ca_pem, ca.self_signed(&key).unwrap().pem()).unwrap();
+            fs::write(&key_pem, key.serialize_pem()).unwrap();
+            cmd.args(["--set", &format!("enroll.ca_cert_file={}", ca_pem.display())])
+                .args(["--set", &format!("enroll.ca_key_file={}", key_pem.display())])
+                .args(["--set", "enroll.kubernetes.api_url=https://127.0.0.1:6443"]);
+        }
         let mut proc = Proc::spawn("collector", cmd, dir.path());
         if overlay == "aks" {
             let status = support::wait_for(WAIT, "the aks collector to stop at its TLS files", || proc.child.try_wait().ok().flatten());
@@ -484,6 +498,7 @@ fn every_overlays_configuration_loads() {
             assert!(!status.success());
             assert!(stderr.contains("reading tls.cert_file /etc/peregrine/tls/tls.crt"), "{stderr}");
             assert!(stderr.contains("outputs=[\"sentinel\"]"), "the Sentinel output was built: {stderr}");
+            assert!(stderr.contains("enrollment: agents with a service-account token get a node certificate"), "{stderr}");
         } else {
             support::wait_for(WAIT, "the kind collector to be ready", || {
                 assert!(proc.alive(), "collector exited: {}", proc.stderr_text());

@@ -35,6 +35,9 @@ pub struct CollectorConfig {
     /// Mutual TLS on the ingest port: agents must present a certificate from `client_ca_file`,
     /// valid for the node name every one of their events carries.
     pub tls: ServerTls,
+    /// Node certificates for agents that prove their node with a service-account token
+    /// (`crate::enroll`); off unless `enroll.ca_cert_file` is set.
+    pub enroll: crate::enroll::EnrollConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -163,6 +166,7 @@ impl Default for CollectorConfig {
             max_message_bytes: 16 << 20,
             queue: QueueConfig::default(),
             tls: ServerTls::default(),
+            enroll: crate::enroll::EnrollConfig::default(),
         }
     }
 }
@@ -327,12 +331,15 @@ impl CollectorConfig {
 impl Validate for CollectorConfig {
     fn validate(&self) -> Result<(), (String, String)> {
         let t = &self.tls;
-        if t.enabled() && (t.cert_file.is_none() || t.key_file.is_none() || t.client_ca_file.is_none()) {
+        // With enrollment, the enrollment CA is a client CA: tls.client_ca_file may be left out.
+        let client_ca = t.client_ca_file.is_some() || self.enroll.enabled();
+        if (t.enabled() || self.enroll.enabled()) && (t.cert_file.is_none() || t.key_file.is_none() || !client_ca) {
             return Err((
                 "tls".into(),
-                "mutual TLS needs tls.cert_file, tls.key_file and tls.client_ca_file (the CA of the agents' node certificates)".into(),
+                "mutual TLS needs tls.cert_file, tls.key_file and tls.client_ca_file (the CA of the agents' node certificates) or enroll.ca_cert_file".into(),
             ));
         }
+        self.enroll.validate().map_err(|(key, problem)| (format!("enroll.{key}"), problem))?;
         if let Some(output) = &self.output {
             match (output.kind.as_str(), &output.path) {
                 ("stdout", _) | ("file", Some(_)) => {}
@@ -454,6 +461,27 @@ mod tests {
         assert!(e.to_string().contains("queue.max_bytes"), "{e}");
         let e = Layers::new().overrides(["queue.full_policy=drop_all"]).unwrap().build::<CollectorConfig>().unwrap_err();
         assert!(e.to_string().contains("queue.full_policy"), "{e}");
+    }
+
+    #[test]
+    fn enrollment_settings_are_checked_by_name() {
+        let build = |sets: &[&str]| Layers::new().overrides(sets.iter().copied()).unwrap().build::<CollectorConfig>();
+        let tls = ["tls.cert_file=/c.pem", "tls.key_file=/c.key"];
+        let e = build(&["enroll.ca_cert_file=/ca.pem", "enroll.ca_key_file=/ca.key"]).unwrap_err();
+        assert!(e.to_string().contains("mutual TLS needs tls.cert_file"), "{e}");
+        let e = build(&[tls[0], tls[1], "enroll.ca_cert_file=/ca.pem"]).unwrap_err();
+        assert!(e.to_string().contains("enroll.ca_cert_file") && e.to_string().contains("ca_key_file"), "{e}");
+        let ok = [tls[0], tls[1], "enroll.ca_cert_file=/ca.pem", "enroll.ca_key_file=/ca.key"];
+        let c = build(&ok).unwrap();
+        // The enrollment CA stands in for tls.client_ca_file.
+        assert!(c.tls.client_ca_file.is_none() && c.enroll.enabled());
+        assert_eq!(c.enroll.service_accounts, ["system:serviceaccount:peregrine:peregrine-agent"]);
+        let e = build(&[ok.as_slice(), &["enroll.cert_lifetime_s=60"]].concat()).unwrap_err();
+        assert!(e.to_string().contains("enroll.cert_lifetime_s") && e.to_string().contains("between 600"), "{e}");
+        let e = build(&[ok.as_slice(), &["enroll.kubernetes.api_url=ftp://x"]].concat()).unwrap_err();
+        assert!(e.to_string().contains("enroll.kubernetes.api_url") && e.to_string().contains("not an http"), "{e}");
+        let e = from_toml("[enroll]\nca_cert_file = \"/ca.pem\"\nca_key_file = \"/k\"\nservice_accounts = [\"agent\"]\n[tls]\ncert_file = \"/c\"\nkey_file = \"/k\"\n").unwrap_err();
+        assert!(e.contains("enroll.service_accounts") && e.contains("system:serviceaccount:<namespace>:<name>"), "{e}");
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct IngestService {
     /// Turns true at shutdown: open streams end (agents reconnect, to another replica if
     /// there is one) rather than hold the collector up.
     pub stopping: watch::Receiver<bool>,
+    /// With TLS on, a stream without a client certificate is refused (the handshake lets such
+    /// clients in when enrollment is on, for the Enrollment service only).
+    pub require_client_certificate: bool,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send>>;
@@ -92,6 +95,14 @@ impl Ingest for IngestService {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
         // With mutual TLS, the node the client certificate names; every event must be from it.
         let identity = request.peer_certs().and_then(|certs| certs.first().cloned());
+        if self.require_client_certificate && identity.is_none() {
+            self.metrics.stream_errors.inc();
+            tracing::warn!(%peer, "agent stream refused: no client certificate");
+            return Err(Status::unauthenticated(
+                "no client certificate: this collector requires mutual TLS; configure collector.tls.cert_file and \
+                 key_file, or collector.tls.enroll_token_file to get a node certificate from the collector",
+            ));
+        }
         let mut batches = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let queues = self.queues.clone();

@@ -2,6 +2,7 @@
 //! The binary (`main.rs`) wires these together; tests drive the outputs directly.
 
 pub mod config;
+pub mod enroll;
 pub mod ingest;
 pub mod output;
 pub mod queue;

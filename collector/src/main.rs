@@ -4,11 +4,12 @@ use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use peregrine_proto::v1::ingest_server::IngestServer;
+use peregrine_proto::v1::{enrollment_server::EnrollmentServer, ingest_server::IngestServer};
 use peregrine_service::config::Layers;
 use prometheus_client::registry::Registry;
 use peregrine_collector::{
     config::CollectorConfig,
+    enroll::EnrollMetrics,
     ingest::{self, IngestService},
     output::{OutputMetrics, Outputs},
     queue::{self, QueueMetrics},
@@ -71,8 +72,16 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     let outputs = Outputs::build(&config.effective_outputs(), &output_metrics).context("building the outputs")?;
     let metrics = ingest::Metrics::default();
     let queue_metrics = QueueMetrics::default();
+    let enroll_metrics = EnrollMetrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
+    enroll_metrics.register(&mut registry);
+    let enroll = if config.enroll.enabled() {
+        tracing::info!("enrollment: agents with a service-account token get a node certificate (enroll.*)");
+        Some(EnrollmentServer::new(config.enroll.build(enroll_metrics).context("enrollment (enroll.*)")?))
+    } else {
+        None
+    };
     output_metrics.register(&mut registry);
     queue_metrics.register(&mut registry);
     let (queues, workers) = queue::start(&config.queue, &outputs, &queue_metrics)
@@ -87,7 +96,8 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     tracing::info!(ingest = %ingest_addr, %http, outputs = ?outputs.names(), "collector listening");
 
     let (stopping_tx, stopping) = watch::channel(false);
-    let service = IngestService { queues, metrics, stopping: stopping.clone() };
+    let service =
+        IngestService { queues, metrics, stopping: stopping.clone(), require_client_certificate: config.tls.enabled() };
     let server = IngestServer::new(service)
         // Agents compress their batches (collector.compression = gzip by default).
         .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
@@ -95,10 +105,10 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     let _ = ready_tx.send(true);
     let mut builder = tonic::transport::Server::builder();
     if config.tls.enabled() {
-        builder = builder.tls_config(server_tls(&config.tls)?).context("collector TLS settings (tls.*)")?;
+        builder = builder.tls_config(server_tls(&config)?).context("collector TLS settings (tls.*)")?;
         tracing::info!("mutual TLS: agents must present a node certificate from tls.client_ca_file");
     }
-    let served = builder.add_service(server).serve_with_incoming_shutdown(
+    let served = builder.add_service(server).add_optional_service(enroll).serve_with_incoming_shutdown(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
         async move {
             peregrine_service::shutdown_signal().await;
@@ -125,13 +135,25 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn server_tls(tls: &peregrine_collector::config::ServerTls) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+fn server_tls(config: &CollectorConfig) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let tls = &config.tls;
     let read = |path: &Option<std::path::PathBuf>, key: &str| -> anyhow::Result<Vec<u8>> {
         let path = path.as_ref().with_context(|| format!("{key} is not set"))?;
         std::fs::read(path).with_context(|| format!("reading {key} {}", path.display()))
     };
-    Ok(ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&tls.cert_file, "tls.cert_file")?, read(&tls.key_file, "tls.key_file")?))
-        .client_ca_root(Certificate::from_pem(read(&tls.client_ca_file, "tls.client_ca_file")?)))
+    let mut client_roots = match &tls.client_ca_file {
+        Some(_) => read(&tls.client_ca_file, "tls.client_ca_file")?,
+        None => Vec::new(),
+    };
+    let server = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&tls.cert_file, "tls.cert_file")?, read(&tls.key_file, "tls.key_file")?));
+    if !config.enroll.enabled() {
+        return Ok(server.client_ca_root(Certificate::from_pem(client_roots)));
+    }
+    // An agent without a certificate yet must reach the Enrollment service: the handshake lets
+    // it in without one, and the Ingest service refuses any stream that has none.
+    client_roots.push(b'\n');
+    client_roots.extend_from_slice(config.enroll.ca_pem()?.as_bytes());
+    Ok(server.client_ca_root(Certificate::from_pem(client_roots)).client_auth_optional(true))
 }

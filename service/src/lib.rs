@@ -1,8 +1,9 @@
 //! Plumbing every Peregrine daemon shares: layered configuration, the health and metrics
-//! endpoints, logging, and the shutdown signal.
+//! endpoints, logging, the Kubernetes API connection, and the shutdown signal.
 
 pub mod config;
 pub mod http;
+pub mod kube;
 
 use tracing_subscriber::EnvFilter;
 

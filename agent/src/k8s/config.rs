@@ -2,10 +2,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use rustls::pki_types::{CertificateDer, pem::PemObject};
 use serde::Deserialize;
 
-use super::K8sError;
 
 /// Pod context from the Kubernetes API: this node's pods, their labels, service account, top
 /// owner workload and probe commands.
@@ -50,10 +48,8 @@ impl Default for K8sConfig {
 impl K8sConfig {
     /// Semantic checks; on failure, the key (relative to this section) and the problem.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if let Some(url) = &self.api_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(("api_url", format!("`{url}` is not an http:// or https:// URL")));
+        if let Err(peregrine_service::kube::ApiServerError::ApiUrl(url, problem)) = self.api_server().validate() {
+            return Err(("api_url", format!("`{url}` {problem}")));
         }
         if !(1..=60_000).contains(&self.owner_lookup_timeout_ms) {
             return Err(("owner_lookup_timeout_ms", "must be between 1 and 60000".to_owned()));
@@ -69,39 +65,13 @@ impl K8sConfig {
         Duration::from_millis(self.owner_lookup_timeout_ms.max(1))
     }
 
-    /// The kube client configuration: in-cluster unless `api_url` is set, then the explicit
-    /// token and CA files on top.
-    pub(crate) fn client_config(&self) -> Result<kube::Config, K8sError> {
-        let mut config = match &self.api_url {
-            None => kube::Config::incluster().map_err(K8sError::InCluster)?,
-            Some(url) => {
-                let uri = url.parse::<http::Uri>().map_err(|e| K8sError::ApiUrl(url.clone(), e.to_string()))?;
-                kube::Config::new(uri)
-            }
-        };
-        if let Some(path) = &self.token_file {
-            config.auth_info.token_file = Some(path.display().to_string());
+    /// Where the API server is (in-cluster unless `api_url` is set).
+    pub(crate) fn api_server(&self) -> peregrine_service::kube::ApiServer<'_> {
+        peregrine_service::kube::ApiServer {
+            api_url: self.api_url.as_deref(),
+            token_file: self.token_file.as_deref(),
+            ca_file: self.ca_file.as_deref(),
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify,
         }
-        if let Some(path) = &self.ca_file {
-            config.root_cert = Some(read_ca(path)?);
-            // kube re-reads this file to follow CA rotation, as it does in-cluster.
-            config.root_cert_file = Some(path.clone());
-        }
-        config.accept_invalid_certs = self.insecure_skip_tls_verify;
-        Ok(config)
     }
-}
-
-/// The DER certificates of a PEM bundle; an error names the file when there are none.
-fn read_ca(path: &std::path::Path) -> Result<Vec<Vec<u8>>, K8sError> {
-    let ca_err = |reason: String| K8sError::CaFile(path.to_path_buf(), reason);
-    let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .map(|c| c.map(|c| c.to_vec()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ca_err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(ca_err("no PEM certificate in it".to_owned()));
-    }
-    Ok(certs)
 }

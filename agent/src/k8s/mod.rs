@@ -16,7 +16,6 @@ mod watch;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
 
 pub use config::K8sConfig;
 pub use metrics::K8sMetrics;
@@ -34,12 +33,8 @@ pub enum K8sError {
     NoNodeName,
     #[error("kubernetes.{0}: {1}")]
     Invalid(&'static str, String),
-    #[error("no in-cluster Kubernetes configuration (outside a pod, set kubernetes.api_url): {0}")]
-    InCluster(#[source] kube::config::InClusterError),
-    #[error("kubernetes.api_url `{0}`: {1}")]
-    ApiUrl(String, String),
-    #[error("kubernetes.ca_file {path}: {problem}", path = .0.display(), problem = .1)]
-    CaFile(PathBuf, String),
+    #[error("kubernetes.{0}")]
+    ApiServer(#[source] peregrine_service::kube::ApiServerError),
     #[error("building the Kubernetes client: {0}")]
     Client(#[source] kube::Error),
     #[error("the Kubernetes pod watch needs a tokio runtime to run on")]
@@ -65,11 +60,8 @@ pub(crate) fn start_tuned(
     }
     config.validate().map_err(|(key, problem)| K8sError::Invalid(key, problem))?;
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| K8sError::NoRuntime)?;
-    let client_config = config.client_config()?;
-    // kube builds its rustls configuration from the process's default provider when one is
-    // installed; make that ring (the agent's only provider) whatever else is linked in. An
-    // error means one is installed already, which is as good.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client_config = config.api_server().client_config().map_err(K8sError::ApiServer)?;
+    peregrine_service::kube::use_ring();
     let store = PodStore::new(metrics.clone());
     let client = kube::client::ClientBuilder::try_from(client_config)
         .map_err(K8sError::Client)?

@@ -422,7 +422,7 @@ async fn start_refuses_an_empty_node_name_and_bad_config() {
     let bad = K8sConfig { api_url: Some("127.0.0.1:6443".to_owned()), ..K8sConfig::default() };
     assert!(matches!(start(&bad, NODE, metrics.clone()), Err(super::K8sError::Invalid("api_url", _))));
     let no_ca = K8sConfig { ca_file: Some("/nonexistent/ca.crt".into()), ..config("https://127.0.0.1:6443", 1000) };
-    assert!(matches!(start(&no_ca, NODE, metrics), Err(super::K8sError::CaFile(..))));
+    assert!(matches!(start(&no_ca, NODE, metrics), Err(super::K8sError::ApiServer(peregrine_service::kube::ApiServerError::CaFile(..)))));
 }
 
 #[test]

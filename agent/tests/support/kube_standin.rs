@@ -10,6 +10,12 @@
 //! - `GET /api/v1/pods?watch=true&resourceVersion=N&allowWatchBookmarks=true&fieldSelector=..`
 //! - `GET /apis/<group>/<version>/namespaces/<ns>/<plural>/<name>` for objects put with
 //!   [`KubeStandin::put_object`] (ReplicaSets, Jobs, ...).
+//! - `POST /apis/authentication.k8s.io/v1/tokenreviews` for tokens put with
+//!   [`KubeStandin::put_token`], answered as the API server's service-account authenticator
+//!   does (`201 Created`, the spec echoed, `status.authenticated`, `user` with the bound pod's
+//!   and node's `extra`, `audiences` the intersection of the token's and the spec's, the
+//!   API server's own audience when the spec names none; `error` for an unknown token or an
+//!   audience mismatch; `401` without a bearer token of the caller's own).
 //!
 //! The test drives it: add, modify and delete pods (each bumps the resourceVersion), send a
 //! bookmark, compact history (expire resourceVersions), send `410` to live watches, end or break
@@ -47,6 +53,10 @@ pub struct RecordedRequest {
     pub path: String,
     /// Query parameters, percent-decoded, in the order sent.
     pub query: Vec<(String, String)>,
+    /// The caller's `Authorization` header.
+    pub authorization: Option<String>,
+    /// A POST's JSON body.
+    pub body: Option<Value>,
 }
 
 impl RecordedRequest {
@@ -93,6 +103,8 @@ struct State {
     /// Watches and continue tokens from a resourceVersion below this get 410 Gone.
     expired_below: u64,
     forbidden: bool,
+    /// token → (username, node, audiences).
+    tokens: BTreeMap<String, (String, Option<String>, Vec<String>)>,
     requests: Vec<RecordedRequest>,
     watchers: Vec<Watcher>,
 }
@@ -299,6 +311,19 @@ impl KubeStandin {
 
     pub fn pod_watches(&self) -> Vec<RecordedRequest> {
         self.requests().into_iter().filter(RecordedRequest::is_pod_watch).collect()
+    }
+
+    /// A service-account token the TokenReview endpoint knows: issued to `username`
+    /// (`system:serviceaccount:<ns>:<name>`), bound to a pod on `node` (`None`: a token
+    /// without the node's name, as before Kubernetes 1.30), for `audiences`.
+    pub fn put_token(&self, token: &str, username: &str, node: Option<&str>, audiences: &[&str]) {
+        let entry = (username.to_owned(), node.map(str::to_owned), audiences.iter().map(|a| (*a).to_owned()).collect());
+        self.shared.lock().tokens.insert(token.to_owned(), entry);
+    }
+
+    /// The TokenReview requests received.
+    pub fn token_reviews(&self) -> Vec<RecordedRequest> {
+        self.requests().into_iter().filter(|r| r.path == TOKEN_REVIEWS).collect()
     }
 
     pub fn requests_to(&self, path: &str) -> usize {
@@ -546,15 +571,32 @@ fn node_selector(req: &RecordedRequest) -> Result<Option<String>, String> {
     }
 }
 
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+/// The audience the API server's own tokens carry (the default service-account issuer's).
+const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<StandinBody> {
+    let (parts, mut body) = req.into_parts();
+    let mut bytes = Vec::new();
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        match frame.ok().and_then(|f| f.into_data().ok()) {
+            Some(data) => bytes.extend_from_slice(&data),
+            None => break,
+        }
+    }
     let recorded = RecordedRequest {
-        method: req.method().to_string(),
-        path: req.uri().path().to_owned(),
-        query: parse_query(req.uri().query()),
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        query: parse_query(parts.uri.query()),
+        authorization: parts.headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned),
+        body: serde_json::from_slice(&bytes).ok(),
     };
     shared.lock().requests.push(recorded.clone());
     if shared.lock().forbidden {
         return forbidden(&recorded.path);
+    }
+    if recorded.method == "POST" && recorded.path == TOKEN_REVIEWS {
+        return token_review(shared, &recorded);
     }
     if recorded.method != "GET" {
         return json_response(
@@ -574,6 +616,61 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<StandinBody
         };
     }
     get_object(shared, &recorded.path)
+}
+
+fn token_review(shared: &Shared, req: &RecordedRequest) -> Response<StandinBody> {
+    if !req.authorization.as_deref().is_some_and(|a| a.starts_with("Bearer ") && a.len() > 7) {
+        return json_response(StatusCode::UNAUTHORIZED, &status(401, "Unauthorized", "Unauthorized"));
+    }
+    let Some(spec) = req.body.as_ref().filter(|b| b["kind"] == "TokenReview").map(|b| b["spec"].clone()) else {
+        return json_response(StatusCode::BAD_REQUEST, &status(400, "BadRequest", "the body is not a TokenReview"));
+    };
+    let token = spec["token"].as_str().unwrap_or_default();
+    let wanted: Vec<String> = match spec["audiences"].as_array() {
+        Some(a) if !a.is_empty() => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => vec![API_AUDIENCE.to_owned()],
+    };
+    let known = shared.lock().tokens.get(token).cloned();
+    let review_status = match known {
+        None => json!({"user": {}, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]"}),
+        Some((username, node, audiences)) => {
+            let common: Vec<&String> = wanted.iter().filter(|w| audiences.contains(w)).collect();
+            if common.is_empty() {
+                json!({"user": {}, "error": format!("[invalid bearer token, token audiences {audiences:?} is invalid for the target audiences {wanted:?}]")})
+            } else {
+                let namespace = username.split(':').nth(2).unwrap_or_default().to_owned();
+                let mut extra = json!({
+                    "authentication.kubernetes.io/credential-id": ["JTI=standin"],
+                    "authentication.kubernetes.io/pod-name": ["peregrine-agent-standin"],
+                    "authentication.kubernetes.io/pod-uid": ["00000000-0000-4000-8000-000000000001"],
+                });
+                if let Some(node) = node {
+                    extra["authentication.kubernetes.io/node-name"] = json!([node]);
+                    extra["authentication.kubernetes.io/node-uid"] = json!(["00000000-0000-4000-8000-000000000002"]);
+                }
+                json!({
+                    "authenticated": true,
+                    "user": {
+                        "username": username,
+                        "uid": "00000000-0000-4000-8000-000000000003",
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"), "system:authenticated"],
+                        "extra": extra,
+                    },
+                    "audiences": common,
+                })
+            }
+        }
+    };
+    json_response(
+        StatusCode::CREATED,
+        &json!({
+            "kind": "TokenReview",
+            "apiVersion": "authentication.k8s.io/v1",
+            "metadata": {"creationTimestamp": null},
+            "spec": spec,
+            "status": review_status,
+        }),
+    )
 }
 
 fn list(shared: &Shared, req: &RecordedRequest, node: Option<&str>) -> Response<StandinBody> {

@@ -1,0 +1,420 @@
+//! Enrollment: the collector-side CA that gives each agent its node certificate.
+//!
+//! A DaemonSet has one pod template, so it cannot mount a different certificate on each node.
+//! Instead the agent proves where it runs with its projected service-account token: the
+//! collector has the Kubernetes API review the token (TokenReview, audience-bound), checks the
+//! service account is an agent's, and signs the agent's certificate signing request for the
+//! node the token names (`authentication.kubernetes.io/node-name`, in bound tokens since
+//! Kubernetes 1.30) and no other name. The agent's key never leaves its node; the collector
+//! keeps no state per node. The Ingest service then checks every event's node against the
+//! certificate, as for any other node certificate.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use kube::api::{Api, PostParams};
+use peregrine_proto::v1::{EnrollRequest, EnrollResponse, enrollment_server::Enrollment};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+use rcgen::{
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use serde::Deserialize;
+use tonic::{Request, Response, Status};
+
+/// The extra a bound service-account token carries with the name of its pod's node.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+
+/// `[enroll]`: off unless `ca_cert_file` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollConfig {
+    /// The CA that signs node certificates (PEM certificate and its PKCS#8 key). The Ingest
+    /// service trusts it as a client CA, besides `tls.client_ca_file` if that is set.
+    pub ca_cert_file: Option<PathBuf>,
+    pub ca_key_file: Option<PathBuf>,
+    /// The audience the agents' projected tokens are issued for (the `audience` of the
+    /// `serviceAccountToken` projection); a token for another audience (the API server's
+    /// own, say) is refused, so a token stolen from elsewhere does not enroll.
+    pub audience: String,
+    /// Service accounts allowed to enroll, as the API names them
+    /// (`system:serviceaccount:<namespace>:<name>`).
+    pub service_accounts: Vec<String>,
+    /// Lifetime of an issued certificate; agents renew when a third of it is left.
+    pub cert_lifetime_s: u64,
+    /// The Kubernetes API that reviews tokens (in-cluster by default).
+    pub kubernetes: ApiServerConfig,
+}
+
+impl Default for EnrollConfig {
+    fn default() -> Self {
+        Self {
+            ca_cert_file: None,
+            ca_key_file: None,
+            audience: "peregrine-collector".into(),
+            service_accounts: vec!["system:serviceaccount:peregrine:peregrine-agent".into()],
+            cert_lifetime_s: 86_400,
+            kubernetes: ApiServerConfig::default(),
+        }
+    }
+}
+
+/// `[enroll.kubernetes]`: the API server; unset keys mean the in-cluster configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiServerConfig {
+    pub api_url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl ApiServerConfig {
+    fn api_server(&self) -> peregrine_service::kube::ApiServer<'_> {
+        peregrine_service::kube::ApiServer {
+            api_url: self.api_url.as_deref(),
+            token_file: self.token_file.as_deref(),
+            ca_file: self.ca_file.as_deref(),
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("enroll.{key} {path}: {problem}", path = .path.display())]
+    File { key: &'static str, path: PathBuf, problem: String },
+    #[error("enroll.kubernetes.{0}")]
+    ApiServer(#[source] peregrine_service::kube::ApiServerError),
+}
+
+impl EnrollConfig {
+    pub fn enabled(&self) -> bool {
+        self.ca_cert_file.is_some() || self.ca_key_file.is_some()
+    }
+
+    /// Semantic checks; on failure, the key (relative to this section) and the problem.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.ca_cert_file.is_none() || self.ca_key_file.is_none() {
+            return Err(("ca_cert_file".into(), "enrollment needs both enroll.ca_cert_file and enroll.ca_key_file".into()));
+        }
+        if self.audience.is_empty() {
+            return Err(("audience".into(), "empty: name the audience of the agents' projected tokens".into()));
+        }
+        if self.service_accounts.is_empty() || self.service_accounts.iter().any(|a| !a.starts_with("system:serviceaccount:")) {
+            return Err((
+                "service_accounts".into(),
+                "list the agents' service accounts as system:serviceaccount:<namespace>:<name>".into(),
+            ));
+        }
+        if !(600..=31_536_000).contains(&self.cert_lifetime_s) {
+            return Err(("cert_lifetime_s".into(), "must be between 600 (10 minutes) and 31536000 (a year)".into()));
+        }
+        if let Err(peregrine_service::kube::ApiServerError::ApiUrl(url, problem)) = self.kubernetes.api_server().validate() {
+            return Err(("kubernetes.api_url".into(), format!("`{url}` {problem}")));
+        }
+        Ok(())
+    }
+
+    /// The CA certificate's PEM, for the Ingest service's client roots.
+    pub fn ca_pem(&self) -> Result<String, EnrollError> {
+        read("ca_cert_file", self.ca_cert_file.as_ref())
+    }
+
+    /// Loads the CA and connects the Kubernetes client; any problem is named with its key.
+    pub fn build(&self, metrics: EnrollMetrics) -> Result<EnrollService, EnrollError> {
+        let ca_pem = self.ca_pem()?;
+        let key_pem = read("ca_key_file", self.ca_key_file.as_ref())?;
+        let file_err = |key: &'static str, path: &Option<PathBuf>, problem: String| EnrollError::File {
+            key,
+            path: path.clone().unwrap_or_default(),
+            problem,
+        };
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| file_err("ca_key_file", &self.ca_key_file, format!("not a PEM private key rcgen can sign with: {e}")))?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)
+            .map_err(|e| file_err("ca_cert_file", &self.ca_cert_file, format!("not a PEM CA certificate: {e}")))?;
+        let client = self.kubernetes.api_server().client().map_err(EnrollError::ApiServer)?;
+        Ok(EnrollService {
+            inner: Arc::new(Inner {
+                issuer,
+                ca_pem,
+                reviews: Api::all(client),
+                audience: self.audience.clone(),
+                service_accounts: self.service_accounts.clone(),
+                lifetime: Duration::from_secs(self.cert_lifetime_s),
+                metrics,
+            }),
+        })
+    }
+}
+
+fn read(key: &'static str, path: Option<&PathBuf>) -> Result<String, EnrollError> {
+    let path = path.ok_or(EnrollError::File { key, path: PathBuf::new(), problem: "not set".into() })?;
+    std::fs::read_to_string(path).map_err(|e| EnrollError::File { key, path: path.clone(), problem: e.to_string() })
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+/// Enrollments by result: `issued`, `unauthenticated` (no token, or the API did not accept
+/// it), `denied` (a service account or node it may not have), `invalid` (a malformed
+/// request), `unavailable` (the API could not be asked).
+#[derive(Clone, Debug, Default)]
+pub struct EnrollMetrics {
+    pub enrollments: Family<ResultLabel, Counter>,
+}
+
+impl EnrollMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.sub_registry_with_prefix("peregrine_collector").register(
+            "enrollments",
+            "Node certificate requests, by result",
+            self.enrollments.clone(),
+        );
+    }
+}
+
+#[derive(Clone)]
+pub struct EnrollService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+    reviews: Api<TokenReview>,
+    audience: String,
+    service_accounts: Vec<String>,
+    lifetime: Duration,
+    metrics: EnrollMetrics,
+}
+
+/// A refused enrollment: the status the agent gets and the metric's result label.
+struct Refusal {
+    result: &'static str,
+    status: Status,
+}
+
+impl Refusal {
+    fn new(result: &'static str, status: Status) -> Self {
+        Self { result, status }
+    }
+}
+
+/// Who a reviewed token belongs to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct TokenOwner {
+    pub username: String,
+    pub node: String,
+    pub pod: Option<String>,
+}
+
+/// Reads a TokenReview's answer: the token must be authenticated for `audience`, belong to one
+/// of `service_accounts`, and name `node` as its pod's node. The reasons go back to the agent.
+pub fn check_review(
+    status: Option<&TokenReviewStatus>,
+    audience: &str,
+    service_accounts: &[String],
+    node: &str,
+) -> Result<TokenOwner, (&'static str, String)> {
+    let Some(status) = status.filter(|s| s.authenticated == Some(true)) else {
+        let why = status.and_then(|s| s.error.clone()).filter(|e| !e.is_empty()).unwrap_or_else(|| "no reason given".into());
+        return Err(("unauthenticated", format!("the Kubernetes API did not authenticate the token: {why}")));
+    };
+    // An audience-aware authenticator lists the audiences it checked; one that is not
+    // audience-aware lists none, and its tokens cannot be trusted to be meant for us.
+    if !status.audiences.iter().flatten().any(|a| a == audience) {
+        return Err((
+            "unauthenticated",
+            format!("the token is not for audience `{audience}` (project it with audience: {audience})"),
+        ));
+    }
+    let user = status.user.as_ref();
+    let username = user.and_then(|u| u.username.clone()).unwrap_or_default();
+    if !service_accounts.contains(&username) {
+        return Err(("denied", format!("`{username}` may not enroll (enroll.service_accounts)")));
+    }
+    let extra = |key: &str| -> Option<String> {
+        let values = user?.extra.as_ref()?.get(key)?;
+        match values.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        }
+    };
+    let Some(token_node) = extra(NODE_NAME_EXTRA) else {
+        return Err((
+            "denied",
+            format!(
+                "the token names no node ({NODE_NAME_EXTRA}): use a projected service-account token \
+                 from Kubernetes 1.30 or later, which names its pod's node"
+            ),
+        ));
+    };
+    if token_node != node {
+        return Err(("denied", format!("the token is from node `{token_node}`, not `{node}`")));
+    }
+    Ok(TokenOwner { username, node: token_node, pod: extra(POD_NAME_EXTRA) })
+}
+
+impl Inner {
+    async fn enroll(&self, token: &str, request: &EnrollRequest) -> Result<EnrollResponse, Refusal> {
+        let node = request.node.as_str();
+        let invalid = |why: String| Refusal::new("invalid", Status::invalid_argument(why));
+        match rustls::pki_types::ServerName::try_from(node) {
+            Ok(rustls::pki_types::ServerName::DnsName(_)) => {}
+            _ => return Err(invalid(format!("node `{node}` is not a DNS name"))),
+        }
+        let csr = CertificateSigningRequestParams::from_der(&request.csr_der.as_slice().into())
+            .map_err(|e| invalid(format!("the certificate signing request is unreadable or not signed by its key: {e}")))?;
+
+        let review = TokenReview {
+            spec: TokenReviewSpec { token: token.to_owned(), audiences: Some(vec![self.audience.clone()]) },
+            ..TokenReview::default()
+        };
+        let reviewed = self.reviews.create(&PostParams::default(), &review).await.map_err(|e| {
+            Refusal::new("unavailable", Status::unavailable(format!("could not have the Kubernetes API review the token: {e}")))
+        })?;
+        let owner = check_review(reviewed.status.as_ref(), &self.audience, &self.service_accounts, node).map_err(
+            |(result, why)| {
+                let status =
+                    if result == "denied" { Status::permission_denied(why) } else { Status::unauthenticated(why) };
+                Refusal::new(result, status)
+            },
+        )?;
+
+        let now = time::OffsetDateTime::now_utc();
+        // Five minutes of slack for clocks that are a little behind.
+        let not_before = now - time::Duration::minutes(5);
+        let not_after = now + self.lifetime;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, node);
+        // Only the node's name, whatever the request asked for.
+        params.subject_alt_names =
+            vec![SanType::DnsName(node.try_into().map_err(|e| invalid(format!("node `{node}`: {e}")))?)];
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.serial_number = Some(rcgen::SerialNumber::from(fastrand::u64(1..u64::MAX >> 1)));
+        params.use_authority_key_identifier_extension = true;
+        let signed = CertificateSigningRequestParams { params, public_key: csr.public_key }
+            .signed_by(&self.issuer)
+            .map_err(|e| Refusal::new("invalid", Status::internal(format!("signing the node certificate failed: {e}"))))?;
+        tracing::info!(
+            node,
+            service_account = %owner.username,
+            pod = owner.pod.as_deref().unwrap_or(""),
+            not_after = %not_after,
+            "enrolled: node certificate issued"
+        );
+        Ok(EnrollResponse {
+            certificate_chain_pem: format!("{}{}", signed.pem(), self.ca_pem),
+            not_after_unix: not_after.unix_timestamp(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Enrollment for EnrollService {
+    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        let outcome = match token {
+            None => Err(Refusal::new(
+                "unauthenticated",
+                Status::unauthenticated("no token: send the projected service-account token as `authorization: Bearer <token>`"),
+            )),
+            Some(token) => self.inner.enroll(&token, request.get_ref()).await,
+        };
+        let result = match &outcome {
+            Ok(_) => "issued",
+            Err(refusal) => {
+                tracing::warn!(%peer, node = %request.get_ref().node, error = %refusal.status.message(), "enrollment refused");
+                refusal.result
+            }
+        };
+        self.inner.metrics.enrollments.get_or_create(&ResultLabel { result }).inc();
+        outcome.map(Response::new).map_err(|r| r.status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::authentication::v1::UserInfo;
+
+    use super::*;
+
+    const AGENT: &str = "system:serviceaccount:peregrine:peregrine-agent";
+
+    fn status(user: &str, node: Option<&str>, audiences: &[&str]) -> TokenReviewStatus {
+        let mut extra = BTreeMap::new();
+        if let Some(n) = node {
+            extra.insert(NODE_NAME_EXTRA.to_owned(), vec![n.to_owned()]);
+        }
+        extra.insert(POD_NAME_EXTRA.to_owned(), vec!["peregrine-agent-x7k2p".to_owned()]);
+        TokenReviewStatus {
+            authenticated: Some(true),
+            audiences: Some(audiences.iter().map(|a| (*a).to_owned()).collect()),
+            user: Some(UserInfo { username: Some(user.to_owned()), extra: Some(extra), ..UserInfo::default() }),
+            error: None,
+        }
+    }
+
+    fn check(s: &TokenReviewStatus, node: &str) -> Result<TokenOwner, (&'static str, String)> {
+        check_review(Some(s), "peregrine-collector", &[AGENT.to_owned()], node)
+    }
+
+    #[test]
+    fn a_token_of_an_agent_on_that_node_enrolls_it() {
+        let owner = check(&status(AGENT, Some("aks-pool-1"), &["peregrine-collector"]), "aks-pool-1").unwrap();
+        assert_eq!(
+            owner,
+            TokenOwner { username: AGENT.into(), node: "aks-pool-1".into(), pod: Some("peregrine-agent-x7k2p".into()) }
+        );
+    }
+
+    #[test]
+    fn everything_else_is_refused_with_its_reason() {
+        let other_node = check(&status(AGENT, Some("aks-pool-2"), &["peregrine-collector"]), "aks-pool-1").unwrap_err();
+        assert_eq!(other_node, ("denied", "the token is from node `aks-pool-2`, not `aks-pool-1`".to_owned()));
+        let other_sa = check(&status("system:serviceaccount:default:web", Some("n"), &["peregrine-collector"]), "n");
+        assert_eq!(
+            other_sa.unwrap_err(),
+            ("denied", "`system:serviceaccount:default:web` may not enroll (enroll.service_accounts)".to_owned())
+        );
+        let api_audience = check(&status(AGENT, Some("n"), &["https://kubernetes.default.svc"]), "n").unwrap_err();
+        assert_eq!(api_audience.0, "unauthenticated");
+        assert!(api_audience.1.contains("not for audience `peregrine-collector`"), "{}", api_audience.1);
+        let no_node = check(&status(AGENT, None, &["peregrine-collector"]), "n").unwrap_err();
+        assert_eq!(no_node.0, "denied");
+        assert!(no_node.1.contains("names no node"), "{}", no_node.1);
+        let rejected = TokenReviewStatus { authenticated: Some(false), error: Some("token has expired".into()), ..Default::default() };
+        assert_eq!(
+            check(&rejected, "n").unwrap_err(),
+            ("unauthenticated", "the Kubernetes API did not authenticate the token: token has expired".to_owned())
+        );
+        assert_eq!(check_review(None, "a", &[], "n").unwrap_err().0, "unauthenticated");
+    }
+}
