@@ -31,12 +31,24 @@ impl Enrollment<'_> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        if let Some(renew_at) = self.kept_renewal_time() {
-            if now < renew_at {
-                return Ok(());
-            }
-            tracing::info!(cert_file = %self.cert_file.display(), "node certificate due for renewal; enrolling");
+        let kept = self.kept_validity();
+        let Some((renew_at, not_after)) = kept else { return self.enroll(endpoint, trust).await };
+        if now < renew_at {
+            return Ok(());
         }
+        tracing::info!(cert_file = %self.cert_file.display(), "node certificate due for renewal; enrolling");
+        match self.enroll(endpoint, trust).await {
+            // The API server or the collector may be briefly unable to renew (a restart, a
+            // throttled TokenReview): the kept certificate is used while it is valid.
+            Err(e) if now < not_after => {
+                tracing::warn!(error = %e, not_after_unix = not_after, "renewing the node certificate failed; using the current one until it expires");
+                Ok(())
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn enroll(&self, endpoint: &Endpoint, trust: &ClientTlsConfig) -> Result<(), String> {
         let token = std::fs::read_to_string(self.token_file)
             .map_err(|e| format!("reading the service-account token {} (collector.tls.enroll_token_file): {e}", self.token_file.display()))?;
         let token = token.trim();
@@ -83,14 +95,40 @@ impl Enrollment<'_> {
         Ok(())
     }
 
-    /// When the kept certificate should be renewed (Unix seconds), or `None` when there is no
-    /// usable one: missing, unreadable, or not for the kept key.
-    fn kept_renewal_time(&self) -> Option<i64> {
+    /// When the kept certificate should be renewed and when it expires (Unix seconds), or
+    /// `None` when there is no usable one: missing, unreadable, or not for the kept key.
+    fn kept_validity(&self) -> Option<(i64, i64)> {
         let cert = std::fs::read(self.cert_file).ok()?;
         let key = KeyPair::from_pem(&std::fs::read_to_string(self.key_file).ok()?).ok()?;
         let (spki, (not_before, not_after)) = certificate_facts(&cert)?;
-        (spki == key.subject_public_key_info()).then_some(not_after - (not_after - not_before) / 3)
+        (spki == key.subject_public_key_info()).then_some((not_after - (not_after - not_before) / 3, not_after))
     }
+
+    /// Forgets the kept certificate, so the next connect enrolls: the collector refused it
+    /// (its enrollment CA changed, say), and waiting for the renewal time would leave the
+    /// node unheard until then.
+    pub fn discard(&self) {
+        if std::fs::remove_file(self.cert_file).is_ok() {
+            tracing::warn!(cert_file = %self.cert_file.display(), "the collector refused the enrolled certificate; enrolling again");
+        }
+    }
+}
+
+/// Whether a connect or stream error says the collector refused this node's certificate: a
+/// TLS alert about it, or the Ingest service's refusal of a stream (no certificate, expired).
+/// A CA replaced by one of the same name (a renewal with a new key) fails the signature check:
+/// `DecryptError`.
+pub fn refuses_certificate(error: &str) -> bool {
+    const REFUSALS: [&str; 7] = [
+        "fatal alert: UnknownCA",
+        "fatal alert: BadCertificate",
+        "fatal alert: CertificateUnknown",
+        "fatal alert: CertificateExpired",
+        "fatal alert: DecryptError",
+        "no client certificate",
+        "the client certificate expired",
+    ];
+    REFUSALS.iter().any(|r| error.contains(r))
 }
 
 /// The first certificate's public key (DER SubjectPublicKeyInfo) and validity (Unix seconds).

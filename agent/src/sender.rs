@@ -79,10 +79,12 @@ impl Sender {
                         Outcome::Finished => break,
                         Outcome::Disconnected(e) => {
                             tracing::warn!(collector = %self.collector.address, error = %e, "collector stream ended; spooling and reconnecting");
+                            self.forget_refused_certificate(&e);
                         }
                     }
                 }
                 Err(e) => {
+                    self.forget_refused_certificate(&e);
                     // Log a failure once until it changes, not on every retry.
                     if e != last_error {
                         tracing::warn!(collector = %self.collector.address, error = %e, "collector unreachable; events are spooled until it is back");
@@ -97,14 +99,7 @@ impl Sender {
             let open = loop {
                 tokio::select! {
                     next = rx.recv() => match next {
-                        Some(event) => {
-                            self.accept(&event);
-                            unflushed += 1;
-                            if unflushed >= self.pipeline.batch_max_events || rx.is_empty() {
-                                self.flush();
-                                unflushed = 0;
-                            }
-                        }
+                        Some(event) => self.take(&event, &mut unflushed, rx.is_empty()),
                         None => break false,
                     },
                     _ = tokio::time::sleep_until(deadline) => break true,
@@ -120,6 +115,18 @@ impl Sender {
             tracing::warn!(error = %e, "writing the spool's commit point failed: acknowledged events may be sent again");
         }
         tracing::info!(spooled = self.spool.depth().records, "sender stopped; unacknowledged events stay in the spool");
+    }
+
+    /// Spools one event from the drain, and flushes when the batch is full or the drain's
+    /// pass is all taken (`pass_taken`): the drain hands over a pass's events at once, so a
+    /// pass costs one write and one send, and no timer has to wake the agent for it.
+    fn take(&mut self, event: &Event, unflushed: &mut usize, pass_taken: bool) {
+        self.accept(event);
+        *unflushed += 1;
+        if *unflushed >= self.pipeline.batch_max_events || pass_taken {
+            self.flush();
+            *unflushed = 0;
+        }
     }
 
     /// Appends one event to the spool (buffered; see [`Self::flush`]).
@@ -198,12 +205,31 @@ impl Sender {
         if let Some(name) = &tls.server_name {
             trust = trust.domain_name(name.clone());
         }
-        if let Some(token_file) = &tls.enroll_token_file {
-            let enrollment =
-                crate::enroll::Enrollment { token_file, cert_file: cert, key_file: key, node: &self.node_name };
+        if let Some(enrollment) = self.enrollment() {
             enrollment.ensure(endpoint, &trust).await?;
         }
         Ok(Some(trust.identity(Identity::from_pem(read(cert, "this node's certificate")?, read(key, "this node's key")?))))
+    }
+
+    /// Where this node's enrolled certificate is kept, when it enrolls (`enroll_token_file`).
+    fn enrollment(&self) -> Option<crate::enroll::Enrollment<'_>> {
+        let tls = &self.collector.tls;
+        match (&tls.enroll_token_file, &tls.cert_file, &tls.key_file) {
+            (Some(token_file), Some(cert_file), Some(key_file)) => {
+                Some(crate::enroll::Enrollment { token_file, cert_file, key_file, node: &self.node_name })
+            }
+            _ => None,
+        }
+    }
+
+    /// An enrolled certificate the collector refuses (its enrollment CA was replaced, or the
+    /// certificate expired on an open stream) is enrolled again at the next connect.
+    fn forget_refused_certificate(&self, error: &str) {
+        if let Some(enrollment) = self.enrollment()
+            && crate::enroll::refuses_certificate(error)
+        {
+            enrollment.discard();
+        }
     }
 
     /// Opens `peregrine.v1.Ingest/Stream` sending raw batches (the collector queues each
@@ -228,7 +254,10 @@ impl Sender {
         let connect_timeout = Duration::from_millis(self.collector.connect_timeout_ms);
         let mut acks = match tokio::time::timeout(connect_timeout, self.open(channel, ReceiverStream::new(out_rx))).await {
             Ok(Ok(acks)) => acks,
-            Ok(Err(status)) => return Outcome::Disconnected(format!("collector refused the stream: {status}")),
+            // With the sources: a TLS alert about this node's certificate is in them.
+            Ok(Err(status)) => {
+                return Outcome::Disconnected(format!("collector refused the stream: {}", crate::kernel::error_chain(&status)));
+            }
             Err(_) => return Outcome::Disconnected("collector did not answer the stream in time".into()),
         };
         self.metrics.collector_connected.set(1);
@@ -250,17 +279,7 @@ impl Sender {
             }
             tokio::select! {
                 next = rx.recv(), if queue_open => match next {
-                    Some(event) => {
-                        self.accept(&event);
-                        unflushed += 1;
-                        // The drain hands over a pass's events at once: the batch goes out
-                        // when they are all taken (or it is full), so a pass costs one write
-                        // and one send, and no timer has to wake the agent for it.
-                        if unflushed >= self.pipeline.batch_max_events || rx.is_empty() {
-                            self.flush();
-                            unflushed = 0;
-                        }
-                    }
+                    Some(event) => self.take(&event, &mut unflushed, rx.is_empty()),
                     None => {
                         queue_open = false;
                         self.flush();
@@ -274,7 +293,7 @@ impl Sender {
                 ack = acks.message() => match ack {
                     Ok(Some(ack)) => self.acknowledged(&ack, &mut in_flight),
                     Ok(None) => break Outcome::Disconnected("collector closed the stream".into()),
-                    Err(status) => break Outcome::Disconnected(format!("collector stream failed: {status}")),
+                    Err(status) => break Outcome::Disconnected(format!("collector stream failed: {}", crate::kernel::error_chain(&status))),
                 },
             }
         };

@@ -220,18 +220,21 @@ fn a_node_enrolls_with_its_service_account_token_and_only_for_its_own_node() {
     // As kubelet writes tokens: no newline (kube-rs sends the file's bytes as they are).
     std::fs::write(&collector_token, "collector-sa-token").unwrap();
     let port = free_port();
-    let collector = Collector::start_with(
-        dir.path(),
-        port,
-        &[
-            &format!("tls.cert_file={server_cert}"),
-            &format!("tls.key_file={server_key}"),
-            &format!("enroll.ca_cert_file={}", pki.ca()),
-            &format!("enroll.ca_key_file={}", pki.ca_key()),
-            &format!("enroll.kubernetes.api_url={}", api.url()),
-            &format!("enroll.kubernetes.token_file={}", collector_token.display()),
-        ],
-    );
+    let start_collector = |enroll_ca: &Pki| {
+        Collector::start_with(
+            dir.path(),
+            port,
+            &[
+                &format!("tls.cert_file={server_cert}"),
+                &format!("tls.key_file={server_key}"),
+                &format!("enroll.ca_cert_file={}", enroll_ca.ca()),
+                &format!("enroll.ca_key_file={}", enroll_ca.ca_key()),
+                &format!("enroll.kubernetes.api_url={}", api.url()),
+                &format!("enroll.kubernetes.token_file={}", collector_token.display()),
+            ],
+        )
+    };
+    let collector = start_collector(&pki);
     let https = format!("https://localhost:{port}");
     let sets_for = |name: &str, token: &str| {
         let token_file = dir.path().join(format!("{name}.token"));
@@ -295,6 +298,42 @@ fn a_node_enrolls_with_its_service_account_token_and_only_for_its_own_node() {
     collector.wait_event(WAIT, "an exec over the kept certificate", |e| e["kind"]["exec"]["process"]["argv"][1] == marker.as_str());
     assert_eq!(api.token_reviews().len(), 1);
     drop(again);
+
+    // The enrollment CA is replaced by one of the same name with a new key (the collectors
+    // restart with it): the kept certificate is refused in the handshake, dropped, and the
+    // agent enrolls again at once.
+    drop(collector);
+    let rotated_dir = dir.path().join("rotated");
+    std::fs::create_dir_all(&rotated_dir).unwrap();
+    let rotated = Pki::new(&rotated_dir);
+    let collector = start_collector(&rotated);
+    let rotated_agent = start(&good_sets);
+    let marker = unique("rotated-");
+    assert!(Command::new(tool("true")).arg(&marker).status().unwrap().success());
+    collector.wait_event(WAIT, "an exec after the CA rotation", |e| e["kind"]["exec"]["process"]["argv"][1] == marker.as_str());
+    assert_eq!(api.token_reviews().len(), 2, "enrolled again");
+    assert!(rotated_agent.proc.stderr_text().contains("the collector refused the enrolled certificate; enrolling again"));
+    assert_ne!(std::fs::read(dir.path().join("enrolled.pem")).unwrap(), pem, "a new certificate, from the new CA");
+    drop(rotated_agent);
+
+    // A certificate due for renewal (two thirds of its life gone) whose renewal is refused
+    // stays in use until it expires: the node is still heard.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut due = rcgen::CertificateParams::new(vec!["test-node".to_owned()]).unwrap();
+    due.distinguished_name.push(rcgen::DnType::CommonName, "test-node");
+    due.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let now = time::OffsetDateTime::now_utc();
+    (due.not_before, due.not_after) = (now - time::Duration::minutes(50), now + time::Duration::minutes(10));
+    std::fs::write(dir.path().join("due.pem"), due.signed_by(&key, &rotated.issuer).unwrap().pem()).unwrap();
+    std::fs::write(dir.path().join("due.key"), key.serialize_pem()).unwrap();
+    let due_agent = start(&sets_for("due", "token-nobody-issued"));
+    let marker = unique("due-");
+    assert!(Command::new(tool("true")).arg(&marker).status().unwrap().success());
+    collector.wait_event(WAIT, "an exec over a certificate whose renewal failed", |e| {
+        e["kind"]["exec"]["process"]["argv"][1] == marker.as_str()
+    });
+    assert!(due_agent.proc.stderr_text().contains("renewing the node certificate failed; using the current one until it expires"));
+    drop(due_agent);
 
     // Every other token: refused with its reason, no certificate, nothing sent.
     let refused = [

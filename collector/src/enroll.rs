@@ -21,7 +21,7 @@ use prometheus_client::{
 };
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
 };
 use serde::Deserialize;
 use tonic::{Request, Response, Status};
@@ -138,8 +138,27 @@ impl EnrollConfig {
             path: path.clone().unwrap_or_default(),
             problem,
         };
-        let key = KeyPair::from_pem(&key_pem)
-            .map_err(|e| file_err("ca_key_file", &self.ca_key_file, format!("not a PEM private key rcgen can sign with: {e}")))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| {
+            file_err(
+                "ca_key_file",
+                &self.ca_key_file,
+                format!("not a PKCS#8 PEM private key (cert-manager: privateKey.encoding: PKCS8; openssl pkcs8 -topk8 -nocrypt converts one): {e}"),
+            )
+        })?;
+        let ca_spki = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
+            .ok()
+            .and_then(|(_, pem)| pem.parse_x509().ok().map(|c| c.public_key().raw.to_vec()));
+        match ca_spki {
+            None => return Err(file_err("ca_cert_file", &self.ca_cert_file, "not a PEM certificate".into())),
+            Some(spki) if spki != key.subject_public_key_info() => {
+                return Err(file_err(
+                    "ca_key_file",
+                    &self.ca_key_file,
+                    "is not the key of enroll.ca_cert_file: certificates signed with it would be refused".into(),
+                ));
+            }
+            Some(_) => {}
+        }
         let issuer = Issuer::from_ca_cert_pem(&ca_pem, key)
             .map_err(|e| file_err("ca_cert_file", &self.ca_cert_file, format!("not a PEM CA certificate: {e}")))?;
         let client = self.kubernetes.api_server().client().map_err(EnrollError::ApiServer)?;
@@ -152,6 +171,7 @@ impl EnrollConfig {
                 service_accounts: self.service_accounts.clone(),
                 lifetime: Duration::from_secs(self.cert_lifetime_s),
                 metrics,
+                in_progress: tokio::sync::Semaphore::new(MAX_CONCURRENT),
             }),
         })
     }
@@ -169,7 +189,7 @@ pub struct ResultLabel {
 
 /// Enrollments by result: `issued`, `unauthenticated` (no token, or the API did not accept
 /// it), `denied` (a service account or node it may not have), `invalid` (a malformed
-/// request), `unavailable` (the API could not be asked).
+/// request), `unavailable` (the API could not be asked), `busy` (too many at once).
 #[derive(Clone, Debug, Default)]
 pub struct EnrollMetrics {
     pub enrollments: Family<ResultLabel, Counter>,
@@ -198,7 +218,14 @@ struct Inner {
     service_accounts: Vec<String>,
     lifetime: Duration,
     metrics: EnrollMetrics,
+    /// Enrollments being answered; any client that completes the handshake can ask, and each
+    /// asks the API server in turn.
+    in_progress: tokio::sync::Semaphore,
 }
+
+/// Enrollments answered at once; more are told to retry (agents do, with backoff). A node
+/// fleet enrolls a few at a time: a new node, a renewal, a restarted pod.
+const MAX_CONCURRENT: usize = 16;
 
 /// A refused enrollment: the status the agent gets and the metric's result label.
 struct Refusal {
@@ -267,6 +294,39 @@ pub fn check_review(
     Ok(TokenOwner { username, node: token_node, pod: extra(POD_NAME_EXTRA) })
 }
 
+/// The request's public key, once its signature is verified (whoever asks holds the key).
+pub fn read_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, String> {
+    CertificateSigningRequestParams::from_der(&der.into())
+        .map_err(|e| format!("the certificate signing request is unreadable or not signed by its key: {e}"))
+}
+
+/// A client certificate for `node` and the request's key, and nothing the request asked for
+/// besides: its only name is the node's, it cannot sign, and it serves only client
+/// authentication.
+pub fn issue(
+    issuer: &Issuer<'_, KeyPair>,
+    node: &str,
+    csr: CertificateSigningRequestParams,
+    lifetime: Duration,
+) -> Result<(rcgen::Certificate, time::OffsetDateTime), rcgen::Error> {
+    let now = time::OffsetDateTime::now_utc();
+    let not_after = now + lifetime;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, node);
+    params.subject_alt_names = vec![SanType::DnsName(node.try_into()?)];
+    // Five minutes of slack for clocks that are a little behind.
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = not_after;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.serial_number = Some(rcgen::SerialNumber::from(fastrand::u64(1..u64::MAX >> 1)));
+    params.use_authority_key_identifier_extension = true;
+    let signed = CertificateSigningRequestParams { params, public_key: csr.public_key }.signed_by(issuer)?;
+    Ok((signed, not_after))
+}
+
 impl Inner {
     async fn enroll(&self, token: &str, request: &EnrollRequest) -> Result<EnrollResponse, Refusal> {
         let node = request.node.as_str();
@@ -275,8 +335,7 @@ impl Inner {
             Ok(rustls::pki_types::ServerName::DnsName(_)) => {}
             _ => return Err(invalid(format!("node `{node}` is not a DNS name"))),
         }
-        let csr = CertificateSigningRequestParams::from_der(&request.csr_der.as_slice().into())
-            .map_err(|e| invalid(format!("the certificate signing request is unreadable or not signed by its key: {e}")))?;
+        let csr = read_csr(&request.csr_der).map_err(invalid)?;
 
         let review = TokenReview {
             spec: TokenReviewSpec { token: token.to_owned(), audiences: Some(vec![self.audience.clone()]) },
@@ -293,25 +352,7 @@ impl Inner {
             },
         )?;
 
-        let now = time::OffsetDateTime::now_utc();
-        // Five minutes of slack for clocks that are a little behind.
-        let not_before = now - time::Duration::minutes(5);
-        let not_after = now + self.lifetime;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, node);
-        // Only the node's name, whatever the request asked for.
-        params.subject_alt_names =
-            vec![SanType::DnsName(node.try_into().map_err(|e| invalid(format!("node `{node}`: {e}")))?)];
-        params.not_before = not_before;
-        params.not_after = not_after;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.serial_number = Some(rcgen::SerialNumber::from(fastrand::u64(1..u64::MAX >> 1)));
-        params.use_authority_key_identifier_extension = true;
-        let signed = CertificateSigningRequestParams { params, public_key: csr.public_key }
-            .signed_by(&self.issuer)
+        let (signed, not_after) = issue(&self.issuer, node, csr, self.lifetime)
             .map_err(|e| Refusal::new("invalid", Status::internal(format!("signing the node certificate failed: {e}"))))?;
         tracing::info!(
             node,
@@ -344,12 +385,20 @@ impl Enrollment for EnrollService {
                 "unauthenticated",
                 Status::unauthenticated("no token: send the projected service-account token as `authorization: Bearer <token>`"),
             )),
-            Some(token) => self.inner.enroll(&token, request.get_ref()).await,
+            Some(token) => match self.inner.in_progress.try_acquire() {
+                Ok(_permit) => self.inner.enroll(&token, request.get_ref()).await,
+                Err(_) => Err(Refusal::new(
+                    "busy",
+                    Status::resource_exhausted(format!("{MAX_CONCURRENT} enrollments are being answered; retry")),
+                )),
+            },
         };
         let result = match &outcome {
             Ok(_) => "issued",
             Err(refusal) => {
-                tracing::warn!(%peer, node = %request.get_ref().node, error = %refusal.status.message(), "enrollment refused");
+                // The node is the client's word: quoted, and cut short, in the log.
+                let node: String = request.get_ref().node.chars().take(253).collect();
+                tracing::warn!(%peer, ?node, error = %refusal.status.message(), "enrollment refused");
                 refusal.result
             }
         };
@@ -380,6 +429,39 @@ mod tests {
             user: Some(UserInfo { username: Some(user.to_owned()), extra: Some(extra), ..UserInfo::default() }),
             error: None,
         }
+    }
+
+    /// Whatever the request asks for (other names, a CA, server use), the certificate names
+    /// only the node, cannot sign, and serves client authentication only; a request whose
+    /// signature does not match its key is refused.
+    #[test]
+    fn the_certificate_is_for_the_node_and_client_use_only() {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut asked = CertificateParams::new(vec!["aks-pool-1".to_owned(), "collector.peregrine.svc".to_owned()]).unwrap();
+        asked.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        asked.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let csr = asked.serialize_request(&key).unwrap();
+        let (cert, not_after) = issue(&issuer, "aks-pool-1", read_csr(csr.der()).unwrap(), Duration::from_secs(3600)).unwrap();
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
+        let sans: Vec<String> =
+            parsed.subject_alternative_name().unwrap().unwrap().value.general_names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(sans, ["DNSName(aks-pool-1)"]);
+        assert_eq!(parsed.subject().to_string(), "CN=aks-pool-1");
+        assert!(!parsed.basic_constraints().unwrap().unwrap().value.ca);
+        let eku = parsed.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth, "{eku:?}");
+        assert_eq!(parsed.public_key().raw, key.subject_public_key_info().as_slice());
+        assert_eq!(parsed.validity().not_after.timestamp(), not_after.unix_timestamp());
+
+        let mut forged = csr.der().to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 0x55;
+        assert!(read_csr(&forged).unwrap_err().contains("not signed by its key"));
+        assert!(read_csr(b"not a request").is_err());
     }
 
     fn check(s: &TokenReviewStatus, node: &str) -> Result<TokenOwner, (&'static str, String)> {

@@ -87,6 +87,15 @@ fn check_nodes(cert: &rustls::pki_types::CertificateDer<'static>, events: &[Even
     Ok(())
 }
 
+/// When the certificate stops being valid, as an instant of this process's clock.
+fn certificate_expiry(cert: &rustls::pki_types::CertificateDer<'static>) -> Option<tokio::time::Instant> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let not_after = parsed.validity().not_after.timestamp();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    let left = u64::try_from(not_after).ok()?.saturating_sub(now);
+    Some(tokio::time::Instant::now() + std::time::Duration::from_secs(left))
+}
+
 #[tonic::async_trait]
 impl Ingest for IngestService {
     type StreamStream = AckStream;
@@ -103,6 +112,9 @@ impl Ingest for IngestService {
                  key_file, or collector.tls.enroll_token_file to get a node certificate from the collector",
             ));
         }
+        // A stream lives no longer than its certificate: the agent reconnects with a renewed one,
+        // and a node whose enrollment is no longer allowed stops being heard.
+        let expires = identity.as_ref().and_then(certificate_expiry);
         let mut batches = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let queues = self.queues.clone();
@@ -116,6 +128,11 @@ impl Ingest for IngestService {
                     next = batches.next() => next,
                     () = async { let _ = stopping.wait_for(|s| *s).await; } => {
                         let _ = tx.send(Err(Status::unavailable("collector shutting down"))).await;
+                        break;
+                    }
+                    () = async { if let Some(at) = expires { tokio::time::sleep_until(at).await } else { std::future::pending().await } } => {
+                        tracing::info!(%peer, "agent stream ended: its client certificate expired");
+                        let _ = tx.send(Err(Status::unauthenticated("the client certificate expired: reconnect with a renewed one"))).await;
                         break;
                     }
                 };

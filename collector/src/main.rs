@@ -106,7 +106,7 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     let mut builder = tonic::transport::Server::builder();
     if config.tls.enabled() {
         builder = builder.tls_config(server_tls(&config)?).context("collector TLS settings (tls.*)")?;
-        tracing::info!("mutual TLS: agents must present a node certificate from tls.client_ca_file");
+        tracing::info!("mutual TLS: agents must present a node certificate (tls.client_ca_file, or enrolled: enroll.*)");
     }
     let served = builder.add_service(server).add_optional_service(enroll).serve_with_incoming_shutdown(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
