@@ -142,12 +142,12 @@ fn server_tls(config: &CollectorConfig) -> anyhow::Result<tonic::transport::Serv
         let path = path.as_ref().with_context(|| format!("{key} is not set"))?;
         std::fs::read(path).with_context(|| format!("reading {key} {}", path.display()))
     };
+    let server = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&tls.cert_file, "tls.cert_file")?, read(&tls.key_file, "tls.key_file")?));
     let mut client_roots = match &tls.client_ca_file {
         Some(_) => read(&tls.client_ca_file, "tls.client_ca_file")?,
         None => Vec::new(),
     };
-    let server = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read(&tls.cert_file, "tls.cert_file")?, read(&tls.key_file, "tls.key_file")?));
     if !config.enroll.enabled() {
         return Ok(server.client_ca_root(Certificate::from_pem(client_roots)));
     }
