@@ -152,12 +152,28 @@ impl ConnTracker {
             }
             // The end of a connect reported established: an update of that event.
             (ConnKind::Connect, Some(ConnOutcome::Reset)) => out.push(self.event(&c, Some(ConnOutcome::Reset), true, processes)),
-            (ConnKind::Connect, Some(result)) => out.push(match self.pending.remove(&c.sock) {
-                // The attempt's tuple lacks the source port (bound later); the outcome's
-                // attribution comes from the kernel's map, the same owner as the attempt's.
-                Some(p) => self.event(&Conn { owner: c.owner.clone().or(p.attempt.owner), ..c }, Some(result), p.reported, processes),
-                None => self.event(&c, Some(result), false, processes),
-            }),
+            (ConnKind::Connect, Some(result)) => {
+                let attempt = match self.pending.remove(&c.sock) {
+                    // A freed socket's address is reused: a pending attempt is this outcome's
+                    // only if it went to the same peer, before. Another one lost its outcome
+                    // (a full ring); it is reported unconcluded, never given this one's owner.
+                    Some(p) if p.attempt.remote != c.remote || p.attempt.boot_ns > c.boot_ns => {
+                        if !p.reported {
+                            out.push(self.event(&p.attempt, None, false, processes));
+                        }
+                        None
+                    }
+                    attempt => attempt,
+                };
+                out.push(match attempt {
+                    // The attempt's tuple lacks the source port (bound later); the outcome's
+                    // attribution comes from the kernel's map, the same owner as the attempt's.
+                    Some(p) => {
+                        self.event(&Conn { owner: c.owner.clone().or(p.attempt.owner), ..c }, Some(result), p.reported, processes)
+                    }
+                    None => self.event(&c, Some(result), false, processes),
+                });
+            }
             _ => out.push(self.event(&c, None, false, processes)),
         }
         out
@@ -209,5 +225,82 @@ impl ConnTracker {
     /// Dedup windows lost before they were read (kernel map pressure), and failed reads.
     pub fn windows_lost(&self) -> u64 {
         self.windows.lost() + self.windows.read_failures()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use peregrine_proto::Kind;
+
+    use peregrine_common::{ConnWindow, FlowKey};
+
+    use super::*;
+    use crate::{decode::Owner, process::CacheConfig};
+
+    struct NoWindows;
+
+    impl WindowMap for NoWindows {
+        fn read(&self, _: &FlowKey) -> Result<Option<ConnWindow>, String> {
+            Ok(None)
+        }
+        fn remove(&mut self, _: &FlowKey) {}
+    }
+
+    fn conn(boot_ns: u64, outcome: Option<ConnOutcome>, owner: Option<u32>, remote: [u8; 4]) -> Conn {
+        Conn {
+            boot_ns,
+            kind: ConnKind::Connect,
+            outcome,
+            owner: owner.map(|tgid| Owner { tgid, pid: tgid, start_ns: 1, cgroup_id: 1, comm: format!("p{tgid}") }),
+            sock: 0xffff_8880_1234_5600,
+            protocol: 6,
+            op: None,
+            local: (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)), if outcome.is_some() { 40000 } else { 0 }),
+            remote: (IpAddr::V4(Ipv4Addr::from(remote)), 443),
+            window: None,
+            carried: None,
+        }
+    }
+
+    fn pid_of(k: &Kind) -> Option<u32> {
+        match k {
+            Kind::Connection(c) => c.process.as_ref().map(|p| p.pid),
+            _ => None,
+        }
+    }
+
+    /// An outcome the kernel could not attribute joins the pending attempt of its socket only
+    /// when that attempt went to the same peer: a reused socket address with a stale attempt
+    /// (its own outcome lost) must not lend that attempt's process to another connection.
+    #[test]
+    fn an_ownerless_outcome_takes_the_owner_only_of_its_own_attempt() {
+        let config = NetConfig {
+            outcome_wait_ns: 1_000_000_000,
+            tcp_dedup_ns: 0,
+            flow_map_entries: 1024,
+            pod_cidrs: vec![],
+            service_cidrs: vec![],
+        };
+        let mut net = ConnTracker::new(config);
+        let processes =
+            Tracker::new("n".into(), CacheConfig { capacity: 64, grace_ns: 1, ancestry_depth: 1, tick_ns: 10_000_000 });
+        let clock = BootClock::sample();
+        // Process 100's attempt to 198.18.0.2; its outcome was lost.
+        assert!(net.apply(conn(10, None, Some(100), [198, 18, 0, 2]), &processes, clock, &mut NoWindows).is_empty());
+        // The same socket address, now another connection to 198.18.0.3, ownerless outcome.
+        let out = net.apply(conn(20, Some(ConnOutcome::Established), None, [198, 18, 0, 3]), &processes, clock, &mut NoWindows);
+        assert_eq!(out.len(), 2, "{out:?}");
+        let (stale, this) = (&out[0], &out[1]);
+        assert_eq!(pid_of(stale), Some(100), "the stale attempt is reported as its own");
+        assert!(matches!(stale, Kind::Connection(c) if c.outcome == "in_progress" && c.remote_ip == "198.18.0.2"));
+        assert_eq!(pid_of(this), None, "never process 100's");
+        assert!(matches!(this, Kind::Connection(c) if c.owner_unknown && c.remote_ip == "198.18.0.3"));
+        // Its own attempt: the owner is joined.
+        assert!(net.apply(conn(30, None, Some(200), [198, 18, 0, 4]), &processes, clock, &mut NoWindows).is_empty());
+        let out = net.apply(conn(40, Some(ConnOutcome::Established), None, [198, 18, 0, 4]), &processes, clock, &mut NoWindows);
+        assert_eq!(out.iter().map(pid_of).collect::<Vec<_>>(), [Some(200)]);
+        assert_eq!(net.pending(), 0);
     }
 }
