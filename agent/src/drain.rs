@@ -11,13 +11,6 @@ use peregrine_proto::{AgentStatus, Event, Kind, Loss, v1::agent_status::Phase};
 use tokio::{sync::mpsc, sync::watch};
 use uuid::Uuid;
 
-/// Records per drain pass at most. The agent has one thread: a storm that fills the ring as
-/// fast as it is read must not keep the sender, the HTTP endpoints and container lookups
-/// waiting for the pass to end.
-const MAX_PASS: usize = 4096;
-/// Passes at shutdown at most: enough for a full ring of the smallest records.
-const RING_PASSES_AT_STOP: usize = 64;
-
 use crate::{
     clock::{BootClock, boot_now_ns},
     container::{ContainerStage, Enriched, Resolution},
@@ -29,6 +22,13 @@ use crate::{
     process::Tracker,
     rules::{self, RulesStage},
 };
+
+/// Records per drain pass at most. The agent has one thread: a storm that fills the ring as
+/// fast as it is read must not keep the sender, the HTTP endpoints and container lookups
+/// waiting for the pass to end.
+const MAX_PASS: usize = 4096;
+/// Passes at shutdown at most: enough for a full ring of the smallest records.
+const RING_PASSES_AT_STOP: usize = 64;
 
 /// Identity every event carries, and the agent-wide sequence.
 pub struct Stamper {

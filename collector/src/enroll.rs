@@ -118,20 +118,12 @@ impl EnrollConfig {
         if !(600..=31_536_000).contains(&self.cert_lifetime_s) {
             return Err(("cert_lifetime_s".into(), "must be between 600 (10 minutes) and 31536000 (a year)".into()));
         }
-        if let Err(peregrine_service::kube::ApiServerError::ApiUrl(url, problem)) = self.kubernetes.api_server().validate() {
-            return Err(("kubernetes.api_url".into(), format!("`{url}` {problem}")));
-        }
-        Ok(())
-    }
-
-    /// The CA certificate's PEM, for the Ingest service's client roots.
-    pub fn ca_pem(&self) -> Result<String, EnrollError> {
-        read("ca_cert_file", self.ca_cert_file.as_ref())
+        self.kubernetes.api_server().validate().map_err(|problem| ("kubernetes.api_url".into(), problem))
     }
 
     /// Loads the CA and connects the Kubernetes client; any problem is named with its key.
     pub fn build(&self, metrics: EnrollMetrics) -> Result<EnrollService, EnrollError> {
-        let ca_pem = self.ca_pem()?;
+        let ca_pem = read("ca_cert_file", self.ca_cert_file.as_ref())?;
         let key_pem = read("ca_key_file", self.ca_key_file.as_ref())?;
         let file_err = |key: &'static str, path: &Option<PathBuf>, problem: String| EnrollError::File {
             key,
@@ -208,6 +200,13 @@ impl EnrollMetrics {
 #[derive(Clone)]
 pub struct EnrollService {
     inner: Arc<Inner>,
+}
+
+impl EnrollService {
+    /// The CA's certificate (PEM), as loaded: the Ingest service trusts it as a client CA.
+    pub fn ca_pem(&self) -> &str {
+        &self.inner.ca_pem
+    }
 }
 
 struct Inner {

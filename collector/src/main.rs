@@ -9,7 +9,7 @@ use peregrine_service::config::Layers;
 use prometheus_client::registry::Registry;
 use peregrine_collector::{
     config::CollectorConfig,
-    enroll::EnrollMetrics,
+    enroll::{EnrollMetrics, EnrollService},
     ingest::{self, IngestService},
     output::{OutputMetrics, Outputs},
     queue::{self, QueueMetrics},
@@ -78,7 +78,7 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     enroll_metrics.register(&mut registry);
     let enroll = if config.enroll.enabled() {
         tracing::info!("enrollment: agents with a service-account token get a node certificate (enroll.*)");
-        Some(EnrollmentServer::new(config.enroll.build(enroll_metrics).context("enrollment (enroll.*)")?))
+        Some(config.enroll.build(enroll_metrics).context("enrollment (enroll.*)")?)
     } else {
         None
     };
@@ -105,10 +105,11 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     let _ = ready_tx.send(true);
     let mut builder = tonic::transport::Server::builder();
     if config.tls.enabled() {
-        builder = builder.tls_config(server_tls(&config)?).context("collector TLS settings (tls.*)")?;
+        let enroll_ca = enroll.as_ref().map(EnrollService::ca_pem);
+        builder = builder.tls_config(server_tls(&config.tls, enroll_ca)?).context("collector TLS settings (tls.*)")?;
         tracing::info!("mutual TLS: agents must present a node certificate (tls.client_ca_file, or enrolled: enroll.*)");
     }
-    let served = builder.add_service(server).add_optional_service(enroll).serve_with_incoming_shutdown(
+    let served = builder.add_service(server).add_optional_service(enroll.map(EnrollmentServer::new)).serve_with_incoming_shutdown(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
         async move {
             peregrine_service::shutdown_signal().await;
@@ -135,9 +136,12 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn server_tls(config: &CollectorConfig) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+/// `enroll_ca`: the enrollment CA, trusted besides `tls.client_ca_file`, when enrollment is on.
+fn server_tls(
+    tls: &peregrine_collector::config::ServerTls,
+    enroll_ca: Option<&str>,
+) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let tls = &config.tls;
     let read = |path: &Option<std::path::PathBuf>, key: &str| -> anyhow::Result<Vec<u8>> {
         let path = path.as_ref().with_context(|| format!("{key} is not set"))?;
         std::fs::read(path).with_context(|| format!("reading {key} {}", path.display()))
@@ -148,12 +152,12 @@ fn server_tls(config: &CollectorConfig) -> anyhow::Result<tonic::transport::Serv
         Some(_) => read(&tls.client_ca_file, "tls.client_ca_file")?,
         None => Vec::new(),
     };
-    if !config.enroll.enabled() {
+    let Some(enroll_ca) = enroll_ca else {
         return Ok(server.client_ca_root(Certificate::from_pem(client_roots)));
-    }
+    };
     // An agent without a certificate yet must reach the Enrollment service: the handshake lets
     // it in without one, and the Ingest service refuses any stream that has none.
     client_roots.push(b'\n');
-    client_roots.extend_from_slice(config.enroll.ca_pem()?.as_bytes());
+    client_roots.extend_from_slice(enroll_ca.as_bytes());
     Ok(server.client_ca_root(Certificate::from_pem(client_roots)).client_auth_optional(true))
 }

@@ -32,11 +32,11 @@ pub struct ApiServer<'a> {
 }
 
 impl ApiServer<'_> {
-    /// `Err` when `api_url` is set and is not an http(s) URL.
-    pub fn validate(&self) -> Result<(), ApiServerError> {
+    /// `Err` (the problem with `api_url`) when it is set and is not an http(s) URL.
+    pub fn validate(&self) -> Result<(), String> {
         match self.api_url {
             Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
-                Err(ApiServerError::ApiUrl(url.to_owned(), "is not an http:// or https:// URL".to_owned()))
+                Err(format!("`{url}` is not an http:// or https:// URL"))
             }
             _ => Ok(()),
         }

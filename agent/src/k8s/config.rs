@@ -48,9 +48,7 @@ impl Default for K8sConfig {
 impl K8sConfig {
     /// Semantic checks; on failure, the key (relative to this section) and the problem.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if let Err(peregrine_service::kube::ApiServerError::ApiUrl(url, problem)) = self.api_server().validate() {
-            return Err(("api_url", format!("`{url}` {problem}")));
-        }
+        self.api_server().validate().map_err(|problem| ("api_url", problem))?;
         if !(1..=60_000).contains(&self.owner_lookup_timeout_ms) {
             return Err(("owner_lookup_timeout_ms", "must be between 1 and 60000".to_owned()));
         }
