@@ -269,7 +269,7 @@ mod tests {
             .and_then(|p| p.self_signed(&key))
             .unwrap_or_else(|e| panic!("{e}"));
         let der = rustls::pki_types::CertificateDer::from(cert.der().to_vec());
-        let from = |node| EventHeader { node, kind: "exec" };
+        let from = |node| EventHeader { id: b"", node, kind: "exec" };
         assert_eq!(check_nodes(&der, &[from("node-a"), from("node-a")]), Ok(()));
         assert_eq!(
             check_nodes(&der, &[from("node-a"), from("node-b")]),

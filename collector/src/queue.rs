@@ -21,7 +21,7 @@
 
 use std::{
     collections::{HashSet, VecDeque},
-    hash::{BuildHasher, RandomState},
+    hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -32,13 +32,12 @@ use std::{
 
 use bytes::Bytes;
 use peregrine_journal::{Damage, FullPolicy, Fsync, Journal, JournalConfig, JournalError, Records};
-use peregrine_proto::Event;
+use peregrine_proto::EventHeader;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use prost::Message;
 use tokio::{
     sync::{Notify, mpsc, oneshot, watch},
     task::JoinHandle,
@@ -46,7 +45,7 @@ use tokio::{
 
 use crate::{
     config::{QueueConfig, RetrySettings},
-    output::{Output, Outputs, metrics::OutputLabel},
+    output::{Encoded, Output, Outputs, metrics::OutputLabel},
 };
 
 /// Batches the writer takes together (one flush per queue for all of them).
@@ -249,8 +248,32 @@ fn unix_now_ms() -> i64 {
 }
 
 /// The event ids an output delivered last: a bounded set (oldest forgotten first) and its log.
+/// Hashes a key that is a keyed hash already by taking its low bits: a set of them spends no
+/// second SipHash per lookup.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    #[allow(clippy::cast_possible_truncation)]
+    fn write_u128(&mut self, k: u128) {
+        self.0 = k as u64;
+    }
+}
+
+type KeySet = HashSet<u128, BuildHasherDefault<KeyHasher>>;
+
 struct DeliveredIds {
-    keys: HashSet<u128>,
+    keys: KeySet,
     order: VecDeque<u128>,
     capacity: usize,
     /// Two independently keyed hashes make a 128-bit key: memory per id stays small, and
@@ -262,7 +285,7 @@ struct DeliveredIds {
 impl DeliveredIds {
     fn open(dir: &Path, capacity: usize, fsync: Fsync) -> Result<Self, JournalError> {
         let mut ids = Self {
-            keys: HashSet::with_capacity(capacity.min(1 << 20)),
+            keys: KeySet::with_capacity_and_hasher(capacity.min(1 << 20), BuildHasherDefault::default()),
             order: VecDeque::with_capacity(capacity.min(1 << 20)),
             capacity,
             hashers: (RandomState::new(), RandomState::new()),
@@ -318,18 +341,17 @@ impl DeliveredIds {
             self.insert(k);
         }
         let Some(log) = &mut self.log else { return Ok(()) };
-        let mut record = Vec::with_capacity(ID_RECORD_BYTES + 64);
-        for id in &delivered.ids {
-            let Ok(len) = u16::try_from(id.len()) else { continue };
-            record.extend_from_slice(&len.to_le_bytes());
-            record.extend_from_slice(id.as_bytes());
-            if record.len() >= ID_RECORD_BYTES {
-                log.append(&record)?;
-                record.clear();
+        // Records of about ID_RECORD_BYTES, cut between entries.
+        let mut rest = delivered.log.as_slice();
+        while !rest.is_empty() {
+            let mut cut = 0;
+            while cut < rest.len() && cut < ID_RECORD_BYTES {
+                let len = rest.get(cut..cut + 2).map_or(0, |l| usize::from(u16::from_le_bytes([l[0], l[1]])));
+                cut = (cut + 2 + len).min(rest.len());
             }
-        }
-        if !record.is_empty() {
-            log.append(&record)?;
+            let (record, after) = rest.split_at(cut);
+            log.append(record)?;
+            rest = after;
         }
         log.flush()
     }
@@ -338,7 +360,8 @@ impl DeliveredIds {
 /// The ids of a delivered batch, and their keys in [`DeliveredIds`] (hashed once, when the
 /// batch was de-duplicated).
 struct Delivered {
-    ids: Vec<String>,
+    /// The ids as the delivered-id log keeps them: (u16 length, bytes) repeated.
+    log: Vec<u8>,
     keys: Vec<u128>,
 }
 
@@ -522,16 +545,22 @@ async fn work(q: Arc<Queue>, batch_max: usize, mut stop: watch::Receiver<bool>) 
         };
 
         let (events, ids) = unique_events(&q, records);
+        let unique = events.len();
+        let (prepared, undecodable) = q.output.prepare(events).await;
+        for u in &undecodable {
+            tracing::warn!(output = %name, queue = %q.dir.display(), seq = u.seq, bytes = u.bytes, error = %u.error, "an event that does not decode was skipped (its sender encoded it so)");
+        }
+        q.metrics.drop(&name, reason::UNDECODABLE, undecodable.len() as u64);
         let mut attempt = 0u32;
-        while !events.is_empty() {
-            match q.output.send(&events).await {
+        loop {
+            match q.output.send_prepared(&prepared).await {
                 Ok(()) => break,
                 Err(e) => {
                     attempt = attempt.saturating_add(1);
                     q.metrics.delivery_retries.get_or_create(&q.label).inc();
                     // Logged at the first failure and then ever more rarely (1, 2, 4, 8...).
                     if attempt.is_power_of_two() {
-                        tracing::warn!(output = %name, error = %e, attempt, events = events.len(), "output failed; the batch stays queued and is retried");
+                        tracing::warn!(output = %name, error = %e, attempt, events = unique, "output failed; the batch stays queued and is retried");
                     }
                     tokio::time::sleep(backoff(&q.output.retry, attempt)).await;
                 }
@@ -540,7 +569,7 @@ async fn work(q: Arc<Queue>, batch_max: usize, mut stop: watch::Receiver<bool>) 
         if attempt > 0 {
             tracing::info!(output = %name, attempts = attempt + 1, "output accepted the batch it had failed");
         }
-        q.metrics.delivered.get_or_create(&q.label).inc_by(events.len() as u64);
+        q.metrics.delivered.get_or_create(&q.label).inc_by((unique - undecodable.len()) as u64);
         let finisher = q.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || finisher.finish(&ids, last)).await {
             tracing::error!(output = %name, error = %e, "queue commit task failed");
@@ -549,34 +578,39 @@ async fn work(q: Arc<Queue>, batch_max: usize, mut stop: watch::Receiver<bool>) 
     }
 }
 
-/// Decodes a batch read from the queue and leaves out what was delivered already (or is in
-/// the batch twice); returns the events and their ids.
-fn unique_events(q: &Queue, records: Records) -> (Vec<Event>, Delivered) {
+/// Leaves out of a batch read from the queue what was delivered already (or is in the batch
+/// twice), by the ids read from each event's top-level fields; returns the events, still
+/// encoded, and their ids. Decoding is the output's (`Output::prepare`).
+fn unique_events(q: &Queue, records: Records) -> (Vec<Encoded>, Delivered) {
     let delivered = lock(&q.delivered);
-    let mut in_batch = HashSet::with_capacity(records.len());
+    let mut in_batch = KeySet::with_capacity_and_hasher(records.len(), BuildHasherDefault::default());
     let mut events = Vec::with_capacity(records.len());
-    let mut kept = Delivered { ids: Vec::with_capacity(records.len()), keys: Vec::with_capacity(records.len()) };
+    let mut kept = Delivered { log: Vec::with_capacity(records.len() * 40), keys: Vec::with_capacity(records.len()) };
     let mut duplicates = 0u64;
-    for (seq, payload) in records {
-        let event = match Event::decode(payload.as_slice()) {
-            Ok(e) => e,
+    for (seq, bytes) in records {
+        let (kind, key) = match EventHeader::peek(&bytes) {
+            // An event without an id cannot be told apart from another: always delivered.
+            Ok(h) if h.id.is_empty() => (h.kind, None),
+            Ok(h) => (h.kind, Some((delivered.key(h.id), h.id))),
             Err(e) => {
-                tracing::warn!(output = %q.output.name, queue = %q.dir.display(), seq, bytes = payload.len(), error = %e, "an event that does not decode was skipped (its sender encoded it so)");
+                tracing::warn!(output = %q.output.name, queue = %q.dir.display(), seq, bytes = bytes.len(), error = %e, "an event that does not decode was skipped (its sender encoded it so)");
                 q.metrics.drop(&q.output.name, reason::UNDECODABLE, 1);
                 continue;
             }
         };
-        // An event without an id cannot be told apart from another: always delivered.
-        if !event.id.is_empty() {
-            let k = delivered.key(event.id.as_bytes());
+        if let Some((k, id)) = key {
             if delivered.contains(k) || !in_batch.insert(k) {
                 duplicates += 1;
                 continue;
             }
-            kept.ids.push(event.id.clone());
+            // An id too long for the log is still de-duplicated while remembered in memory.
+            if let Ok(len) = u16::try_from(id.len()) {
+                kept.log.extend_from_slice(&len.to_le_bytes());
+                kept.log.extend_from_slice(id);
+            }
             kept.keys.push(k);
         }
-        events.push(event);
+        events.push(Encoded { seq, bytes, kind });
     }
     if duplicates > 0 {
         q.metrics.duplicates_removed.get_or_create(&q.label).inc_by(duplicates);
@@ -617,7 +651,7 @@ mod tests {
         let ids: Vec<String> = (0..30).map(|i| format!("id-{i}")).collect();
         {
             let mut d = DeliveredIds::open(&dir, 10, Fsync::Never).unwrap();
-            let batch = |ids: &[String]| Delivered { ids: ids.to_vec(), keys: ids.iter().map(|i| d.key(i.as_bytes())).collect() };
+            let batch = |ids: &[String]| Delivered { log: ids.iter().flat_map(|i| [(i.len() as u16).to_le_bytes().as_slice(), i.as_bytes()].concat()).collect(), keys: ids.iter().map(|i| d.key(i.as_bytes())).collect() };
             let (first, rest) = (batch(&ids[..20]), batch(&ids[20..]));
             d.remember(&first).unwrap();
             d.remember(&rest).unwrap();

@@ -5,6 +5,8 @@ pub mod v1 {
     tonic::include_proto!("peregrine.v1");
 }
 
+pub mod json;
+
 pub use v1::{
     Ack, EventBatchRaw, AgentStatus, Ancestor, Connection, Container, ContainerStarted, Credentials, Event, EventBatch, Loss, Namespaces, Process, Pod, ProcessExec, ProcessExit,
     ProcessFork, SecurityContext, event::Kind,
@@ -107,9 +109,11 @@ impl std::fmt::Display for PeekError {
 
 impl std::error::Error for PeekError {}
 
-/// What a reader of an encoded [`Event`] can learn without decoding it: its node and kind.
+/// What a reader of an encoded [`Event`] can learn without decoding it: its id, node and kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventHeader<'a> {
+    /// Its bytes as sent (not checked for UTF-8 here: the decoder does that).
+    pub id: &'a [u8],
     pub node: &'a str,
     pub kind: &'static str,
 }
@@ -121,7 +125,7 @@ impl<'a> EventHeader<'a> {
         use prost::encoding::{WireType, decode_key, decode_varint};
         const PAST_END: PeekError = PeekError("a field runs past the end of the event");
         let framing = |_| PeekError("a field key or length is malformed");
-        let mut header = Self { node: "", kind: UNKNOWN_KIND };
+        let mut header = Self { id: b"", node: "", kind: UNKNOWN_KIND };
         while !encoded.is_empty() {
             let (field, wire) = decode_key(&mut encoded).map_err(framing)?;
             let skip = match wire {
@@ -137,7 +141,9 @@ impl<'a> EventHeader<'a> {
                         return Err(PAST_END);
                     }
                     let value = &encoded[..len];
-                    if field == 5 {
+                    if field == 1 {
+                        header.id = value;
+                    } else if field == 5 {
                         header.node =
                             std::str::from_utf8(value).map_err(|_| PeekError("the event's node is not UTF-8"))?;
                     } else if let Some(kind) = Event::kind_name_of_field(field) {
@@ -174,9 +180,9 @@ mod tests {
         for kind in kinds {
             let event = Event { id: "i".into(), seq: 3, time_unix_nano: -1, node: "node-1".into(), kind: Some(kind), privilege: vec!["p".into()], ..Default::default() };
             let bytes = event.encode_to_vec();
-            assert_eq!(EventHeader::peek(&bytes), Ok(EventHeader { node: "node-1", kind: event.kind_name() }));
+            assert_eq!(EventHeader::peek(&bytes), Ok(EventHeader { id: b"i", node: "node-1", kind: event.kind_name() }));
         }
-        assert_eq!(EventHeader::peek(&Event::default().encode_to_vec()), Ok(EventHeader { node: "", kind: "unknown" }));
+        assert_eq!(EventHeader::peek(&Event::default().encode_to_vec()), Ok(EventHeader { id: b"", node: "", kind: "unknown" }));
         // Cut short, a group, a node that is not UTF-8: errors.
         let bytes = Event { node: "node-1".into(), ..Default::default() }.encode_to_vec();
         assert!(EventHeader::peek(&bytes[..bytes.len() - 1]).is_err());

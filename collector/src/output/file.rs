@@ -1,5 +1,7 @@
 //! The JSON-lines service: one event per line to stdout or a file, flushed before the batch
-//! counts as accepted. Encoding is serde's JSON of the event model (`docs/OUTPUTS.md`).
+//! counts as accepted. Encoding is serde's JSON of the event model (`docs/OUTPUTS.md`); the
+//! queue's worker usually hands it lines written straight from the wire bytes
+//! (`peregrine_proto::json`: the same documents).
 
 use std::{
     fs::{File, OpenOptions},
@@ -64,10 +66,15 @@ impl JsonLines {
                 }
             }
         }
+        self.write(&lines, n, ctx).await
+    }
+
+    /// Writes lines already encoded (`n` events) as one batch.
+    pub async fn write(&self, lines: &[u8], n: usize, ctx: &Ctx) -> Result<(), OutputError> {
         let mut target = self.target.lock().await;
         let (path, written) = match &mut *target {
-            Target::Stdout(w) => ("stdout".into(), w.write_all(&lines).and_then(|()| w.flush())),
-            Target::File(p, f) => (p.display().to_string(), write_batch(f, &lines)),
+            Target::Stdout(w) => ("stdout".into(), w.write_all(lines).and_then(|()| w.flush())),
+            Target::File(p, f) => (p.display().to_string(), write_batch(f, lines)),
         };
         written.map_err(|source| OutputError::Write { output: ctx.name.clone(), path, source })?;
         ctx.metrics.sent(&ctx.name, n);

@@ -27,6 +27,7 @@ pub mod truncate;
 use std::{path::PathBuf, sync::Arc};
 
 use peregrine_proto::Event;
+use prost::Message as _;
 use serde::Deserialize;
 use tokio::{sync::OnceCell, task::JoinSet};
 
@@ -111,6 +112,28 @@ impl Output {
     pub fn written_ids(&self, tail_bytes: u64) -> Vec<String> {
         self.readback.as_deref().map(|p| file::written_ids(p, tail_bytes)).unwrap_or_default()
     }
+}
+
+/// A queued event as its sender encoded it, and its kind (read without decoding it).
+pub struct Encoded {
+    /// Its position in the queue, for logs.
+    pub seq: u64,
+    pub bytes: Vec<u8>,
+    pub kind: &'static str,
+}
+
+/// A batch made ready for an output once; a retry sends it again as it is.
+pub enum Prepared {
+    /// JSON lines for a `file` or `stdout` output, `count` events.
+    Lines { lines: Vec<u8>, count: usize },
+    Events(Vec<Event>),
+}
+
+/// A queued event that does not decode (its sender encoded it so).
+pub struct Undecodable {
+    pub seq: u64,
+    pub bytes: usize,
+    pub error: prost::DecodeError,
 }
 
 /// What every sink uses while sending: its name, metrics, dead-letter file and size limit.
@@ -235,6 +258,82 @@ fn default_kinds(settings: &KindSettings) -> Vec<String> {
 }
 
 impl Output {
+    /// Whether this output writes every event it routes as it is: JSON lines without
+    /// redaction, filter or size limit. Its lines are then written straight from the encoded
+    /// events (`peregrine_proto::json`), without decoding them into the event model, which
+    /// was most of the collector's cost per event.
+    fn writes_as_is(&self) -> bool {
+        matches!(self.sink, Sink::JsonLines(_) | Sink::PendingFile(_))
+            && self.redactor.is_empty()
+            && self.filter.is_none()
+            && self.ctx.max_event_bytes.is_none()
+    }
+
+    /// Readies queued events for [`Output::send_prepared`]: decoded into the event model, or
+    /// for an output that [writes events as they are](Self::writes_as_is), routed and
+    /// encoded as JSON lines. Events that do not decode are returned, not sent.
+    pub async fn prepare(&self, events: Vec<Encoded>) -> (Prepared, Vec<Undecodable>) {
+        let mut undecodable = Vec::new();
+        let mut decode = |e: &Encoded| match Event::decode(e.bytes.as_slice()) {
+            Ok(event) => Some(event),
+            Err(error) => {
+                undecodable.push(Undecodable { seq: e.seq, bytes: e.bytes.len(), error });
+                None
+            }
+        };
+        if !self.writes_as_is() {
+            let decoded = events.iter().filter_map(&mut decode).collect();
+            return (Prepared::Events(decoded), undecodable);
+        }
+        let mut lines = Vec::with_capacity(events.iter().map(|e| e.bytes.len() * 4).sum());
+        let mut count = 0;
+        for e in &events {
+            if !self.route.accepts_kind(e.kind) {
+                self.ctx.metrics.filtered(&self.name);
+                continue;
+            }
+            // The usual way; an event this writer leaves to prost (see `json`) is decoded.
+            let written = self.route.kind_decides(e.kind) && peregrine_proto::json::event_json(&e.bytes, &mut lines).is_ok();
+            if !written {
+                let Some(event) = decode(e) else { continue };
+                if !self.route.accepts(&event) {
+                    self.ctx.metrics.filtered(&self.name);
+                    continue;
+                }
+                let start = lines.len();
+                if let Err(err) = serde_json::to_writer(&mut lines, &event) {
+                    lines.truncate(start);
+                    self.ctx.dead_letter(&event, "encode_error", &err.to_string()).await;
+                    continue;
+                }
+            }
+            lines.push(b'\n');
+            count += 1;
+        }
+        (Prepared::Lines { lines, count }, undecodable)
+    }
+
+    /// Sends a batch [`Output::prepare`] readied; `Ok` means this output accepted all of it.
+    pub async fn send_prepared(&self, prepared: &Prepared) -> Result<(), OutputError> {
+        let (lines, count) = match prepared {
+            Prepared::Events(events) => return self.send(events).await,
+            Prepared::Lines { count: 0, .. } => return Ok(()),
+            Prepared::Lines { lines, count } => (lines, *count),
+        };
+        let r = match &self.sink {
+            Sink::JsonLines(s) => s.write(lines, count, &self.ctx).await,
+            Sink::PendingFile(p) => match p.opened.get_or_try_init(|| async { file::JsonLines::file(&self.name, &p.path) }).await {
+                Ok(s) => s.write(lines, count, &self.ctx).await,
+                Err(e) => Err(e),
+            },
+            _ => Err(OutputError::Config { output: self.name.clone(), message: "JSON lines prepared for an output that does not write them".into() }),
+        };
+        if r.is_err() {
+            self.ctx.metrics.batch_failed(&self.name);
+        }
+        r
+    }
+
     /// Routes, redacts and sends one batch; `Ok` means this output accepted all of it (sent,
     /// or set aside in its dead-letter file and counted).
     pub async fn send(&self, events: &[Event]) -> Result<(), OutputError> {
@@ -329,5 +428,89 @@ impl Outputs {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use peregrine_proto::{EventHeader, Kind, v1};
+
+    use super::*;
+
+    fn encoded(seq: u64, bytes: Vec<u8>) -> Encoded {
+        let kind = EventHeader::peek(&bytes).map_or("unknown", |h| h.kind);
+        Encoded { seq, bytes, kind }
+    }
+
+    fn alert(id: &str, priority: &str) -> Event {
+        Event {
+            id: id.into(),
+            node: "node-1".into(),
+            kind: Some(Kind::Alert(v1::Alert { rule: "r".into(), priority: priority.into(), fields: [("b".into(), "2".into()), ("a".into(), "1".into())].into(), ..Default::default() })),
+            ..Default::default()
+        }
+    }
+
+    /// A plain file output writes its lines straight from the encoded events, routed as the
+    /// decoded ones are; an alert under `min_priority` and an event the writer leaves to prost
+    /// are decoded; a malformed one is returned, not written. The file holds exactly serde's
+    /// lines of the events routed.
+    #[test]
+    fn a_plain_file_output_writes_encoded_events_as_serde_writes_decoded_ones() {
+        let dir = std::env::temp_dir().join(format!("peregrine-prepare-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out.jsonl");
+        let spec: OutputSpec =
+            toml::from_str(&format!("kind = \"file\"\npath = \"{}\"\nkinds = [\"exec\", \"alert\"]\nmin_priority = \"Warning\"", path.display())).unwrap();
+        let metrics = OutputMetrics::default();
+        let output = spec.build(0, &metrics).unwrap();
+        assert!(output.writes_as_is());
+
+        let exec = Event {
+            id: "e1".into(),
+            node: "node-1".into(),
+            kind: Some(Kind::Exec(v1::ProcessExec {
+                process: Some(v1::Process { pid: 7, argv: vec!["sh".into(), "-c".into(), "echo \"hi\"\n".into()], ..Default::default() }),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let fork = Event { id: "f1".into(), kind: Some(Kind::Fork(v1::ProcessFork::default())), ..Default::default() };
+        let (notice, critical) = (alert("a1", "Notice"), alert("a2", "Critical"));
+        // Its node sent twice: protobuf keeps the last; the writer leaves it to prost.
+        let twice = Event { id: "e2".into(), node: "node-2".into(), kind: exec.kind.clone(), ..Default::default() };
+        let twice_bytes = [Event { node: "old".into(), ..Default::default() }.encode_to_vec(), twice.encode_to_vec()].concat();
+        // Malformed inside (an argument not UTF-8), its top level well-formed.
+        let mut broken = exec.encode_to_vec();
+        let at = broken.windows(2).position(|w| w == b"sh").unwrap();
+        broken[at] = 0xff;
+        let batch = vec![
+            encoded(1, exec.encode_to_vec()),
+            encoded(2, fork.encode_to_vec()),
+            encoded(3, notice.encode_to_vec()),
+            encoded(4, critical.encode_to_vec()),
+            encoded(5, twice_bytes),
+            encoded(6, broken),
+        ];
+
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (prepared, undecodable) = rt.block_on(output.prepare(batch));
+        assert_eq!(undecodable.iter().map(|u| u.seq).collect::<Vec<_>>(), [6]);
+        let Prepared::Lines { count, .. } = &prepared else { panic!("a plain file output gets lines") };
+        assert_eq!(*count, 3);
+        rt.block_on(output.send_prepared(&prepared)).unwrap();
+        let want: String = [&exec, &critical, &twice].iter().map(|e| serde_json::to_string(e).unwrap() + "\n").collect();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+        assert_eq!(metrics.filtered.get_or_create(&metrics::OutputLabel { output: output.name.clone() }).get(), 2);
+        assert_eq!(metrics.sent_count(&output.name), 3);
+
+        // With redaction the output takes decoded events, routed and redacted by `send`.
+        let spec: OutputSpec = toml::from_str(&format!("kind = \"file\"\npath = \"{}\"\nredact_argv_patterns = [\"hi\"]", path.display())).unwrap();
+        let redacting = spec.build(1, &metrics).unwrap();
+        assert!(!redacting.writes_as_is());
+        let (prepared, undecodable) = rt.block_on(redacting.prepare(vec![encoded(1, exec.encode_to_vec())]));
+        assert!(undecodable.is_empty());
+        assert!(matches!(&prepared, Prepared::Events(e) if e[..] == [exec.clone()]));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

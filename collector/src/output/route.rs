@@ -34,6 +34,17 @@ impl Route {
         Ok(Self { kinds: kinds.to_vec(), max_rank })
     }
 
+    /// Whether events of this kind are sent, as far as the kind decides: alerts under a
+    /// `min_priority` also need [`Route::accepts`] on the decoded event.
+    pub fn accepts_kind(&self, kind: &str) -> bool {
+        self.kinds.iter().any(|k| k == kind)
+    }
+
+    /// Whether [`Route::accepts_kind`] is the whole answer for this kind.
+    pub fn kind_decides(&self, kind: &str) -> bool {
+        kind != "alert" || self.max_rank.is_none()
+    }
+
     pub fn accepts(&self, e: &Event) -> bool {
         let kind = e.kind_name();
         if !self.kinds.iter().any(|k| k == kind) {
