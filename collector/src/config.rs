@@ -82,6 +82,10 @@ pub struct QueueConfig {
     pub dedup_window: usize,
     /// Events per batch an output is handed from its queue.
     pub batch_max_events: usize,
+    /// How long an output's commit point may lag on disk (0: written at every commit, with
+    /// two fsyncs under `on_flush`). What it lags by is read again after a crash and left out
+    /// by de-duplication, so it is written at once when `dedup_window` is 0.
+    pub commit_interval_ms: u64,
     /// On SIGTERM, how long outputs may keep delivering what is queued before the collector
     /// exits; what is left stays queued for the next start.
     pub drain_timeout_ms: u64,
@@ -111,6 +115,7 @@ impl Default for QueueConfig {
             fsync: QueueFsync::OnFlush,
             dedup_window: 1_000_000,
             batch_max_events: 1000,
+            commit_interval_ms: 1000,
             drain_timeout_ms: 5000,
         }
     }
@@ -126,8 +131,13 @@ impl QueueConfig {
                 QueueFullPolicy::DropNewest => peregrine_journal::FullPolicy::DropNewest,
             },
             fsync: self.journal_fsync(),
-            // The output resends what it has not committed: each commit is written at once.
-            commit_interval: std::time::Duration::ZERO,
+            // What the point lags by is delivered again after a crash, unless de-duplication
+            // recognises it (its ids are logged before each commit).
+            commit_interval: if self.dedup_window == 0 {
+                std::time::Duration::ZERO
+            } else {
+                std::time::Duration::from_millis(self.commit_interval_ms)
+            },
         }
     }
 
@@ -378,6 +388,12 @@ impl CollectorConfig {
         if q.dedup_window > 100_000_000 {
             return Err(("queue.dedup_window".into(), "must be at most 100000000".into()));
         }
+        if q.commit_interval_ms > 60_000 {
+            return Err((
+                "queue.commit_interval_ms".into(),
+                "must be at most 60000: after a crash the outputs' queues are read again from the last commit written".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -461,6 +477,13 @@ mod tests {
         assert!(e.to_string().contains("queue.max_bytes"), "{e}");
         let e = Layers::new().overrides(["queue.full_policy=drop_all"]).unwrap().build::<CollectorConfig>().unwrap_err();
         assert!(e.to_string().contains("queue.full_policy"), "{e}");
+        // The commit point lags only where de-duplication covers what a crash reads again.
+        let lag = |sets: &[&str]| Layers::new().overrides(sets.iter().copied()).unwrap().build::<CollectorConfig>().map(|c| c.queue.journal().commit_interval);
+        assert_eq!(lag(&[]).unwrap(), std::time::Duration::from_secs(1));
+        assert_eq!(lag(&["queue.commit_interval_ms=0"]).unwrap(), std::time::Duration::ZERO);
+        assert_eq!(lag(&["queue.dedup_window=0"]).unwrap(), std::time::Duration::ZERO);
+        let e = lag(&["queue.commit_interval_ms=60001"]).unwrap_err();
+        assert!(e.to_string().contains("queue.commit_interval_ms"), "{e}");
     }
 
     #[test]

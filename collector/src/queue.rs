@@ -495,7 +495,7 @@ impl Workers {
         }
         for q in &self.queues {
             let mut journal = lock(&q.journal);
-            if let Err(e) = journal.flush() {
+            if let Err(e) = journal.flush().and_then(|()| journal.sync_commit()) {
                 tracing::error!(output = %q.output.name, error = %e, "flushing the queue at shutdown");
             }
             q.mirror(&journal);

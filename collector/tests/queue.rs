@@ -37,8 +37,14 @@ impl Collector {
     /// Starts the collector with one `file` output named `archive` writing `out`, its queues
     /// in `dir/queue`. Ports are kept across restarts (an agent would reconnect to the same).
     fn start(dir: &Path, out: &Path, ports: Option<(u16, u16)>) -> Self {
+        Self::start_lagging(dir, out, ports, None)
+    }
+
+    /// [`Collector::start`] with `queue.commit_interval_ms` set.
+    fn start_lagging(dir: &Path, out: &Path, ports: Option<(u16, u16)>, commit_interval_ms: Option<u64>) -> Self {
+        let lag = commit_interval_ms.map(|ms| format!("commit_interval_ms = {ms}")).unwrap_or_default();
         let output = format!(
-            r#"
+            r#"{lag}
 [[outputs]]
 kind = "file"
 name = "archive"
@@ -314,33 +320,37 @@ fn kill_9_after_acks_loses_nothing_and_delivers_each_event_once() {
 
 #[test]
 fn a_replayed_batch_is_delivered_once_also_across_a_restart() {
-    let dir = TempDir::new("queue-replay");
-    let out = dir.path().join("events.jsonl");
-    let collector = Collector::start(dir.path(), &out, None);
-    let batch = events("replay", 20);
-    send_all(collector.port, &batch, 20);
-    // The agent saw no acknowledgement (say, the connection dropped): it sends the batch
-    // again on a new stream, with the same event ids.
-    send_all(collector.port, &batch, 20);
-    collector.wait_metric(&series("duplicates_removed_total"), 20.0);
-    collector.wait_metric(&series("queue_records"), 0.0);
-    assert_eq!(delivered(&out), ids(&batch));
-    assert_eq!(collector.metric(&series("queue_delivered_total")), 20.0);
+    // With the commit point written at every commit, and lagging (never written during the
+    // test): then a restart reads the whole queue again, and de-duplication leaves it out.
+    for (lag_ms, read_again) in [(0, 0.0), (60_000, 40.0)] {
+        let dir = TempDir::new("queue-replay");
+        let out = dir.path().join("events.jsonl");
+        let collector = Collector::start_lagging(dir.path(), &out, None, Some(lag_ms));
+        let batch = events("replay", 20);
+        send_all(collector.port, &batch, 20);
+        // The agent saw no acknowledgement (say, the connection dropped): it sends the batch
+        // again on a new stream, with the same event ids.
+        send_all(collector.port, &batch, 20);
+        collector.wait_metric(&series("duplicates_removed_total"), 20.0);
+        collector.wait_metric(&series("queue_records"), 0.0);
+        assert_eq!(delivered(&out), ids(&batch));
+        assert_eq!(collector.metric(&series("queue_delivered_total")), 20.0);
 
-    // The ids outlive the process: a replay after a restart is recognised too.
-    let ports = collector.ports();
-    collector.kill_9();
-    let collector = Collector::start(dir.path(), &out, ports);
-    send_all(collector.port, &batch, 20);
-    let fresh = events("fresh", 5);
-    send_all(collector.port, &fresh, 5);
-    wait_delivered(&out, 25);
-    collector.wait_metric(&series("queue_records"), 0.0);
-    assert_eq!(collector.metric(&series("duplicates_removed_total")), 20.0);
-    let mut want = ids(&batch);
-    want.extend(ids(&fresh));
-    assert_eq!(delivered(&out), want);
-    collector.terminate();
+        // The ids outlive the process: a replay after a restart is recognised too.
+        let ports = collector.ports();
+        collector.kill_9();
+        let collector = Collector::start_lagging(dir.path(), &out, ports, Some(lag_ms));
+        send_all(collector.port, &batch, 20);
+        let fresh = events("fresh", 5);
+        send_all(collector.port, &fresh, 5);
+        wait_delivered(&out, 25);
+        collector.wait_metric(&series("queue_records"), 0.0);
+        collector.wait_metric(&series("duplicates_removed_total"), 20.0 + read_again);
+        let mut want = ids(&batch);
+        want.extend(ids(&fresh));
+        assert_eq!(delivered(&out), want, "commit_interval_ms = {lag_ms}");
+        collector.terminate();
+    }
 }
 
 /// (offset, length) of every record in a queue file, walking the record headers.
