@@ -11,8 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(&descriptor)
         .type_attribute(".peregrine.v1", "#[derive(serde::Serialize)]")
         .type_attribute(".peregrine.v1", "#[serde(rename_all = \"snake_case\")]")
-        .btree_map(".peregrine.v1.Alert.fields")
-        .btree_map(".peregrine.v1.AgentStatus.kernel_features")
+        // Every map sorted: JSON output is deterministic, and the same from the model as from
+        // the wire bytes (`src/json.rs` writes map keys sorted).
+        .btree_map(".peregrine.v1")
         // Slices of the received buffer: the collector queues them without a copy per event.
         .bytes(".peregrine.v1.EventBatchRaw.events")
         .compile_protos(&["proto/peregrine.proto"], &["proto"])?;

@@ -226,11 +226,22 @@ impl Queue {
 
     /// After a delivery: log the ids first, then commit (see the module comment).
     fn finish(&self, delivered: &Delivered, last: u64) {
-        if let Err(e) = lock(&self.delivered).remember(delivered) {
-            tracing::warn!(output = %self.output.name, error = %e, "cannot log delivered event ids; after a restart, replays of them may be delivered again");
+        let mut ids = lock(&self.delivered);
+        if let Err(e) = ids.remember(delivered) {
+            // Not committed either: a restart reads the batch again rather than trust a
+            // lagging commit point the id log no longer covers.
+            tracing::warn!(output = %self.output.name, error = %e, "cannot log delivered event ids; the batch stays uncommitted (after a restart it is read again, and may be delivered again)");
+            return;
         }
+        // What the commit point lags by is read again after a crash: it must stay within what
+        // the id log remembers.
+        let lag_bound = (ids.capacity / 2) as u64;
+        drop(ids);
         let mut journal = lock(&self.journal);
-        if let Err(e) = journal.commit(last) {
+        let committed = journal.commit(last).and_then(|()| {
+            if journal.committed().saturating_sub(journal.persisted()) > lag_bound { journal.sync_commit() } else { Ok(()) }
+        });
+        if let Err(e) = committed {
             tracing::warn!(output = %self.output.name, error = %e, "queue commit failed; after a restart these events are read again (and recognised as duplicates)");
         }
         self.mirror(&journal);
@@ -337,7 +348,7 @@ impl DeliveredIds {
     }
 
     fn remember(&mut self, delivered: &Delivered) -> Result<(), JournalError> {
-        for &k in &delivered.keys {
+        for &(_, k) in &delivered.keys {
             self.insert(k);
         }
         let Some(log) = &mut self.log else { return Ok(()) };
@@ -360,9 +371,34 @@ impl DeliveredIds {
 /// The ids of a delivered batch, and their keys in [`DeliveredIds`] (hashed once, when the
 /// batch was de-duplicated).
 struct Delivered {
-    /// The ids as the delivered-id log keeps them: (u16 length, bytes) repeated.
+    /// Each event's queue sequence number and key.
+    keys: Vec<(u64, u128)>,
+    /// The ids as the delivered-id log keeps them: (u16 length, bytes) repeated; and the
+    /// sequence number of each.
     log: Vec<u8>,
-    keys: Vec<u128>,
+    log_seqs: Vec<u64>,
+}
+
+impl Delivered {
+    /// Leaves out the events that turned out not to decode: their ids must not pass for
+    /// delivered (a valid event with the same id would then be left out).
+    fn forget(&mut self, seqs: &[u64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        self.keys.retain(|(seq, _)| !seqs.contains(seq));
+        let (mut log, mut log_seqs) = (Vec::with_capacity(self.log.len()), Vec::with_capacity(self.log_seqs.len()));
+        for (id, &seq) in decode_ids(&self.log).zip(&self.log_seqs) {
+            if !seqs.contains(&seq)
+                && let Ok(len) = u16::try_from(id.len())
+            {
+                log.extend_from_slice(&len.to_le_bytes());
+                log.extend_from_slice(id);
+                log_seqs.push(seq);
+            }
+        }
+        (self.log, self.log_seqs) = (log, log_seqs);
+    }
 }
 
 /// Ids in one record of the delivered-id log: (u16 length, bytes) repeated. Stops at the
@@ -544,9 +580,10 @@ async fn work(q: Arc<Queue>, batch_max: usize, mut stop: watch::Receiver<bool>) 
             continue;
         };
 
-        let (events, ids) = unique_events(&q, records);
+        let (events, mut ids) = unique_events(&q, records);
         let unique = events.len();
         let (prepared, undecodable) = q.output.prepare(events).await;
+        ids.forget(&undecodable.iter().map(|u| u.seq).collect::<Vec<_>>());
         for u in &undecodable {
             tracing::warn!(output = %name, queue = %q.dir.display(), seq = u.seq, bytes = u.bytes, error = %u.error, "an event that does not decode was skipped (its sender encoded it so)");
         }
@@ -585,7 +622,7 @@ fn unique_events(q: &Queue, records: Records) -> (Vec<Encoded>, Delivered) {
     let delivered = lock(&q.delivered);
     let mut in_batch = KeySet::with_capacity_and_hasher(records.len(), BuildHasherDefault::default());
     let mut events = Vec::with_capacity(records.len());
-    let mut kept = Delivered { log: Vec::with_capacity(records.len() * 40), keys: Vec::with_capacity(records.len()) };
+    let mut kept = Delivered { keys: Vec::with_capacity(records.len()), log: Vec::with_capacity(records.len() * 40), log_seqs: Vec::with_capacity(records.len()) };
     let mut duplicates = 0u64;
     for (seq, bytes) in records {
         let (kind, key) = match EventHeader::peek(&bytes) {
@@ -607,8 +644,9 @@ fn unique_events(q: &Queue, records: Records) -> (Vec<Encoded>, Delivered) {
             if let Ok(len) = u16::try_from(id.len()) {
                 kept.log.extend_from_slice(&len.to_le_bytes());
                 kept.log.extend_from_slice(id);
+                kept.log_seqs.push(seq);
             }
-            kept.keys.push(k);
+            kept.keys.push((seq, k));
         }
         events.push(Encoded { seq, bytes, kind });
     }
@@ -645,13 +683,35 @@ mod tests {
         assert_eq!(decode_ids(&[7]).count(), 0);
     }
 
+    fn delivered_batch(d: &DeliveredIds, ids: &[String]) -> Delivered {
+        let seqs = 1..=ids.len() as u64;
+        Delivered {
+            keys: seqs.clone().zip(ids).map(|(s, i)| (s, d.key(i.as_bytes()))).collect(),
+            log: ids.iter().flat_map(|i| [(i.len() as u16).to_le_bytes().as_slice(), i.as_bytes()].concat()).collect(),
+            log_seqs: seqs.collect(),
+        }
+    }
+
+    /// An event that did not decode is not remembered as delivered: a valid event with its id
+    /// still goes out.
+    #[test]
+    fn ids_of_undecodable_events_are_forgotten() {
+        let d = DeliveredIds::open(Path::new("/nonexistent"), 0, Fsync::Never).unwrap();
+        let ids: Vec<String> = ["a", "bb", "ccc", "dddd"].map(String::from).to_vec();
+        let mut batch = delivered_batch(&d, &ids);
+        batch.forget(&[2, 4]);
+        assert_eq!(batch.keys, [(1, d.key(b"a")), (3, d.key(b"ccc"))]);
+        assert_eq!(decode_ids(&batch.log).collect::<Vec<_>>(), [b"a".as_slice(), b"ccc"]);
+        assert_eq!(batch.log_seqs, [1, 3]);
+    }
+
     #[test]
     fn the_window_forgets_the_oldest_ids_and_the_log_brings_them_back() {
         let dir = std::env::temp_dir().join(format!("peregrine-dedup-{}-{}", std::process::id(), fastrand::u64(..)));
         let ids: Vec<String> = (0..30).map(|i| format!("id-{i}")).collect();
         {
             let mut d = DeliveredIds::open(&dir, 10, Fsync::Never).unwrap();
-            let batch = |ids: &[String]| Delivered { log: ids.iter().flat_map(|i| [(i.len() as u16).to_le_bytes().as_slice(), i.as_bytes()].concat()).collect(), keys: ids.iter().map(|i| d.key(i.as_bytes())).collect() };
+            let batch = |ids: &[String]| delivered_batch(&d, ids);
             let (first, rest) = (batch(&ids[..20]), batch(&ids[20..]));
             d.remember(&first).unwrap();
             d.remember(&rest).unwrap();

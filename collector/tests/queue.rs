@@ -519,3 +519,41 @@ retry = {{ max_retries = 20, initial_backoff_ms = 20, max_backoff_ms = 200, max_
     collector.terminate();
     drop(rt);
 }
+
+/// With the commit point lagging, a crash makes the worker read again what it had delivered;
+/// for an output whose destination cannot be read back (here OCSF lines), the delivered-id
+/// log alone must leave all of it out.
+#[test]
+fn what_a_lagging_commit_point_reads_again_is_left_out_by_the_id_log() {
+    let dir = TempDir::new("queue-lag");
+    let out = dir.path().join("events.ocsf.jsonl");
+    let output = format!("commit_interval_ms = 60000\n[[outputs]]\nkind = \"ocsf_file\"\nname = \"ocsf\"\npath = \"{}\"\n", out.display());
+    let uids = |path: &Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|e| e["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let collector = Collector::start_with(dir.path(), &output, None);
+    let ocsf = |name: &str| format!("{name}{{output=\"ocsf\"}}");
+    let first = events("lag", 30);
+    send_all(collector.port, &first, 10);
+    wait_for(WAIT, "30 OCSF lines", || (uids(&out).len() >= 30).then_some(()));
+    collector.wait_metric(&ocsf("queue_delivered_total"), 30.0);
+    let ports = collector.ports();
+    collector.kill_9();
+
+    let collector = Collector::start_with(dir.path(), &output, ports);
+    // The 30 events are past the commit point on disk: read again, recognised by the id log.
+    collector.wait_metric(&ocsf("duplicates_removed_total"), 30.0);
+    let fresh = events("after", 5);
+    send_all(collector.port, &fresh, 5);
+    wait_for(WAIT, "35 OCSF lines", || (uids(&out).len() >= 35).then_some(()));
+    collector.wait_metric(&ocsf("queue_records"), 0.0);
+    let mut want = ids(&first);
+    want.extend(ids(&fresh));
+    assert_eq!(uids(&out), want, "each event once, in order");
+    collector.terminate();
+}

@@ -762,6 +762,12 @@ impl Journal {
         self.committed
     }
 
+    /// The commit point as last written to disk (behind [`Journal::committed`] by up to the
+    /// `commit_interval`).
+    pub fn persisted(&self) -> u64 {
+        self.persisted
+    }
+
     /// The sequence number of the last record appended (buffered or not).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
