@@ -290,7 +290,9 @@ fn start_stack(bins: &Binaries, cgroup: &CpuCgroup, sets: &[&str]) -> Result<Sta
     let dir = TempDir(std::env::temp_dir().join(format!("peregrine-bench-{}", std::process::id())));
     fs::create_dir_all(&dir.0)?;
     let ingest = free_port()?;
-    let collector = Owned(collector_command(bins, ingest, &dir.0.join("events.jsonl"), &dir.0.join("queue"))?.spawn()?);
+    // The agent is what is measured: the collector acknowledges and writes every event, but to
+    // /dev/null, so a long soak (gigabytes of JSON) cannot fill the disk and back the agent up.
+    let collector = Owned(collector_command(bins, ingest, Path::new("/dev/null"), &dir.0.join("queue"))?.spawn()?);
     let port = free_port()?;
     let agent = Owned(
         Command::new(&bins.agent)
@@ -580,21 +582,39 @@ fn soak(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, target: u64) ->
     let mut total = 0;
     while total < target {
         total += workload.run(2, 10.0)?;
-        eprintln!("    soak: {total} execs, agent RSS {} KiB", status_kib(pid, "VmRSS:"));
+        eprintln!(
+            "    soak: {total} execs, agent RSS {} KiB (anonymous {}, file {}, shared {})",
+            status_kib(pid, "VmRSS:"),
+            status_kib(pid, "RssAnon:"),
+            status_kib(pid, "RssFile:"),
+            status_kib(pid, "RssShmem:")
+        );
     }
     std::thread::sleep(Duration::from_secs(2));
     let m = http_get(stack.port, "/metrics").unwrap_or_default();
     let cmd = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
     Ok(format!(
-        "### `cargo xtask {cmd}`\n\n| execs | seconds | agent RSS | agent peak RSS | exec events | lost in kernel | dropped | process cache entries |\n|---|---|---|---|---|---|---|---|\n| {total} | {:.0} | {:.1} MiB | {:.1} MiB | {} | {} | {} | {} |\n",
+        "### `cargo xtask {cmd}`\n\n| execs | seconds | agent RSS (anonymous, file, shared) | agent peak RSS | exec events | lost in kernel | dropped | process cache entries |\n|---|---|---|---|---|---|---|---|\n| {total} | {:.0} | {:.1} MiB ({:.1}, {:.1}, {:.1}) | {:.1} MiB | {} | {} | {} | {} |\n",
         started.elapsed().as_secs_f64(),
         status_kib(pid, "VmRSS:") as f64 / 1024.0,
+        status_kib(pid, "RssAnon:") as f64 / 1024.0,
+        status_kib(pid, "RssFile:") as f64 / 1024.0,
+        status_kib(pid, "RssShmem:") as f64 / 1024.0,
         status_kib(pid, "VmHWM:") as f64 / 1024.0,
         metric(&m, "peregrine_agent_events_total{kind=\"exec\"}"),
         metric(&m, "peregrine_agent_kernel_records_lost_total"),
         dropped_total(&m),
         metric(&m, "peregrine_agent_process_cache_entries"),
-    ))
+    ) + &drop_reasons(&m))
+}
+
+/// The agent's non-zero drop counters, by reason, for the report.
+fn drop_reasons(metrics: &str) -> String {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("peregrine_agent_events_dropped_total{") && !l.ends_with(" 0"))
+        .map(|l| format!("\n`{l}`\n"))
+        .collect()
 }
 
 /// auditd with an execve rule, the peer users know; installed here if missing, cleaned up
