@@ -144,9 +144,8 @@ fn json_schema(set: &FileDescriptorSet, root: &str) -> Result<String, String> {
         }
         let _ = writeln!(
             code,
-            "pub(crate) static {}: Message = Message {{ name: \"{}\", slots: &[{}], by_number: &[{}] }};",
+            "pub(crate) static {}: Message = Message {{ slots: &[{}], by_number: &[{}] }};",
             ident(&type_name),
-            msg.name(),
             slots.join(", "),
             index.join(", ")
         );

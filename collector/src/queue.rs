@@ -258,7 +258,6 @@ fn unix_now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// The event ids an output delivered last: a bounded set (oldest forgotten first) and its log.
 /// Hashes a key that is a keyed hash already by taking its low bits: a set of them spends no
 /// second SipHash per lookup.
 #[derive(Default, Clone, Copy)]
@@ -283,6 +282,7 @@ impl Hasher for KeyHasher {
 
 type KeySet = HashSet<u128, BuildHasherDefault<KeyHasher>>;
 
+/// The event ids an output delivered last: a bounded set (oldest forgotten first) and its log.
 struct DeliveredIds {
     keys: KeySet,
     order: VecDeque<u128>,
@@ -389,16 +389,21 @@ impl Delivered {
         self.keys.retain(|(seq, _)| !seqs.contains(seq));
         let (mut log, mut log_seqs) = (Vec::with_capacity(self.log.len()), Vec::with_capacity(self.log_seqs.len()));
         for (id, &seq) in decode_ids(&self.log).zip(&self.log_seqs) {
-            if !seqs.contains(&seq)
-                && let Ok(len) = u16::try_from(id.len())
-            {
-                log.extend_from_slice(&len.to_le_bytes());
-                log.extend_from_slice(id);
+            if !seqs.contains(&seq) && push_id(&mut log, id) {
                 log_seqs.push(seq);
             }
         }
         (self.log, self.log_seqs) = (log, log_seqs);
     }
+}
+
+/// Appends `id` as the delivered-id log keeps it (u16 length, bytes); false for an id too long
+/// for that.
+fn push_id(log: &mut Vec<u8>, id: &[u8]) -> bool {
+    let Ok(len) = u16::try_from(id.len()) else { return false };
+    log.extend_from_slice(&len.to_le_bytes());
+    log.extend_from_slice(id);
+    true
 }
 
 /// Ids in one record of the delivered-id log: (u16 length, bytes) repeated. Stops at the
@@ -641,9 +646,7 @@ fn unique_events(q: &Queue, records: Records) -> (Vec<Encoded>, Delivered) {
                 continue;
             }
             // An id too long for the log is still de-duplicated while remembered in memory.
-            if let Ok(len) = u16::try_from(id.len()) {
-                kept.log.extend_from_slice(&len.to_le_bytes());
-                kept.log.extend_from_slice(id);
+            if push_id(&mut kept.log, id) {
                 kept.log_seqs.push(seq);
             }
             kept.keys.push((seq, k));
@@ -687,7 +690,10 @@ mod tests {
         let seqs = 1..=ids.len() as u64;
         Delivered {
             keys: seqs.clone().zip(ids).map(|(s, i)| (s, d.key(i.as_bytes()))).collect(),
-            log: ids.iter().flat_map(|i| [(i.len() as u16).to_le_bytes().as_slice(), i.as_bytes()].concat()).collect(),
+            log: ids.iter().fold(Vec::new(), |mut log, i| {
+                push_id(&mut log, i.as_bytes());
+                log
+            }),
             log_seqs: seqs.collect(),
         }
     }

@@ -49,8 +49,6 @@ pub fn event_json(encoded: &[u8], out: &mut Vec<u8>) -> Result<(), NotTranscoded
 }
 
 pub(crate) struct Message {
-    #[allow(dead_code)]
-    pub(crate) name: &'static str,
     slots: &'static [Slot],
     /// Field number -> (slot, member of a oneof slot); [`NONE`] for numbers not in the message.
     by_number: &'static [(u8, u8)],
@@ -172,10 +170,9 @@ fn message(bytes: &[u8], m: &Message, out: &mut Vec<u8>, depth: u32) -> Result<(
         let found = if wire == WireType::Varint {
             Seen::varint(varint(&mut buf)?, variant)
         } else {
-            let len = usize::try_from(varint(&mut buf)?).map_err(|_| PAST_END)?;
-            let start = bytes.len() - buf.len();
-            buf = buf.get(len..).ok_or(PAST_END)?;
-            Seen::range(start, start + len, variant)
+            let len = take_len(&mut buf)?.len();
+            let end = bytes.len() - buf.len();
+            Seen::range(end - len, end, variant)
         };
         let at = seen.get_mut(usize::from(slot)).ok_or(MALFORMED)?;
         match &s.shape {
@@ -254,10 +251,9 @@ fn occurrences(bytes: &[u8], at: &Seen, number: u32) -> impl Iterator<Item = Res
                     return Ok(None);
                 }
                 if wire == WireType::LengthDelimited {
-                    let len = usize::try_from(varint(&mut buf)?).map_err(|_| PAST_END)?;
-                    let start = offset(buf);
-                    buf = buf.get(len..).ok_or(PAST_END)?;
-                    Ok(Some((start, start + len)))
+                    let len = take_len(&mut buf)?.len();
+                    let end = offset(buf);
+                    Ok(Some((end - len, end)))
                 } else {
                     let start = offset(buf);
                     skip(wire, &mut buf)?;
@@ -320,6 +316,14 @@ fn field_key(buf: &mut &[u8]) -> Result<(u32, WireType), NotTranscoded> {
     }
 }
 
+/// A length-delimited value: its bytes, `buf` moved past them.
+fn take_len<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], NotTranscoded> {
+    let len = usize::try_from(varint(buf)?).map_err(|_| PAST_END)?;
+    let value = buf.get(..len).ok_or(PAST_END)?;
+    *buf = buf.get(len..).ok_or(PAST_END)?;
+    Ok(value)
+}
+
 fn skip(wire: WireType, buf: &mut &[u8]) -> Result<(), NotTranscoded> {
     let n = match wire {
         WireType::Varint => {
@@ -328,7 +332,7 @@ fn skip(wire: WireType, buf: &mut &[u8]) -> Result<(), NotTranscoded> {
         }
         WireType::SixtyFourBit => 8,
         WireType::ThirtyTwoBit => 4,
-        WireType::LengthDelimited => usize::try_from(varint(buf)?).map_err(|_| PAST_END)?,
+        WireType::LengthDelimited => return take_len(buf).map(|_| ()),
         WireType::StartGroup | WireType::EndGroup => return Err(GROUP),
     };
     *buf = buf.get(n..).ok_or(PAST_END)?;
@@ -368,9 +372,7 @@ fn map(bytes: &[u8], at: &Seen, number: u32, out: &mut Vec<u8>) -> Result<(), No
             if wire != WireType::LengthDelimited {
                 return Err(WIRE_TYPE);
             }
-            let len = usize::try_from(varint(&mut buf)?).map_err(|_| PAST_END)?;
-            let v = buf.get(..len).ok_or(PAST_END)?;
-            buf = buf.get(len..).ok_or(PAST_END)?;
+            let v = take_len(&mut buf)?;
             let field = if n == 1 { &mut key } else { &mut val };
             if field.replace(v).is_some() {
                 return Err(TWICE);

@@ -161,6 +161,13 @@ pub struct PendingFile {
     opened: OnceCell<file::JsonLines>,
 }
 
+impl PendingFile {
+    /// The file, opened now if it was not yet.
+    async fn get(&self, output: &str) -> Result<&file::JsonLines, OutputError> {
+        self.opened.get_or_try_init(|| async { file::JsonLines::file(output, &self.path) }).await
+    }
+}
+
 /// The output's name: its `name`, or `<kind>-<position>` among all outputs (the legacy
 /// `[output]` first).
 pub fn output_name(spec: &OutputSpec, index: usize) -> String {
@@ -322,7 +329,7 @@ impl Output {
         };
         let r = match &self.sink {
             Sink::JsonLines(s) => s.write(lines, count, &self.ctx).await,
-            Sink::PendingFile(p) => match p.opened.get_or_try_init(|| async { file::JsonLines::file(&self.name, &p.path) }).await {
+            Sink::PendingFile(p) => match p.get(&self.name).await {
                 Ok(s) => s.write(lines, count, &self.ctx).await,
                 Err(e) => Err(e),
             },
@@ -361,12 +368,10 @@ impl Output {
         }
         let r = match &self.sink {
             Sink::JsonLines(s) => s.send(&selected, &self.ctx).await,
-            Sink::PendingFile(p) => {
-                match p.opened.get_or_try_init(|| async { file::JsonLines::file(&self.name, &p.path) }).await {
-                    Ok(s) => s.send(&selected, &self.ctx).await,
-                    Err(e) => Err(e),
-                }
-            }
+            Sink::PendingFile(p) => match p.get(&self.name).await {
+                Ok(s) => s.send(&selected, &self.ctx).await,
+                Err(e) => Err(e),
+            },
             Sink::CefSyslog(s) => s.send(&selected, &self.ctx).await,
             Sink::Sentinel(s) => s.send(&selected, &self.ctx).await,
             Sink::OcsfFile(s) => s.send(&selected, &self.ctx).await,

@@ -46,8 +46,7 @@ impl Route {
     }
 
     pub fn accepts(&self, e: &Event) -> bool {
-        let kind = e.kind_name();
-        if !self.kinds.iter().any(|k| k == kind) {
+        if !self.accepts_kind(e.kind_name()) {
             return false;
         }
         match (&e.kind, self.max_rank) {
