@@ -447,11 +447,13 @@ mod tests {
     }
 
     fn from_toml(text: &str) -> Result<CollectorConfig, String> {
-        let dir = std::env::temp_dir().join(format!("peregrine-collector-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // Tests run in parallel: one file each.
+        // Tests run in parallel: one directory each (a shared one could be removed by one
+        // test between another's creating it and writing into it).
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let path = dir.join(format!("c{}.toml", N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("peregrine-collector-config-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
         std::fs::write(&path, text).unwrap();
         let r = Layers::new().file(&path).unwrap().build::<CollectorConfig>().map_err(|e| e.to_string());
         let _ = std::fs::remove_file(&path);
