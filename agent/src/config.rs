@@ -222,6 +222,12 @@ pub struct ProcessConfig {
     pub exit_grace_ms: u64,
     /// Ancestors attached to each exec event (Falco's `proc.aname[N]`).
     pub ancestry_depth: usize,
+    /// Send an event for every new process (fork), not only for each exec and exit. Forks
+    /// always feed the process cache (a child that never execs still has its record, its
+    /// connections and its exit event); as events they say little more than the child's exec
+    /// and exit do, and cost a third of the stream on an exec-heavy node. Off by default, as
+    /// in Falco's and Tetragon's default outputs.
+    pub fork_events: bool,
     /// Executables (host paths) whose exec is refused with EPERM and reported as an alert:
     /// enforced by a BPF LSM hook, so only where the kernel runs BPF LSM (the agent refuses to
     /// start otherwise, rather than seem to enforce). Matched by device and inode at start.
@@ -230,7 +236,7 @@ pub struct ProcessConfig {
 
 impl Default for ProcessConfig {
     fn default() -> Self {
-        Self { cache_capacity: 65536, exit_grace_ms: 5_000, ancestry_depth: 5, deny_exec: Vec::new() }
+        Self { cache_capacity: 65536, exit_grace_ms: 5_000, ancestry_depth: 5, fork_events: false, deny_exec: Vec::new() }
     }
 }
 

@@ -170,7 +170,8 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
             ancestry_depth: config.process.ancestry_depth,
             tick_ns: process::procfs::tick_ns(),
         },
-    );
+    )
+    .with_fork_events(config.process.fork_events);
     let seeded = tracker.seed();
     tracing::info!(processes = seeded, "process cache seeded from /proc");
     let net = net::ConnTracker::new(net::NetConfig {

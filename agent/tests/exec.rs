@@ -151,7 +151,7 @@ fn exec_reaches_the_collector_with_exact_fields() {
 fn exec_not_attached_sees_nothing() {
     let dir = TempDir::new("noexec");
     let collector = Collector::start(dir.path());
-    let _agent = Agent::start(dir.path(), &collector.address(), &["ebpf.programs.exec=false"]);
+    let _agent = Agent::start(dir.path(), &collector.address(), &["ebpf.programs.exec=false", "process.fork_events=true"]);
     let probe = Probe::new(&dir);
     let (pid, _, _) = probe.run();
     let after = boot_now_ns();

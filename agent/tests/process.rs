@@ -94,7 +94,7 @@ fn forked_chain_has_exact_ancestry_back_to_a_process_older_than_the_agent() {
 fn exit_codes_signals_and_threads() {
     let dir = TempDir::new("exit");
     let collector = Collector::start(dir.path());
-    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let _agent = Agent::start(dir.path(), &collector.address(), &["process.fork_events=true"]);
     let sh = copy_of(dir.path(), "sh", "exits");
     let status = Command::new(&sh).args(["-c", "exit 7"]).status().unwrap();
     assert_eq!(status.code(), Some(7));
@@ -140,7 +140,7 @@ fn exit_codes_signals_and_threads() {
 fn fork_exec_exit_share_one_process() {
     let dir = TempDir::new("life");
     let collector = Collector::start(dir.path());
-    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let _agent = Agent::start(dir.path(), &collector.address(), &["process.fork_events=true"]);
     let leaf = copy_of(dir.path(), "true", "life");
     let mut child = Command::new(&leaf).spawn().unwrap();
     let pid = child.id();
@@ -157,6 +157,38 @@ fn fork_exec_exit_share_one_process() {
     let exit = of_kind(&events, "exit", |x| x["process"]["pid"] == pid);
     assert_eq!(exit.len(), 1);
     assert_eq!(exit[0]["process"]["exec_id"], exec[0]["process"]["exec_id"]);
+}
+
+/// By default forks are not events, but they still make the child's record: a child that
+/// never execs exits with its parent's image, its own pid and its parent's exec id.
+#[test]
+fn a_child_that_never_execs_is_known_without_fork_events() {
+    let dir = TempDir::new("nofork");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let me = std::process::id();
+    // SAFETY: the child only calls _exit (async-signal-safe) after fork; the parent reaps it.
+    let pid = unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            libc::_exit(3);
+        }
+        pid
+    };
+    assert!(pid > 0, "fork failed");
+    let mut status = 0;
+    // SAFETY: waits for the child forked above, writing into a local.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let pid = pid as u32;
+    let events = settle(&collector);
+    assert!(of_kind(&events, "fork", |_| true).is_empty(), "fork events are off by default");
+    let exits = of_kind(&events, "exit", |x| x["process"]["pid"] == pid);
+    assert_eq!(exits.len(), 1);
+    let p = &exits[0]["process"];
+    assert_eq!(exits[0]["exit_code"], 3);
+    assert_eq!((p["ppid"].clone(), p["source"].clone()), (json!(me), json!("fork")));
+    assert_eq!(p["exe"], std::env::current_exe().unwrap().to_str().unwrap(), "the child keeps its parent's image");
+    assert!(p["partial"].as_array().is_none_or(|a| a.is_empty()), "a complete record: {p}");
 }
 
 /// A pid reused at once (clone3 with set_tid) is a different process: its exec id, its

@@ -43,13 +43,18 @@ pub struct CacheConfig {
     pub tick_ns: u64,
 }
 
+/// SipHash, the standard maps' hasher, showed in the agent's profile under an exec storm
+/// (several lookups per record); foldhash is several times cheaper on integer keys and is
+/// seeded per process, so crafted pids and start times cannot aim at one bucket.
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Debug)]
 pub struct ProcessCache {
     node: String,
     config: CacheConfig,
-    entries: HashMap<Key, Entry>,
+    entries: HashMap<Key, Entry, Hasher>,
     /// The newest process per tgid, for hooks that know the tgid but not the start time.
-    by_tgid: HashMap<u32, Key>,
+    by_tgid: HashMap<u32, Key, Hasher>,
     exited: VecDeque<(u64, Key)>,
     pub evicted_early: u64,
 }
@@ -79,7 +84,7 @@ pub fn exec_id(node: &str, tgid: u32, start_ns: u64, exec_ns: u64) -> String {
 
 impl ProcessCache {
     pub fn new(node: String, config: CacheConfig) -> Self {
-        Self { node, config, entries: HashMap::new(), by_tgid: HashMap::new(), exited: VecDeque::new(), evicted_early: 0 }
+        Self { node, config, entries: HashMap::default(), by_tgid: HashMap::default(), exited: VecDeque::new(), evicted_early: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -200,8 +205,9 @@ impl ProcessCache {
         };
         let ancestors = self.ancestors(Some(parent));
         // A process that exits right after exec may already have its exit recorded.
-        let exited_ns = self.resolve(key).and_then(|k| self.entries.get(&k)).and_then(|e| e.exited_ns);
-        if let Some(old) = self.resolve(key).filter(|k| *k != key) {
+        let existing = self.resolve(key);
+        let exited_ns = existing.and_then(|k| self.entries.get(&k)).and_then(|e| e.exited_ns);
+        if let Some(old) = existing.filter(|k| *k != key) {
             self.forget(old);
         }
         self.entries.insert(key, Entry { process: Box::new(process.clone()), parent: Some(parent), coarse: false, exited_ns });
@@ -210,9 +216,16 @@ impl ProcessCache {
         (process, ancestors)
     }
 
-    pub fn fork(&mut self, f: &Fork) -> Process {
+    /// Records a new process; returns its record when the caller sends it as an event
+    /// (`event`), so the record is copied only then.
+    pub fn fork(&mut self, f: &Fork, event: bool) -> Option<Process> {
         let key = Key { tgid: f.child_tgid, start_ns: f.child_start_ns };
         let parent = Key { tgid: f.parent_tgid, start_ns: f.parent_start_ns };
+        // The child may have exec'd (or exited) before this record arrived: keep what it has.
+        let known = self.resolve(key).is_some();
+        if known && !event {
+            return None;
+        }
         let mut process = match self.get(parent) {
             Some(p) => {
                 let mut child = p.clone();
@@ -229,13 +242,14 @@ impl ProcessCache {
         process.start_boot_ns = f.child_start_ns;
         process.cgroup_id = f.cgroup_id;
         process.source = "fork".into();
-        // The child may have exec'd (or exited) before this record arrived: keep what it has.
-        if self.resolve(key).is_none() {
-            self.entries.insert(key, Entry { process: Box::new(process.clone()), parent: Some(parent), coarse: false, exited_ns: None });
-            self.index(key);
-            self.enforce_capacity();
+        if known {
+            return Some(process);
         }
-        process
+        let sent = event.then(|| process.clone());
+        self.entries.insert(key, Entry { process: Box::new(process), parent: Some(parent), coarse: false, exited_ns: None });
+        self.index(key);
+        self.enforce_capacity();
+        sent
     }
 
     /// Marks the process exited (kept for the grace period); returns its record and status.
@@ -390,11 +404,25 @@ mod tests {
         let mut c = cache();
         c.exec(&exec(10, 100, 1, 5, 110, &["parent"]));
         c.exec(&exec(11, 200, 10, 100, 210, &["child-image"]));
-        let forked =
-            c.fork(&Fork { boot_ns: 205, child_tgid: 11, child_start_ns: 200, parent_tgid: 10, parent_start_ns: 100, cgroup_id: 0, comm: "parent".into() });
+        let fork = Fork { boot_ns: 205, child_tgid: 11, child_start_ns: 200, parent_tgid: 10, parent_start_ns: 100, cgroup_id: 0, comm: "parent".into() };
+        assert!(c.fork(&fork, false).is_none(), "no record is made for a fork that is not sent");
+        let forked = c.fork(&fork, true).unwrap();
         assert_eq!(forked.argv, vec!["parent"], "the fork event describes the inherited image");
         assert_eq!(forked.ppid, 10);
         assert_eq!(c.get(Key { tgid: 11, start_ns: 200 }).unwrap().argv, vec!["child-image"]);
+    }
+
+    #[test]
+    fn a_fork_not_sent_still_records_the_child() {
+        let mut c = cache();
+        c.exec(&exec(10, 100, 1, 5, 110, &["parent", "x"]));
+        let fork = Fork { boot_ns: 150, child_tgid: 11, child_start_ns: 140, parent_tgid: 10, parent_start_ns: 100, cgroup_id: 3, comm: "parent".into() };
+        assert!(c.fork(&fork, false).is_none());
+        let (p, _, _) = c.exit(&Exit { boot_ns: 200, tgid: 11, tid: 11, start_ns: 140, exit_code: 0, cgroup_id: 3, comm: "parent".into() });
+        assert_eq!(
+            (p.pid, p.ppid, p.argv, p.source.as_str(), p.parent_exec_id.as_str(), p.cgroup_id),
+            (11, 10, vec!["parent".to_owned(), "x".to_owned()], "fork", "n1:10:100:110", 3)
+        );
     }
 
     #[test]

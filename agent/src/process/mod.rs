@@ -13,11 +13,18 @@ use crate::decode::Record;
 pub struct Tracker {
     cache: ProcessCache,
     node: String,
+    /// Forks become events too (`process.fork_events`); they always update the cache.
+    fork_events: bool,
 }
 
 impl Tracker {
     pub fn new(node: String, config: CacheConfig) -> Self {
-        Self { cache: ProcessCache::new(node.clone(), config), node }
+        Self { cache: ProcessCache::new(node.clone(), config), node, fork_events: false }
+    }
+
+    pub fn with_fork_events(mut self, on: bool) -> Self {
+        self.fork_events = on;
+        self
     }
 
     /// Seeds from /proc; returns the number of processes found.
@@ -34,7 +41,10 @@ impl Tracker {
             }
             // Ancestry travels on exec events only: a fork's lineage is its parent's exec's,
             // and copying it onto every fork would double the agent's work per process.
-            Record::Fork(f) => Kind::Fork(ProcessFork { process: Some(self.cache.fork(f)), ancestors: Vec::new() }),
+            Record::Fork(f) => {
+                let process = self.cache.fork(f, self.fork_events)?;
+                Kind::Fork(ProcessFork { process: Some(process), ancestors: Vec::new() })
+            }
             Record::Conn(_) | Record::Cgroup(_) | Record::ExecDenied(_) => return None,
             Record::Exit(x) => {
                 let (process, status, duration_ns) = self.cache.exit(x);
