@@ -19,6 +19,8 @@ use serde_json::Value;
 use support::{Agent, Collector, TempDir, free_port, http_get, tool, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// Forks as events too: three events per iteration of the storm.
+const FORKS: &str = "process.fork_events=true";
 
 fn seq_of(e: &Value) -> u64 {
     e["seq"].as_u64().unwrap()
@@ -91,7 +93,7 @@ fn nothing_is_lost_while_collector_and_agent_are_killed() {
     let out = volume.at.join("events.jsonl");
     let start_collector = || Collector::start_writing(dir.path(), port, out.clone(), &[]);
     let mut collector = start_collector();
-    let mut agent = Agent::start(dir.path(), &address, &[&spool_set]);
+    let mut agent = Agent::start(dir.path(), &address, &[&spool_set, FORKS]);
 
     // ~34,000 iterations = ~100,000 events; bounded by count and by a deadline in the loop.
     let iterations = 34_000;
@@ -127,7 +129,7 @@ fn nothing_is_lost_while_collector_and_agent_are_killed() {
                 agent.proc.child.kill().unwrap();
                 agent.proc.child.wait().unwrap();
                 agent_kills += 1;
-                agent = Agent::start(dir.path(), &address, &[&spool_set]);
+                agent = Agent::start(dir.path(), &address, &[&spool_set, FORKS]);
             }
             step += 1;
         }
