@@ -435,16 +435,34 @@ pub fn walked_path(p: &PathBuf, lossy: &mut bool) -> (String, bool) {
     let len = usize::from(p.len).min(PATH_CAP);
     let area = p.buf.get(..len).unwrap_or_default();
     let body = area.strip_suffix(&[0]).unwrap_or(area);
-    let mut components: Vec<String> =
-        if body.is_empty() { Vec::new() } else { body.split(|&b| b == 0).map(|c| text(c, lossy)).collect() };
-    components.reverse();
     let complete = p.flags & path_flags::TRUNCATED == 0 && p.flags & path_flags::ABSOLUTE != 0;
-    let joined = components.join("/");
-    if complete { (format!("/{joined}"), true) } else { (format!("…/{joined}"), false) }
+    // One string, built root first: this runs twice per exec.
+    let mut out = String::with_capacity(body.len() + 4);
+    out.push_str(if complete { "/" } else { "…/" });
+    if !body.is_empty() {
+        for (i, c) in body.rsplit(|&b| b == 0).enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            push_text(&mut out, c, lossy);
+        }
+    }
+    (out, complete)
 }
 
 fn until_nul(bytes: &[u8]) -> &[u8] {
     bytes.iter().position(|&b| b == 0).map_or(bytes, |n| &bytes[..n])
+}
+
+/// Appends `bytes` as text, invalid UTF-8 replaced (and `lossy` set).
+fn push_text(out: &mut String, bytes: &[u8], lossy: &mut bool) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => out.push_str(s),
+        Err(_) => {
+            *lossy = true;
+            out.push_str(&String::from_utf8_lossy(bytes));
+        }
+    }
 }
 
 fn text(bytes: &[u8], lossy: &mut bool) -> String {

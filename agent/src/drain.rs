@@ -55,7 +55,9 @@ impl Stamper {
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(&self.run_bits);
         bytes[8..].copy_from_slice(&self.seq.to_be_bytes());
-        Uuid::new_v8(bytes).to_string()
+        // Encoded straight into its text: `to_string` goes through the formatting machinery.
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        Uuid::new_v8(bytes).hyphenated().encode_lower(&mut text).to_owned()
     }
 
     pub fn resample_clock(&mut self) {
@@ -283,6 +285,7 @@ impl Drain {
         }
         let started = boot_now_ns();
         let more = records.drain(MAX_PASS, |bytes| self.apply(bytes));
+        self.tracker.settle();
         if !more {
             self.drained_until = started;
         }
@@ -296,18 +299,21 @@ impl Drain {
         match decode::decode(bytes) {
             Ok(decode::Record::Cgroup(cgroup)) => self.containers.apply_cgroup(&cgroup),
             Ok(decode::Record::ExecDenied(d)) => {
+                self.tracker.settle();
                 let alert = denied_exec_alert(&d, self.tracker.process_of(d.tgid, d.start_ns, d.pid, &d.comm, d.cgroup_id));
                 self.emit(d.boot_ns, Kind::Alert(alert));
             }
             Ok(decode::Record::Conn(conn)) => {
+                self.tracker.settle();
                 let boot_ns = conn.boot_ns;
                 for kind in self.net.apply(conn, &self.tracker, self.stamper.clock, &mut self.sensor) {
                     self.emit(boot_ns, kind);
                 }
             }
             Ok(record) => {
-                if let Some(kind) = self.tracker.apply(&record) {
-                    self.emit(record.boot_ns(), kind);
+                let boot_ns = record.boot_ns();
+                if let Some(kind) = self.tracker.apply(record) {
+                    self.emit(boot_ns, kind);
                 }
             }
             Err(e) => {

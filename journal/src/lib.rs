@@ -269,10 +269,13 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn checksum(seq: u64, stored: &[u8]) -> u32 {
+/// The checksum of a record: its sequence number, then its stored bytes (given in pieces).
+fn checksum(seq: u64, stored: &[&[u8]]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&seq.to_le_bytes());
-    h.update(stored);
+    for piece in stored {
+        h.update(piece);
+    }
     h.finalize()
 }
 
@@ -354,7 +357,7 @@ fn parse_at(w: &mut Window, off: u64, end: u64, prev: u64, max_seq: u64) -> io::
     let Some(body) = w.get(off + HEADER_BYTES as u64, stored as usize)? else {
         return Ok(Err("file shorter than expected"));
     };
-    if checksum(seq, body) != crc {
+    if checksum(seq, &[body]) != crc {
         return Ok(Err("checksum mismatch"));
     }
     let stamp = le_u64(body, 0) as i64;
@@ -586,15 +589,16 @@ impl Journal {
         }
         let seq = self.last_seq + 1;
         let stamp = now_ms();
-        let mut body = Vec::with_capacity(stored);
-        body.extend_from_slice(&stamp.to_le_bytes());
-        body.extend_from_slice(payload);
+        let stamp_bytes = stamp.to_le_bytes();
+        let sum = checksum(seq, &[&stamp_bytes, payload]);
+        // Straight into the write buffer: no copy of the body per record.
         self.buf.reserve(HEADER_BYTES + stored);
         self.buf.extend_from_slice(&MAGIC.to_le_bytes());
         self.buf.extend_from_slice(&(stored as u32).to_le_bytes());
-        self.buf.extend_from_slice(&checksum(seq, &body).to_le_bytes());
+        self.buf.extend_from_slice(&sum.to_le_bytes());
         self.buf.extend_from_slice(&seq.to_le_bytes());
-        self.buf.extend_from_slice(&body);
+        self.buf.extend_from_slice(&stamp_bytes);
+        self.buf.extend_from_slice(payload);
         if self.buf_first_stamp.is_none() {
             self.buf_first_stamp = Some(stamp);
         }

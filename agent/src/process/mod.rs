@@ -33,21 +33,21 @@ impl Tracker {
     }
 
     /// The event for a process record; None for records that are not about processes.
-    pub fn apply(&mut self, record: &Record) -> Option<Kind> {
+    pub fn apply(&mut self, record: Record) -> Option<Kind> {
         Some(match record {
             Record::Exec(e) => {
-                let (process, ancestors) = self.cache.exec(e);
+                let (process, ancestors) = self.cache.exec(*e);
                 Kind::Exec(ProcessExec { process: Some(process), ancestors })
             }
             // Ancestry travels on exec events only: a fork's lineage is its parent's exec's,
             // and copying it onto every fork would double the agent's work per process.
             Record::Fork(f) => {
-                let process = self.cache.fork(f, self.fork_events)?;
+                let process = self.cache.fork(&f, self.fork_events)?;
                 Kind::Fork(ProcessFork { process: Some(process), ancestors: Vec::new() })
             }
             Record::Conn(_) | Record::Cgroup(_) | Record::ExecDenied(_) => return None,
             Record::Exit(x) => {
-                let (process, status, duration_ns) = self.cache.exit(x);
+                let (process, status, duration_ns) = self.cache.exit(&x);
                 Kind::Exit(ProcessExit {
                     process: Some(process),
                     exit_code: status.code,
@@ -60,7 +60,8 @@ impl Tracker {
     }
 
     /// The process record of (tgid, start), or a minimal one marked partial when the cache
-    /// does not know it.
+    /// does not know it. Call [`Self::settle`] first: a child whose fork is pending is not
+    /// found.
     /// A start time of 0 means the hook could not read it (cgroup socket hooks): the live
     /// process with that tgid is taken.
     pub fn process_of(&self, tgid: u32, start_ns: u64, tid: u32, comm: &str, cgroup_id: u64) -> peregrine_proto::Process {
@@ -82,6 +83,12 @@ impl Tracker {
                 ..peregrine_proto::Process::default()
             },
         }
+    }
+
+    /// Records the forks still pending in the cache: before the cache is read for anything
+    /// but the process lifecycle, and at the end of every drain pass.
+    pub fn settle(&mut self) {
+        self.cache.settle_all();
     }
 
     pub fn sweep(&mut self, now_ns: u64) {
