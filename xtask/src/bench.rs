@@ -33,6 +33,9 @@ pub struct Bench {
     pub peers: Vec<String>,
     /// Instead of rounds: run this many execs through one agent and report its memory.
     pub soak: Option<u64>,
+    /// An earlier agent build measured in the same rounds as this one, so a change is judged
+    /// by paired ratios rather than by runs on different days.
+    pub baseline_agent: Option<PathBuf>,
 }
 
 /// Kills and reaps a child when dropped (by PID, never by name).
@@ -286,7 +289,7 @@ fn collector_command(bins: &Binaries, port: u16, out: &Path, queue: &Path) -> Re
     Ok(cmd)
 }
 
-fn start_stack(bins: &Binaries, cgroup: &CpuCgroup, sets: &[&str]) -> Result<Stack> {
+fn start_stack(bins: &Binaries, agent: Option<&Path>, cgroup: &CpuCgroup, sets: &[&str]) -> Result<Stack> {
     let dir = TempDir(std::env::temp_dir().join(format!("peregrine-bench-{}", std::process::id())));
     fs::create_dir_all(&dir.0)?;
     let ingest = free_port()?;
@@ -295,7 +298,7 @@ fn start_stack(bins: &Binaries, cgroup: &CpuCgroup, sets: &[&str]) -> Result<Sta
     let collector = Owned(collector_command(bins, ingest, Path::new("/dev/null"), &dir.0.join("queue"))?.spawn()?);
     let port = free_port()?;
     let agent = Owned(
-        Command::new(&bins.agent)
+        Command::new(agent.unwrap_or(&bins.agent))
             .args(["--set", "cluster_name=bench", "--set", &format!("collector.address=http://127.0.0.1:{ingest}")])
             .args(["--set", &format!("ebpf.object={}", bins.ebpf.display()), "--set", &format!("http.listen=127.0.0.1:{port}")])
             .args(["--set", &format!("spool.dir={}", dir.0.join("spool").display())])
@@ -327,26 +330,40 @@ struct AgentSample {
 }
 
 /// An agent configuration measured against the workload.
+#[derive(Clone)]
 struct Variant {
-    label: &'static str,
+    label: String,
     sets: &'static [&'static str],
     /// Every unit of work becomes an event (no dedup): the window ends when all are sent.
     /// Otherwise it ends when the agent's CPU has settled.
     every_unit_an_event: bool,
+    /// Another agent binary than the one just built (`--baseline-agent`).
+    agent: Option<PathBuf>,
+    /// For a variant of this build with a baseline twin: the twin's index.
+    baseline: Option<usize>,
 }
 
-fn variants(workload: Workload) -> &'static [Variant] {
-    match workload {
-        Workload::Exec => &[Variant { label: "agent/none", sets: &[], every_unit_an_event: true }],
-        Workload::Connect => &[
-            Variant { label: "agent (default dedup 10 s)/none", sets: &[], every_unit_an_event: false },
-            Variant { label: "agent (dedup off)/none", sets: &["network.tcp_dedup_ms=0"], every_unit_an_event: true },
+fn variants(workload: Workload, baseline_agent: Option<&Path>) -> Vec<Variant> {
+    let v = |label: &str, sets, every_unit_an_event| Variant { label: label.to_owned(), sets, every_unit_an_event, agent: None, baseline: None };
+    let mut out = match workload {
+        Workload::Exec => vec![v("agent/none", &[], true)],
+        Workload::Connect => vec![
+            v("agent (default dedup 10 s)/none", &[], false),
+            v("agent (dedup off)/none", &["network.tcp_dedup_ms=0"], true),
         ],
+    };
+    if let Some(path) = baseline_agent {
+        for i in 0..out.len() {
+            let twin = Variant { label: format!("baseline {}", out[i].label), agent: Some(path.to_owned()), ..out[i].clone() };
+            out[i].baseline = Some(out.len());
+            out.push(twin);
+        }
     }
+    out
 }
 
 fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, variant: &Variant, workers: usize, seconds: f64) -> Result<AgentSample> {
-    let stack = start_stack(bins, cgroup, variant.sets)?;
+    let stack = start_stack(bins, variant.agent.as_deref(), cgroup, variant.sets)?;
     let pid = stack.agent.0.id();
     let before = http_get(stack.port, "/metrics").unwrap_or_default();
     let cpu0 = cpu_ns(pid);
@@ -467,13 +484,20 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench) -> Result<String> {
         "| workers | pair | median ratio | 95% CI | agent CPU µs/{u} | events/{u} | drops | lost in kernel | {u}s/s (none, median) |"
     );
     let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|");
-    let variants = variants(args.workload);
+    if let Some(path) = &args.baseline_agent
+        && !path.is_file()
+    {
+        bail!("--baseline-agent {}: no such file (give a copy of an earlier build's target/release/peregrine-agent)", path.display());
+    }
+    let variants = variants(args.workload, args.baseline_agent.as_deref());
+    let mut paired = String::new();
     for &workers in &args.workers {
         #[derive(Default)]
         struct Acc {
             ratio: Vec<f64>,
             cpu_per: Vec<f64>,
             events_per: Vec<f64>,
+            rate: Vec<f64>,
             drops: f64,
             lost: f64,
         }
@@ -499,6 +523,7 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench) -> Result<String> {
                         a.drops += s.dropped;
                         a.lost += s.lost;
                         agent[i] = s.rate;
+                        a.rate.push(s.rate);
                     }
                     None => none.push(args.workload.run(workers, args.seconds)? as f64 / args.seconds),
                 }
@@ -524,8 +549,23 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench) -> Result<String> {
                 v.label, a.drops, a.lost
             );
         }
+        // This build against the baseline build, round by round.
+        for (v, a) in variants.iter().zip(&acc) {
+            let Some(b) = v.baseline.map(|j| &acc[j]) else { continue };
+            let cpu: Vec<f64> = a.cpu_per.iter().zip(&b.cpu_per).map(|(x, y)| x / y).collect();
+            let rate: Vec<f64> = a.rate.iter().zip(&b.rate).map(|(x, y)| x / y).collect();
+            let (cm, clo, chi) = median_ci(&cpu);
+            let (rm, rlo, rhi) = median_ci(&rate);
+            let _ = writeln!(paired, "| {workers} | {} | {cm:.3} | [{clo:.3}, {chi:.3}] | {rm:.3} | [{rlo:.3}, {rhi:.3}] |", v.label);
+        }
     }
-    in_kernel(bins, cgroup, args, variants, &mut report)?;
+    if !paired.is_empty() {
+        let _ = writeln!(report, "\nThis build against the baseline agent in the same rounds (paired per round; below 1 is less CPU):\n");
+        let _ = writeln!(report, "| workers | variant | agent CPU per {u}, this/baseline | 95% CI | {u}s/s, this/baseline | 95% CI |");
+        let _ = writeln!(report, "|---|---|---|---|---|---|");
+        report.push_str(&paired);
+    }
+    in_kernel(bins, cgroup, args, &variants, &mut report)?;
     for peer in &args.peers {
         match peer.as_str() {
             "auditd" => auditd_rounds(args, &mut report)?,
@@ -576,7 +616,7 @@ fn in_kernel(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench, variants: &[Vari
 }
 
 fn soak(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, target: u64) -> Result<String> {
-    let stack = start_stack(bins, cgroup, &[])?;
+    let stack = start_stack(bins, None, cgroup, &[])?;
     let pid = stack.agent.0.id();
     let started = Instant::now();
     let mut total = 0;

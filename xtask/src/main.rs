@@ -65,6 +65,10 @@ enum Cmd {
         /// Run this many execs through one agent and report its memory instead of rounds.
         #[arg(long)]
         soak: Option<u64>,
+        /// Also measure this agent binary (an earlier build) in the same rounds, and report
+        /// this build's CPU and throughput against it, paired per round.
+        #[arg(long)]
+        baseline_agent: Option<PathBuf>,
     },
     /// Build the agent and collector OCI images (umoci) into target/images.
     Image {
@@ -104,7 +108,7 @@ fn real_main() -> Result<()> {
             run::run(&bins, &cluster, &agent_sets)?;
             return Ok(());
         }
-        Cmd::Bench { what, rounds, seconds, workers, cpu_millis, peers, soak } => {
+        Cmd::Bench { what, rounds, seconds, workers, cpu_millis, peers, soak, baseline_agent } => {
             setup::run(&mut stages)?;
             if what == "rules" {
                 // Criterion, in-process: the compiled upstream stable rules over recorded execs.
@@ -125,7 +129,7 @@ fn real_main() -> Result<()> {
                 other => bail!("unknown benchmark `{other}` (known: exec, connect, rules, ingest)"),
             };
             stages.run(&format!("bench {what}"), || {
-                bench::run(&bins, &bench::Bench { workload, rounds, seconds, workers, cpu_millis, peers, soak })
+                bench::run(&bins, &bench::Bench { workload, rounds, seconds, workers, cpu_millis, peers, soak, baseline_agent: baseline_agent.clone() })
             })?;
         }
         Cmd::Image { release } => {
