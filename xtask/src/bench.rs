@@ -448,6 +448,11 @@ fn set_bpf_stats(on: bool) -> Option<String> {
 }
 
 pub fn run(bins: &Binaries, args: &Bench) -> Result<()> {
+    if let Some(path) = &args.baseline_agent
+        && !path.is_file()
+    {
+        bail!("--baseline-agent {}: no such file (give a copy of an earlier build's target/release/peregrine-agent)", path.display());
+    }
     sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
         .args(["build", "--release", "-p", "xtask", "--bin", "execstorm", "--bin", "connstorm"]))?;
@@ -456,7 +461,7 @@ pub fn run(bins: &Binaries, args: &Bench) -> Result<()> {
     // Statistics cost two clock reads per program run: off while ratios (and the soak) are
     // measured, on only for the separate in-kernel runs.
     let old_stats = set_bpf_stats(false);
-    let result = if let Some(n) = args.soak { soak(bins, &cgroup, args.workload, n) } else { rounds(bins, &cgroup, args) };
+    let result = if let Some(n) = args.soak { soak(bins, &cgroup, args.workload, n, args.baseline_agent.as_deref()) } else { rounds(bins, &cgroup, args) };
     if let Some(old) = old_stats {
         let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", old.trim());
     }
@@ -484,11 +489,6 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench) -> Result<String> {
         "| workers | pair | median ratio | 95% CI | agent CPU µs/{u} | events/{u} | drops | lost in kernel | {u}s/s (none, median) |"
     );
     let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|");
-    if let Some(path) = &args.baseline_agent
-        && !path.is_file()
-    {
-        bail!("--baseline-agent {}: no such file (give a copy of an earlier build's target/release/peregrine-agent)", path.display());
-    }
     let variants = variants(args.workload, args.baseline_agent.as_deref());
     let mut paired = String::new();
     for &workers in &args.workers {
@@ -615,37 +615,52 @@ fn in_kernel(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench, variants: &[Vari
     result
 }
 
-fn soak(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, target: u64) -> Result<String> {
-    let stack = start_stack(bins, None, cgroup, &[])?;
-    let pid = stack.agent.0.id();
-    let started = Instant::now();
-    let mut total = 0;
-    while total < target {
-        total += workload.run(2, 10.0)?;
-        eprintln!(
-            "    soak: {total} execs, agent RSS {} KiB (anonymous {}, file {}, shared {})",
-            status_kib(pid, "VmRSS:"),
-            status_kib(pid, "RssAnon:"),
-            status_kib(pid, "RssFile:"),
-            status_kib(pid, "RssShmem:")
-        );
-    }
-    std::thread::sleep(Duration::from_secs(2));
-    let m = http_get(stack.port, "/metrics").unwrap_or_default();
+fn soak(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, target: u64, baseline_agent: Option<&Path>) -> Result<String> {
     let cmd = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-    Ok(format!(
-        "### `cargo xtask {cmd}`\n\n| execs | seconds | agent RSS (anonymous, file, shared) | agent peak RSS | exec events | lost in kernel | dropped | process cache entries |\n|---|---|---|---|---|---|---|---|\n| {total} | {:.0} | {:.1} MiB ({:.1}, {:.1}, {:.1}) | {:.1} MiB | {} | {} | {} | {} |\n",
-        started.elapsed().as_secs_f64(),
-        status_kib(pid, "VmRSS:") as f64 / 1024.0,
-        status_kib(pid, "RssAnon:") as f64 / 1024.0,
-        status_kib(pid, "RssFile:") as f64 / 1024.0,
-        status_kib(pid, "RssShmem:") as f64 / 1024.0,
-        status_kib(pid, "VmHWM:") as f64 / 1024.0,
-        metric(&m, "peregrine_agent_events_total{kind=\"exec\"}"),
-        metric(&m, "peregrine_agent_kernel_records_lost_total"),
-        dropped_total(&m),
-        metric(&m, "peregrine_agent_process_cache_entries"),
-    ) + &drop_reasons(&m))
+    let mut report = format!(
+        "### `cargo xtask {cmd}`\n\n| agent | execs | seconds | agent RSS (anonymous, file, shared) | agent peak RSS | exec events | lost in kernel | dropped | process cache entries |\n|---|---|---|---|---|---|---|---|---|\n"
+    );
+    let mut drops = String::new();
+    // With a baseline, the same soak of the earlier build first: RSS moves with the exec rate
+    // (exited processes are kept for the grace period) and the machine, so compare in one run.
+    let agents: Vec<(&str, Option<&Path>)> = match baseline_agent {
+        Some(path) => vec![("baseline", Some(path)), ("this build", None)],
+        None => vec![("this build", None)],
+    };
+    for (label, agent) in agents {
+        let stack = start_stack(bins, agent, cgroup, &[])?;
+        let pid = stack.agent.0.id();
+        let started = Instant::now();
+        let mut total = 0;
+        while total < target {
+            total += workload.run(2, 10.0)?;
+            eprintln!(
+                "    soak ({label}): {total} execs, agent RSS {} KiB (anonymous {}, file {}, shared {})",
+                status_kib(pid, "VmRSS:"),
+                status_kib(pid, "RssAnon:"),
+                status_kib(pid, "RssFile:"),
+                status_kib(pid, "RssShmem:")
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let m = http_get(stack.port, "/metrics").unwrap_or_default();
+        let _ = writeln!(
+            report,
+            "| {label} | {total} | {:.0} | {:.1} MiB ({:.1}, {:.1}, {:.1}) | {:.1} MiB | {} | {} | {} | {} |",
+            started.elapsed().as_secs_f64(),
+            status_kib(pid, "VmRSS:") as f64 / 1024.0,
+            status_kib(pid, "RssAnon:") as f64 / 1024.0,
+            status_kib(pid, "RssFile:") as f64 / 1024.0,
+            status_kib(pid, "RssShmem:") as f64 / 1024.0,
+            status_kib(pid, "VmHWM:") as f64 / 1024.0,
+            metric(&m, "peregrine_agent_events_total{kind=\"exec\"}"),
+            metric(&m, "peregrine_agent_kernel_records_lost_total"),
+            dropped_total(&m),
+            metric(&m, "peregrine_agent_process_cache_entries"),
+        );
+        drops.push_str(&drop_reasons(&m));
+    }
+    Ok(report + &drops)
 }
 
 /// The agent's non-zero drop counters, by reason, for the report.
