@@ -466,13 +466,9 @@ fn push_text(out: &mut String, bytes: &[u8], lossy: &mut bool) {
 }
 
 fn text(bytes: &[u8], lossy: &mut bool) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_owned(),
-        Err(_) => {
-            *lossy = true;
-            String::from_utf8_lossy(bytes).into_owned()
-        }
-    }
+    let mut out = String::new();
+    push_text(&mut out, bytes, lossy);
+    out
 }
 
 /// Splits the kernel's argument area (each argument NUL-terminated) into arguments. Empty
