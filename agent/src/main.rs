@@ -155,7 +155,6 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         spool,
         watermark: Some(watermark),
         unflushed_mark: None,
-        encoded: Vec::new(),
     };
     let sending = tokio::spawn(sender.run(rx));
 

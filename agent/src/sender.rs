@@ -37,8 +37,6 @@ pub struct Sender {
     pub watermark: Option<Watermark>,
     /// The latest status's (drained-until instant, stopping), until the next flush.
     pub unflushed_mark: Option<(u64, bool)>,
-    /// Scratch space for encoding one event.
-    pub encoded: Vec<u8>,
 }
 
 enum Outcome {
@@ -133,14 +131,8 @@ impl Sender {
 
     /// Appends one event to the spool (buffered; see [`Self::flush`]).
     fn accept(&mut self, event: &Event) {
-        // Encoded into one reused buffer: a fresh vector per event showed in the profile.
-        self.encoded.clear();
-        if let Err(e) = event.encode(&mut self.encoded) {
-            self.metrics.drop_event(reason::SPOOL_ERROR, 1);
-            tracing::warn!(error = %e, "encoding an event failed: event dropped");
-            return;
-        }
-        match self.spool.append(&self.encoded) {
+        let bytes = event.encode_to_vec();
+        match self.spool.append(&bytes) {
             Ok(Appended::Stored(_)) => {
                 if let Some(Kind::Status(s)) = &event.kind {
                     // Everything before the status's barrier is ahead of it in the spool.
