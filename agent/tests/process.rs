@@ -382,3 +382,20 @@ fn hostile_paths_and_arguments() {
     Command::new(&after).status().unwrap();
     collector.wait_event(WAIT, "an exec after the hostile one", |e| e["kind"]["exec"]["process"]["filename"] == after.to_str().unwrap());
 }
+
+/// The agent and the collector keep their memory in small pages
+/// (`peregrine_service::disable_huge_pages`): the kernel shows the flag per process.
+#[test]
+fn the_agent_and_the_collector_run_without_huge_pages() {
+    let dir = TempDir::new("thp");
+    let collector = Collector::start(dir.path());
+    let agent = Agent::start(dir.path(), &collector.address(), &[]);
+    for (name, pid) in [("agent", agent.proc.pid()), ("collector", collector.proc.pid())] {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("THP_enabled:"))
+            .unwrap_or_else(|| panic!("no THP_enabled line in /proc/{pid}/status (kernel older than 5.0?)"));
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{name} (pid {pid}) may use transparent huge pages: {line}");
+    }
+}
