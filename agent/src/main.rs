@@ -101,12 +101,10 @@ fn load_config(cli: &Cli) -> anyhow::Result<AgentConfig> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let small_pages = peregrine_service::disable_huge_pages();
+    let huge_pages = peregrine_service::disable_huge_pages();
     let config = load_config(&cli)?;
     peregrine_service::init_logging(&config.log_level);
-    if let Err(e) = small_pages {
-        tracing::warn!(error = %e, "cannot turn transparent huge pages off for this process (prctl PR_SET_THP_DISABLE): its resident memory will be higher");
-    }
+    huge_pages.report();
     // One thread: the agent's work is a pipeline of short steps that hand events to each other
     // (drain → sender → gRPC stream). On several workers each hand-off could wake another
     // thread, and a wake-up (futex, a timer re-armed in epoll_wait) costs more CPU than the

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let small_pages = peregrine_service::disable_huge_pages();
+    let huge_pages = peregrine_service::disable_huge_pages();
     let mut layers = Layers::new();
     if let Some(path) = &cli.config {
         layers = layers.file(path)?;
@@ -57,9 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config: CollectorConfig =
         layers.env("PEREGRINE_COLLECTOR", std::env::vars()).overrides(cli.sets.iter().map(String::as_str))?.build()?;
     peregrine_service::init_logging(&config.log_level);
-    if let Err(e) = small_pages {
-        tracing::warn!(error = %e, "cannot turn transparent huge pages off for this process (prctl PR_SET_THP_DISABLE): its resident memory will be higher");
-    }
+    huge_pages.report();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

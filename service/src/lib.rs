@@ -17,11 +17,24 @@ use tracing_subscriber::EnvFilter;
 /// resident memory 90 and 50 MiB, at the same CPU (docs/PERFORMANCE.md, exec). The flag covers
 /// later faults of existing mappings too, so calling this first thing is enough; children
 /// inherit it.
-pub fn disable_huge_pages() -> std::io::Result<()> {
+pub fn disable_huge_pages() -> HugePagesOff {
     // SAFETY: PR_SET_THP_DISABLE takes integers only and sets a flag of this process's memory
     // map; no memory is read or written through the arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    HugePagesOff(if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) })
+}
+
+/// The outcome of [`disable_huge_pages`], which runs before logging is set up.
+#[must_use = "report it once logging is set up"]
+pub struct HugePagesOff(std::io::Result<()>);
+
+impl HugePagesOff {
+    /// Logs a failure; the daemon runs on either way.
+    pub fn report(self) {
+        if let Err(e) = self.0 {
+            tracing::warn!(error = %e, "cannot turn transparent huge pages off for this process (prctl PR_SET_THP_DISABLE): its resident memory will be higher");
+        }
+    }
 }
 
 /// Logs to stderr; `RUST_LOG` wins over the configured level so an operator can dig in
