@@ -335,6 +335,10 @@ pub struct ProgramsConfig {
     pub sock_addr: bool,
     /// cgroup2 directories created and removed: containers known before their first exec.
     pub cgroup: bool,
+    /// Programs that walk kernel structs from the task's BTF pointer (plain loads) where the
+    /// verifier allows it, kernels >= 5.11; their probe-read twins elsewhere. `false` loads
+    /// the twins everywhere (diagnosis: the same records, at a higher cost).
+    pub task_btf: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -424,7 +428,7 @@ impl Default for ContainerConfig {
 
 impl Default for ProgramsConfig {
     fn default() -> Self {
-        Self { exec: true, fork: true, exit: true, network: true, sock_addr: true, cgroup: true }
+        Self { exec: true, fork: true, exit: true, network: true, sock_addr: true, cgroup: true, task_btf: true }
     }
 }
 

@@ -81,10 +81,11 @@ say pids "$(cat /tmp/pid1)" "$(cat /tmp/pid2)"
 
 # 2. connects with their outcomes: established to a listener, refused on a closed port.
 nc -l -p 8080 > /dev/null &
+nclisten=$!
 sleep 0.5
 sh -c 'echo $$ > /tmp/ncpid1; exec nc 127.0.0.1 8080' < /dev/null
 sh -c 'echo $$ > /tmp/ncpid2; exec nc 127.0.0.1 8081' < /dev/null
-say ncpids "$(cat /tmp/ncpid1)" "$(cat /tmp/ncpid2)"
+say ncpids "$(cat /tmp/ncpid1)" "$(cat /tmp/ncpid2)" "$nclisten"
 
 # 3. a container's process: a kubelet-style cgroup (cgroupfs driver), a process run inside.
 cg=/sys/fs/cgroup/kubepods/besteffort/podvm-pod-uid/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
@@ -276,6 +277,9 @@ fn the_6_1_kernel_runs_the_scenarios_with_every_optional_feature() {
         "tracepoint/sched/sched_process_exit",
         "raw_tracepoint/inet_sock_set_state",
         "raw_tracepoint/inet_sk_error_report",
+        // The task-BTF accept programs, not their "(probe reads)" twins.
+        "tracepoint/syscalls/sys_exit_accept4",
+        "tracepoint/syscalls/sys_exit_accept",
         "cgroup/connect4",
         "tracepoint/cgroup/cgroup_mkdir",
     ] {
@@ -320,6 +324,15 @@ fn the_6_1_kernel_runs_the_scenarios_with_every_optional_feature() {
     let refused = conn(8081);
     assert_eq!(refused["outcome"], "refused");
     assert_eq!(refused["process"]["pid"], num("ncpids", 1));
+    // The listener's accept of that connect, through the task-BTF fd-table walk.
+    let accept = events
+        .iter()
+        .filter_map(|e| e["kind"]["connection"].as_object().map(|_| &e["kind"]["connection"]))
+        .find(|c| c["evt_type"] == "accept" && c["local_port"] == 8080)
+        .unwrap_or_else(|| panic!("no accept on 8080: {log}"));
+    assert_eq!(accept["remote_port"], established["local_port"]);
+    assert_eq!(accept["direction"], "inbound");
+    assert_eq!(accept["process"]["pid"], num("ncpids", 2));
 
     // 3. the container's process: its cgroup id is the directory's inode; the path names it.
     let in_container = events

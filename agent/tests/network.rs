@@ -185,29 +185,54 @@ fn outbound_connects_with_their_outcomes() {
     assert_eq!(all[1]["process"]["pid"], std::process::id());
 }
 
-#[test]
-fn inbound_accept_listener_and_ipv6() {
-    let dir = TempDir::new("net-in");
-    let collector = Collector::start(dir.path());
-    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
-    let peer = Peer::new();
-    // A listener on the host; the peer connects to it.
+/// A listener on the host, a connect to it from the peer, the accept: its event names this
+/// process, both ends and the class. Returns the listener's port.
+fn accept_from_peer(collector: &Collector, peer: &Peer) -> u16 {
     let listener = TcpListener::bind((HOST, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let client = peer.inside(move || TcpStream::connect((HOST, port)).unwrap().local_addr().unwrap());
     let (_conn, from) = listener.accept().unwrap();
     let client_addr = client.join().unwrap();
     assert_eq!(from, client_addr);
-    let l = find_conn(&collector, "the new listener", |c| c["evt_type"] == "listen" && c["local_port"] == port);
-    assert_eq!(l["direction"], "listen");
-    assert_eq!(l["process"]["pid"], std::process::id());
-    let a = find_conn(&collector, "the accept", |c| c["evt_type"] == "accept" && c["local_port"] == port);
+    let a = find_conn(collector, "the accept", |c| c["evt_type"] == "accept" && c["local_port"] == port);
     assert_eq!(a["direction"], "inbound");
     assert_eq!(a["local_ip"], HOST);
     assert_eq!(a["remote_ip"], PEER);
     assert_eq!(a["remote_port"], client_addr.port());
     assert_eq!(a["remote_class"], "public");
     assert_eq!(a["process"]["pid"], std::process::id());
+    port
+}
+
+/// The accept programs' probe-read twins, which the agent loads where the verifier refuses
+/// the task-BTF walk (kernels before 5.11) or with `ebpf.programs.task_btf = false`: named in
+/// the status (the default programs load on this kernel: `exec.rs` checks the plain names),
+/// and the same accept event.
+#[test]
+fn accept_through_the_probe_read_twin() {
+    let dir = TempDir::new("net-twin");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &["ebpf.programs.task_btf=false"]);
+    let started = collector.wait_event(WAIT, "the started status", |e| e["kind"]["status"]["phase"] == 1);
+    let hooks: Vec<&str> = started["kind"]["status"]["hooks"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for twin in ["tracepoint/syscalls/sys_exit_accept4 (probe reads)", "tracepoint/syscalls/sys_exit_accept (probe reads)"] {
+        assert!(hooks.contains(&twin), "{twin} in {hooks:?}");
+    }
+    assert!(!hooks.contains(&"tracepoint/syscalls/sys_exit_accept4"), "{hooks:?}");
+    let peer = Peer::new();
+    accept_from_peer(&collector, &peer);
+}
+
+#[test]
+fn inbound_accept_listener_and_ipv6() {
+    let dir = TempDir::new("net-in");
+    let collector = Collector::start(dir.path());
+    let _agent = Agent::start(dir.path(), &collector.address(), &[]);
+    let peer = Peer::new();
+    let port = accept_from_peer(&collector, &peer);
+    let l = find_conn(&collector, "the new listener", |c| c["evt_type"] == "listen" && c["local_port"] == port);
+    assert_eq!(l["direction"], "listen");
+    assert_eq!(l["process"]["pid"], std::process::id());
 
     // IPv6 (ULA inside the namespace), outbound.
     let ready = std::sync::Arc::new(std::sync::Barrier::new(2));

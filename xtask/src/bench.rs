@@ -36,6 +36,8 @@ pub struct Bench {
     /// An earlier agent build measured in the same rounds as this one, so a change is judged
     /// by paired ratios rather than by runs on different days.
     pub baseline_agent: Option<PathBuf>,
+    /// An earlier kernel object whose in-kernel cost is measured interleaved with this build's.
+    pub baseline_ebpf: Option<PathBuf>,
 }
 
 /// Kills and reaps a child when dropped (by PID, never by name).
@@ -290,6 +292,10 @@ fn collector_command(bins: &Binaries, port: u16, out: &Path, queue: &Path) -> Re
 }
 
 fn start_stack(bins: &Binaries, agent: Option<&Path>, cgroup: &CpuCgroup, sets: &[&str]) -> Result<Stack> {
+    start_stack_with(bins, agent, &bins.ebpf, cgroup, sets)
+}
+
+fn start_stack_with(bins: &Binaries, agent: Option<&Path>, ebpf: &Path, cgroup: &CpuCgroup, sets: &[&str]) -> Result<Stack> {
     let dir = TempDir(std::env::temp_dir().join(format!("peregrine-bench-{}", std::process::id())));
     fs::create_dir_all(&dir.0)?;
     let ingest = free_port()?;
@@ -300,7 +306,7 @@ fn start_stack(bins: &Binaries, agent: Option<&Path>, cgroup: &CpuCgroup, sets: 
     let agent = Owned(
         Command::new(agent.unwrap_or(&bins.agent))
             .args(["--set", "cluster_name=bench", "--set", &format!("collector.address=http://127.0.0.1:{ingest}")])
-            .args(["--set", &format!("ebpf.object={}", bins.ebpf.display()), "--set", &format!("http.listen=127.0.0.1:{port}")])
+            .args(["--set", &format!("ebpf.object={}", ebpf.display()), "--set", &format!("http.listen=127.0.0.1:{port}")])
             .args(["--set", &format!("spool.dir={}", dir.0.join("spool").display())])
             .args(sets.iter().flat_map(|s| ["--set", s]))
             .stdout(Stdio::null())
@@ -363,7 +369,19 @@ fn variants(workload: Workload, baseline_agent: Option<&Path>) -> Vec<Variant> {
 }
 
 fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, variant: &Variant, workers: usize, seconds: f64) -> Result<AgentSample> {
-    let stack = start_stack(bins, variant.agent.as_deref(), cgroup, variant.sets)?;
+    run_with_object(bins, cgroup, workload, variant, &bins.ebpf, workers, seconds)
+}
+
+fn run_with_object(
+    bins: &Binaries,
+    cgroup: &CpuCgroup,
+    workload: Workload,
+    variant: &Variant,
+    ebpf: &Path,
+    workers: usize,
+    seconds: f64,
+) -> Result<AgentSample> {
+    let stack = start_stack_with(bins, variant.agent.as_deref(), ebpf, cgroup, variant.sets)?;
     let pid = stack.agent.0.id();
     let before = http_get(stack.port, "/metrics").unwrap_or_default();
     let cpu0 = cpu_ns(pid);
@@ -411,16 +429,17 @@ fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, varia
     })
 }
 
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
 /// Median and a 95% bootstrap interval of the median (seeded, so reruns of the same samples agree).
 fn median_ci(values: &[f64]) -> (f64, f64, f64) {
-    fn median(v: &mut [f64]) -> f64 {
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n == 0 {
-            return f64::NAN;
-        }
-        if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
-    }
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
         state ^= state << 13;
@@ -448,6 +467,11 @@ fn set_bpf_stats(on: bool) -> Option<String> {
 }
 
 pub fn run(bins: &Binaries, args: &Bench) -> Result<()> {
+    if let Some(path) = &args.baseline_ebpf
+        && !path.is_file()
+    {
+        bail!("--baseline-ebpf {}: no such file (give a copy of an earlier build's target/ebpf/bpfel-unknown-none/release/peregrine-ebpf)", path.display());
+    }
     if let Some(path) = &args.baseline_agent
         && !path.is_file()
     {
@@ -609,10 +633,69 @@ fn in_kernel(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench, variants: &[Vari
         }
         let _ = writeln!(report, "| {} | **all** | | | **{total:.0}** |", v.label);
     }
+    if result.is_ok()
+        && let Some(baseline) = &args.baseline_ebpf
+    {
+        result = in_kernel_paired(bins, cgroup, args, variants, baseline, report);
+    }
     if let Some(old) = old {
         let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", old.trim());
     }
     result
+}
+
+/// Rounds of the baseline kernel object and this build's, interleaved (order alternating per
+/// round), with the statistics on: per program, the medians of ns per unit and the median of
+/// the per-round ratios this/baseline (the machine's drift between runs cancels in a pair).
+fn in_kernel_paired(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench, variants: &[Variant], baseline: &Path, report: &mut String) -> Result<()> {
+    const ROUNDS: usize = 4;
+    let u = args.workload.unit();
+    let workers = args.workers.first().copied().unwrap_or(1);
+    let _ = writeln!(
+        report,
+        "\nIn the kernel against the baseline object {} ({ROUNDS} rounds × {} s each, interleaved, order alternating; statistics on):\n",
+        baseline.display(),
+        args.seconds
+    );
+    let _ = writeln!(report, "| agent | program | baseline ns/{u} (median) | this ns/{u} (median) | this/baseline (median of pairs) | range |");
+    let _ = writeln!(report, "|---|---|---|---|---|---|");
+    let per_unit = |s: &AgentSample| -> BTreeMap<String, f64> {
+        let units = s.execs.max(1) as f64;
+        let mut m: BTreeMap<String, f64> = s.programs.iter().filter(|(_, (runs, _))| runs / units >= 0.01).map(|(n, (_, ns))| (n.clone(), ns / units)).collect();
+        m.insert("**all**".into(), s.programs.values().map(|(_, ns)| ns / units).sum());
+        m
+    };
+    for v in variants.iter().filter(|v| v.agent.is_none()) {
+        let mut pairs: Vec<(BTreeMap<String, f64>, BTreeMap<String, f64>)> = Vec::new();
+        for round in 0..ROUNDS {
+            let (mut base, mut this) = (None, None);
+            for first_baseline in [round % 2 == 0, round % 2 != 0] {
+                let object = if first_baseline { baseline } else { bins.ebpf.as_path() };
+                let sample = per_unit(&run_with_object(bins, cgroup, args.workload, v, object, workers, args.seconds)?);
+                if first_baseline { base = Some(sample) } else { this = Some(sample) }
+            }
+            if let (Some(b), Some(t)) = (base, this) {
+                pairs.push((b, t));
+            }
+        }
+        let names: std::collections::BTreeSet<String> = pairs.iter().flat_map(|(b, t)| b.keys().chain(t.keys()).cloned()).collect();
+        for name in names {
+            let mut b: Vec<f64> = pairs.iter().map(|(b, _)| b.get(&name).copied().unwrap_or(0.0)).collect();
+            let mut t: Vec<f64> = pairs.iter().map(|(_, t)| t.get(&name).copied().unwrap_or(0.0)).collect();
+            let mut r: Vec<f64> = b.iter().zip(&t).filter(|(b, _)| **b > 0.0).map(|(b, t)| t / b).collect();
+            let (lo, hi) = (r.iter().copied().fold(f64::INFINITY, f64::min), r.iter().copied().fold(0.0, f64::max));
+            let shown = if name.starts_with("**") { name.clone() } else { format!("`{name}`") };
+            let _ = writeln!(
+                report,
+                "| {} | {shown} | {:.0} | {:.0} | {:.3} | [{lo:.3}, {hi:.3}] |",
+                v.label,
+                median(&mut b),
+                median(&mut t),
+                median(&mut r)
+            );
+        }
+    }
+    Ok(())
 }
 
 fn soak(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, target: u64, baseline_agent: Option<&Path>) -> Result<String> {

@@ -69,6 +69,11 @@ enum Cmd {
         /// this build's CPU and throughput against it, paired per round.
         #[arg(long)]
         baseline_agent: Option<PathBuf>,
+        /// Also measure the in-kernel cost with this kernel object (an earlier build's
+        /// target/ebpf/bpfel-unknown-none/release/peregrine-ebpf), interleaved with this
+        /// build's, and report the paired ratios per program.
+        #[arg(long)]
+        baseline_ebpf: Option<PathBuf>,
     },
     /// Build the agent and collector OCI images (umoci) into target/images.
     Image {
@@ -108,7 +113,7 @@ fn real_main() -> Result<()> {
             run::run(&bins, &cluster, &agent_sets)?;
             return Ok(());
         }
-        Cmd::Bench { what, rounds, seconds, workers, cpu_millis, peers, soak, baseline_agent } => {
+        Cmd::Bench { what, rounds, seconds, workers, cpu_millis, peers, soak, baseline_agent, baseline_ebpf } => {
             setup::run(&mut stages)?;
             if what == "rules" {
                 // Criterion, in-process: the compiled upstream stable rules over recorded execs.
@@ -129,7 +134,7 @@ fn real_main() -> Result<()> {
                 other => bail!("unknown benchmark `{other}` (known: exec, connect, rules, ingest)"),
             };
             stages.run(&format!("bench {what}"), || {
-                bench::run(&bins, &bench::Bench { workload, rounds, seconds, workers, cpu_millis, peers, soak, baseline_agent: baseline_agent.clone() })
+                bench::run(&bins, &bench::Bench { workload, rounds, seconds, workers, cpu_millis, peers, soak, baseline_agent: baseline_agent.clone(), baseline_ebpf: baseline_ebpf.clone() })
             })?;
         }
         Cmd::Image { release } => {

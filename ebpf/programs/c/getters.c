@@ -486,8 +486,20 @@ int peregrine_sock_error(__u64 skaddr)
 	return sk ? BPF_CORE_READ(sk, sk_err) : 0;
 }
 
+// The socket behind fds[fd] (the fd already checked against the table's size), or 0.
+static __always_inline __u64 fd_table_sock(struct file **fds, int fd)
+{
+	struct file___sock *f = 0;
+	if (bpf_core_read(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	if (!sock)
+		return 0;
+	return (__u64)BPF_CORE_READ(sock, sk);
+}
+
 // The `struct sock *` behind file descriptor `fd` of the current task (accept's new socket),
-// or 0. Bounded by the fd table's size.
+// or 0. Bounded by the fd table's size. Every step is a probe read: any kernel.
 __u64 peregrine_fd_sock(int fd)
 {
 	struct task_struct___files *task = (struct task_struct___files *)bpf_get_current_task();
@@ -496,14 +508,21 @@ __u64 peregrine_fd_sock(int fd)
 	unsigned int max = BPF_CORE_READ(fdt, max_fds);
 	if (fd < 0 || (unsigned int)fd >= max)
 		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file___sock *f = 0;
-	if (bpf_core_read(&f, sizeof(f), &fds[fd]) || !f)
+	return fd_table_sock(BPF_CORE_READ(fdt, fd), fd);
+}
+
+// The same walk from the task's BTF pointer (kernels >= 5.11): the verifier knows the types,
+// so task->files->fdt and the table's size and array are plain loads instead of four helper
+// calls, which were most of an accept's cost. The array's slots and what follows are
+// pointers the verifier does not type (`struct file **`, `void *`): probe reads still.
+__u64 peregrine_fd_sock_btf(int fd)
+{
+	struct task_struct___files *task = (struct task_struct___files *)bpf_get_current_task_btf();
+	struct fdtable *fdt = task->files->fdt;
+	unsigned int max = fdt->max_fds;
+	if (fd < 0 || (unsigned int)fd >= max)
 		return 0;
-	struct socket *sock = BPF_CORE_READ(f, private_data);
-	if (!sock)
-		return 0;
-	return (__u64)BPF_CORE_READ(sock, sk);
+	return fd_table_sock(fdt->fd, fd);
 }
 
 // The file an exec is about to run, as (device, inode): the LSM hook's deny-map key.

@@ -136,6 +136,7 @@ unsafe extern "C" {
     fn peregrine_sock_error(sk: u64) -> i32;
     fn peregrine_sock_sport(sk: u64) -> u16;
     fn peregrine_fd_sock(fd: i32) -> u64;
+    fn peregrine_fd_sock_btf(fd: i32) -> u64;
     fn peregrine_bprm_file(bprm: *const u8, out: *mut FileKey) -> i32;
     fn peregrine_bprm_filename(bprm: *const u8, buf: *mut u8, size: u32) -> i32;
 }
@@ -546,13 +547,26 @@ fn on_reset<C: EbpfContext>(ctx: &C, sk: u64) {
     emit_conn(ctx, rec, RecordKind::Connect, 0, sk, outcome::RESET);
 }
 
+/// Clears the staged record's window fields with five stores: written plainly, the compiler
+/// makes them a call to a BPF `memset` subprogram, on every connect and accept.
+#[inline(always)]
+fn clear_window(rec: &mut ConnRecord) {
+    // SAFETY: the fields of a valid, exclusively borrowed record.
+    unsafe {
+        core::ptr::write_volatile(&raw mut rec.window_start_ns, 0);
+        core::ptr::write_volatile(&raw mut rec.carried.start_ns, 0);
+        core::ptr::write_volatile(&raw mut rec.carried.absorbed, 0);
+        core::ptr::write_volatile(&raw mut rec.carried.established, 0);
+        core::ptr::write_volatile(&raw mut rec.carried.failed, 0);
+    }
+}
+
 /// Stages a record for the socket: its tuple read, no dedup window (`tcp_window` sets one).
 /// None when unreadable, not TCP, or excluded loopback.
 #[inline(always)]
 fn tcp_tuple(sk: u64) -> Option<&'static mut ConnRecord> {
     let rec = conn_scratch()?;
-    rec.window_start_ns = 0;
-    rec.carried = ConnWindow::default();
+    clear_window(rec);
     // SAFETY: CO-RE getter reading the socket with probe reads into the staged record.
     let family = unsafe { peregrine_sock_tuple(sk, &mut rec.tuple) };
     (family != 0 && rec.tuple.protocol == IPPROTO_TCP && !loopback_excluded(&rec.tuple)).then_some(rec)
@@ -629,14 +643,33 @@ fn count_absorbed_outcome(c: &Connecting, established: bool) {
     }
 }
 
-fn on_accept(ctx: &TracePointContext) {
-    // SAFETY: reading the tracepoint record through bpf_probe_read_kernel.
-    let ret = unsafe { ctx.read_at::<i64>(global(&ACCEPT_RET_OFFSET) as usize) }.unwrap_or(-1);
+/// `ret` of a `syscalls:sys_exit_*` record. Its offset (16 in every kernel so far: the
+/// common header, the syscall number, padding) is the agent's from tracefs; when it is the
+/// usual one the verifier, knowing the global, keeps the direct context load, not the probe read.
+#[inline(always)]
+fn syscall_ret(ctx: &TracePointContext) -> i64 {
+    const USUAL: u32 = 16;
+    let offset = global(&ACCEPT_RET_OFFSET);
+    if offset == USUAL {
+        // SAFETY: the record is at least `USUAL + 8` bytes (tracefs gave `ret` at 16, 8 bytes
+        // long); tracepoint programs may load from their record at a constant offset.
+        unsafe { *ctx.as_ptr().cast::<u8>().add(USUAL as usize).cast::<i64>() }
+    } else {
+        // SAFETY: reading the tracepoint record through bpf_probe_read_kernel.
+        unsafe { ctx.read_at::<i64>(offset as usize) }.unwrap_or(-1)
+    }
+}
+
+/// An accepted connection: the new fd's socket through the fd table. `TASK_BTF`: the walk
+/// from the task's BTF pointer (plain loads; kernels >= 5.11); else every step a probe read.
+#[inline(always)]
+fn on_accept<const TASK_BTF: bool>(ctx: &TracePointContext) {
+    let ret = syscall_ret(ctx);
     if ret < 0 || ret > i64::from(i32::MAX) {
         return;
     }
-    // SAFETY: CO-RE getter walking the current task's fd table with probe reads.
-    let sk = unsafe { peregrine_fd_sock(ret as i32) };
+    // SAFETY: CO-RE getters walking the current task's fd table, bounded by its size.
+    let sk = unsafe { if TASK_BTF { peregrine_fd_sock_btf(ret as i32) } else { peregrine_fd_sock(ret as i32) } };
     if sk == 0 {
         return;
     }
@@ -649,16 +682,29 @@ fn on_accept(ctx: &TracePointContext) {
     }
 }
 
-/// Inbound connections, in the accepting process's context.
+/// Inbound connections, in the accepting process's context. The agent loads these, and the
+/// `*_probe_read` pair below only where the verifier refuses them (kernels before 5.11).
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    on_accept(&ctx);
+    on_accept::<true>(&ctx);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    on_accept(&ctx);
+    on_accept::<true>(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4_probe_read(ctx: TracePointContext) -> u32 {
+    on_accept::<false>(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept_probe_read(ctx: TracePointContext) -> u32 {
+    on_accept::<false>(&ctx);
     0
 }
 
@@ -683,8 +729,7 @@ fn on_sock_addr(ctx: &SockAddrContext, v6: bool, op: u16) -> i32 {
     let (ip4, ip6) = if v6 { (0, unsafe { (*sa).user_ip6 }) } else { (unsafe { (*sa).user_ip4 }, [0u32; 4]) };
     let Some(rec) = conn_scratch() else { return ALLOW };
     rec.tuple = Tuple::default();
-    rec.window_start_ns = 0;
-    rec.carried = ConnWindow::default();
+    clear_window(rec);
     rec.tuple.family = if v6 { 10 } else { 2 };
     rec.tuple.protocol = protocol as u16;
     // user_port holds the port in network byte order in its low 16 bits.
