@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".peregrine.v1")
         // Slices of the received buffer: the collector queues them without a copy per event.
         .bytes(".peregrine.v1.EventBatchRaw.events")
+        // Shared between the exec events of one process's descendants (src/ancestor.rs).
+        .extern_path(".peregrine.v1.Ancestor", "crate::SharedAncestor")
         .compile_protos(&["proto/peregrine.proto"], &["proto"])?;
     let set = FileDescriptorSet::decode(std::fs::read(&descriptor)?.as_slice())?;
     std::fs::write(out.join("json_schema.rs"), json_schema(&set, "Event")?)?;

@@ -5,10 +5,12 @@ pub mod v1 {
     tonic::include_proto!("peregrine.v1");
 }
 
+mod ancestor;
 pub mod json;
 
+pub use ancestor::{Ancestor, SharedAncestor};
 pub use v1::{
-    Ack, EventBatchRaw, AgentStatus, Ancestor, Connection, Container, ContainerStarted, Credentials, Event, EventBatch, Loss, Namespaces, Process, Pod, ProcessExec, ProcessExit,
+    Ack, EventBatchRaw, AgentStatus, Connection, Container, ContainerStarted, Credentials, Event, EventBatch, Loss, Namespaces, Process, Pod, ProcessExec, ProcessExit,
     ProcessFork, SecurityContext, event::Kind,
 };
 

@@ -25,7 +25,7 @@ pub struct RuleEvent<'a> {
     event: &'a Event,
     evt_type: EventType,
     process: &'a Process,
-    ancestors: &'a [peregrine_proto::Ancestor],
+    ancestors: &'a [peregrine_proto::SharedAncestor],
     conn: Option<Conn<'a>>,
     users: &'a HashMap<u32, String>,
     cmdline: String,
@@ -118,7 +118,7 @@ impl<'a> RuleEvent<'a> {
         match arg {
             FieldArg::Index(n) if n >= 1 => {
                 let i = usize::try_from(n - 1).ok()?;
-                self.ancestors.get(i).map(|a| (i, a))
+                self.ancestors.get(i).map(|a| (i, &**a))
             }
             _ => None,
         }
@@ -293,8 +293,8 @@ mod tests {
                     ..Process::default()
                 }),
                 ancestors: vec![
-                    Ancestor { pid: 41, comm: "bash".into(), argv: vec!["bash".into(), "-i".into()], ..Ancestor::default() },
-                    Ancestor { pid: 1, comm: "sshd".into(), argv: vec!["/usr/sbin/sshd".into()], ..Ancestor::default() },
+                    Ancestor { pid: 41, comm: "bash".into(), argv: vec!["bash".into(), "-i".into()], ..Ancestor::default() }.into(),
+                    Ancestor { pid: 1, comm: "sshd".into(), argv: vec!["/usr/sbin/sshd".into()], ..Ancestor::default() }.into(),
                 ],
             })),
             enrichment: "complete".into(),

@@ -10,9 +10,12 @@
 //! parent's fork tracepoint runs), so every operation tolerates its predecessors being absent
 //! or arriving later: a late fork never overwrites what an exec already recorded.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    cell::OnceCell,
+    collections::{HashMap, VecDeque},
+};
 
-use peregrine_proto::{Ancestor, Credentials, Namespaces, Process};
+use peregrine_proto::{Ancestor, Credentials, Namespaces, Process, SharedAncestor};
 
 use crate::decode::{Exec, Exit, Fork};
 
@@ -31,6 +34,9 @@ struct Entry {
     /// Start time known only to clock-tick precision (seeded from /proc).
     coarse: bool,
     exited_ns: Option<u64>,
+    /// This process as its descendants' exec events name it, made the first time one needs
+    /// it and shared by all of them (most processes never have a child that execs).
+    ancestor: OnceCell<SharedAncestor>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -167,12 +173,12 @@ impl ProcessCache {
 
     /// A process seen in /proc at start-up. Its key's start must be at tick precision.
     pub fn seed(&mut self, key: Key, parent: Option<Key>, process: Process) {
-        self.entries.insert(key, Entry { process: Box::new(process), parent, coarse: true, exited_ns: None });
+        self.entries.insert(key, Entry { ancestor: OnceCell::new(), process: Box::new(process), parent, coarse: true, exited_ns: None });
         self.index(key);
     }
 
     /// Ancestors from the parent upwards, bounded by the configured depth.
-    pub fn ancestors(&self, parent: Option<Key>) -> Vec<Ancestor> {
+    pub fn ancestors(&self, parent: Option<Key>) -> Vec<SharedAncestor> {
         let mut out = Vec::new();
         let mut next = parent.and_then(|k| self.resolve(k));
         while let Some(key) = next {
@@ -180,14 +186,17 @@ impl ProcessCache {
                 break;
             }
             let Some(entry) = self.entries.get(&key) else { break };
-            let p = &entry.process;
-            out.push(Ancestor {
-                pid: p.pid,
-                exec_id: p.exec_id.clone(),
-                comm: p.comm.clone(),
-                exe: p.exe.clone(),
-                argv: p.argv.clone(),
+            let shared = entry.ancestor.get_or_init(|| {
+                let p = &entry.process;
+                SharedAncestor::from(Ancestor {
+                    pid: p.pid,
+                    exec_id: p.exec_id.clone(),
+                    comm: p.comm.clone(),
+                    exe: p.exe.clone(),
+                    argv: p.argv.clone(),
+                })
             });
+            out.push(shared.clone());
             next = entry.parent.and_then(|k| self.resolve(k));
         }
         out
@@ -198,7 +207,7 @@ impl ProcessCache {
     }
 
     /// Takes the decoded record by value: its strings move into the process record.
-    pub fn exec(&mut self, e: Exec) -> (Process, Vec<Ancestor>) {
+    pub fn exec(&mut self, e: Exec) -> (Process, Vec<SharedAncestor>) {
         let key = Key { tgid: e.tgid, start_ns: e.start_ns };
         let parent = Key { tgid: e.parent_tgid, start_ns: e.parent_start_ns };
         // The fork's copy of the parent's image is superseded: it never needs making.
@@ -254,7 +263,7 @@ impl ProcessCache {
         if let Some(old) = existing.filter(|k| *k != key) {
             self.forget(old);
         }
-        self.entries.insert(key, Entry { process: Box::new(process.clone()), parent: Some(parent), coarse: false, exited_ns });
+        self.entries.insert(key, Entry { ancestor: OnceCell::new(), process: Box::new(process.clone()), parent: Some(parent), coarse: false, exited_ns });
         self.index(key);
         self.enforce_capacity();
         (process, ancestors)
@@ -313,7 +322,7 @@ impl ProcessCache {
     }
 
     fn insert_child(&mut self, key: Key, parent: Key, process: Process) {
-        self.entries.insert(key, Entry { process: Box::new(process), parent: Some(parent), coarse: false, exited_ns: None });
+        self.entries.insert(key, Entry { ancestor: OnceCell::new(), process: Box::new(process), parent: Some(parent), coarse: false, exited_ns: None });
         self.index(key);
         self.enforce_capacity();
     }
@@ -407,7 +416,7 @@ impl ProcessCache {
                     source: "exit".into(),
                     ..Process::default()
                 };
-                self.entries.insert(key, Entry { process: Box::new(process.clone()), parent: None, coarse: false, exited_ns: Some(x.boot_ns) });
+                self.entries.insert(key, Entry { ancestor: OnceCell::new(), process: Box::new(process.clone()), parent: None, coarse: false, exited_ns: Some(x.boot_ns) });
                 self.exited.push_back((x.boot_ns, key));
                 process
             }

@@ -70,8 +70,8 @@ fn event(run: &str, seq: u64) -> Event {
         ..Default::default()
     };
     let ancestors = vec![
-        Ancestor { pid: 41, exec_id: "node-1:41:900:950".into(), comm: "bash".into(), exe: "/usr/bin/bash".into(), argv: vec!["bash".into()] },
-        Ancestor { pid: 1, exec_id: "node-1:1:1:2".into(), comm: "sshd".into(), exe: "/usr/sbin/sshd".into(), argv: vec!["/usr/sbin/sshd".into(), "-D".into()] },
+        Ancestor { pid: 41, exec_id: "node-1:41:900:950".into(), comm: "bash".into(), exe: "/usr/bin/bash".into(), argv: vec!["bash".into()] }.into(),
+        Ancestor { pid: 1, exec_id: "node-1:1:1:2".into(), comm: "sshd".into(), exe: "/usr/sbin/sshd".into(), argv: vec!["/usr/sbin/sshd".into(), "-D".into()] }.into(),
     ];
     Event {
         id: format!("{run}-{seq}"),

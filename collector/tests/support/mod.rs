@@ -293,7 +293,7 @@ pub fn exec_event(id: &str, seq: u64, argv: &[&str]) -> Event {
         seq,
         Kind::Exec(ProcessExec {
             process: Some(process(4242, argv)),
-            ancestors: vec![Ancestor { pid: 1, exec_id: "node-1:1:1:2".into(), comm: "bash".into(), exe: "/usr/bin/bash".into(), argv: vec!["bash".into()] }],
+            ancestors: vec![Ancestor { pid: 1, exec_id: "node-1:1:1:2".into(), comm: "bash".into(), exe: "/usr/bin/bash".into(), argv: vec!["bash".into()] }.into()],
         }),
     )
 }
