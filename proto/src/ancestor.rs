@@ -42,10 +42,17 @@ pub struct Ancestor {
 #[derive(Clone, Default)]
 pub struct SharedAncestor(Arc<Shared>);
 
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Shared {
     ancestor: Ancestor,
     encoded: OnceLock<Vec<u8>>,
+}
+
+/// `Arc::make_mut` clones only to write: the kept encoding would be thrown away at once.
+impl Clone for Shared {
+    fn clone(&self) -> Self {
+        Self { ancestor: self.ancestor.clone(), encoded: OnceLock::new() }
+    }
 }
 
 impl SharedAncestor {

@@ -644,21 +644,23 @@ fn in_kernel(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench, variants: &[Vari
     result
 }
 
-/// Rounds of the baseline kernel object and this build's, interleaved (order alternating per
-/// round), with the statistics on: per program, the medians of ns per unit and the median of
-/// the per-round ratios this/baseline (the machine's drift between runs cancels in a pair).
+/// `--rounds` rounds (at least 2) of the baseline kernel object and this build's, interleaved
+/// (order alternating per round), with the statistics on: per program, the medians of ns per
+/// unit and the median and range of the per-round ratios this/baseline (the machine's drift
+/// between runs cancels in a pair). A round in which either side lacks a program (it ran in
+/// under 1 % of the units, or has another name in one build) does not count for it.
 fn in_kernel_paired(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench, variants: &[Variant], baseline: &Path, report: &mut String) -> Result<()> {
-    const ROUNDS: usize = 4;
+    let rounds = args.rounds.max(2);
     let u = args.workload.unit();
     let workers = args.workers.first().copied().unwrap_or(1);
     let _ = writeln!(
         report,
-        "\nIn the kernel against the baseline object {} ({ROUNDS} rounds × {} s each, interleaved, order alternating; statistics on):\n",
+        "\nIn the kernel against the baseline object {} ({rounds} rounds × {} s each, interleaved, order alternating; statistics on):\n",
         baseline.display(),
         args.seconds
     );
-    let _ = writeln!(report, "| agent | program | baseline ns/{u} (median) | this ns/{u} (median) | this/baseline (median of pairs) | range |");
-    let _ = writeln!(report, "|---|---|---|---|---|---|");
+    let _ = writeln!(report, "| agent | program | baseline ns/{u} (median) | this ns/{u} (median) | this/baseline (median of pairs) | range (min–max) | pairs |");
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|");
     let per_unit = |s: &AgentSample| -> BTreeMap<String, f64> {
         let units = s.execs.max(1) as f64;
         let mut m: BTreeMap<String, f64> = s.programs.iter().filter(|(_, (runs, _))| runs / units >= 0.01).map(|(n, (_, ns))| (n.clone(), ns / units)).collect();
@@ -667,7 +669,7 @@ fn in_kernel_paired(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench, variants:
     };
     for v in variants.iter().filter(|v| v.agent.is_none()) {
         let mut pairs: Vec<(BTreeMap<String, f64>, BTreeMap<String, f64>)> = Vec::new();
-        for round in 0..ROUNDS {
+        for round in 0..rounds {
             let (mut base, mut this) = (None, None);
             for first_baseline in [round % 2 == 0, round % 2 != 0] {
                 let object = if first_baseline { baseline } else { bins.ebpf.as_path() };
@@ -680,18 +682,25 @@ fn in_kernel_paired(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench, variants:
         }
         let names: std::collections::BTreeSet<String> = pairs.iter().flat_map(|(b, t)| b.keys().chain(t.keys()).cloned()).collect();
         for name in names {
-            let mut b: Vec<f64> = pairs.iter().map(|(b, _)| b.get(&name).copied().unwrap_or(0.0)).collect();
-            let mut t: Vec<f64> = pairs.iter().map(|(_, t)| t.get(&name).copied().unwrap_or(0.0)).collect();
-            let mut r: Vec<f64> = b.iter().zip(&t).filter(|(b, _)| **b > 0.0).map(|(b, t)| t / b).collect();
-            let (lo, hi) = (r.iter().copied().fold(f64::INFINITY, f64::min), r.iter().copied().fold(0.0, f64::max));
+            let both: Vec<(f64, f64)> =
+                pairs.iter().filter_map(|(b, t)| Some((*b.get(&name)?, *t.get(&name)?))).filter(|(b, _)| *b > 0.0).collect();
             let shown = if name.starts_with("**") { name.clone() } else { format!("`{name}`") };
+            if both.is_empty() {
+                let _ = writeln!(report, "| {} | {shown} | n/a | n/a | n/a (not in both builds' rounds) | | 0 |", v.label);
+                continue;
+            }
+            let mut b: Vec<f64> = both.iter().map(|(b, _)| *b).collect();
+            let mut t: Vec<f64> = both.iter().map(|(_, t)| *t).collect();
+            let mut r: Vec<f64> = both.iter().map(|(b, t)| t / b).collect();
+            let (lo, hi) = (r.iter().copied().fold(f64::INFINITY, f64::min), r.iter().copied().fold(0.0, f64::max));
             let _ = writeln!(
                 report,
-                "| {} | {shown} | {:.0} | {:.0} | {:.3} | [{lo:.3}, {hi:.3}] |",
+                "| {} | {shown} | {:.0} | {:.0} | {:.3} | [{lo:.3}, {hi:.3}] | {} |",
                 v.label,
                 median(&mut b),
                 median(&mut t),
-                median(&mut r)
+                median(&mut r),
+                both.len()
             );
         }
     }

@@ -71,7 +71,7 @@ enum Cmd {
         baseline_agent: Option<PathBuf>,
         /// Also measure the in-kernel cost with this kernel object (an earlier build's
         /// target/ebpf/bpfel-unknown-none/release/peregrine-ebpf), interleaved with this
-        /// build's, and report the paired ratios per program.
+        /// build's for `--rounds` rounds (at least 2), and report the paired ratios per program.
         #[arg(long)]
         baseline_ebpf: Option<PathBuf>,
     },

@@ -353,28 +353,44 @@ fn load_program(ebpf: &mut Ebpf, hook: &Hook) -> Result<(), KernelError> {
     loaded.map_err(|e| rejected(hook.program, e))
 }
 
-/// Loads the hook's program, or its probe-read twin (`PROBE_READ_TWINS`) where the kernel
-/// refuses it or `task_btf` is off. Returns the hook loaded and its label for the status
-/// event, which names a twin ("(probe reads)") so an operator sees which node pays more.
+/// Loads the hook's program, or its probe-read twin (`PROBE_READ_TWINS`) where the verifier
+/// refuses it or `task_btf` is off. Returns the hook to attach and its label for the status
+/// event and the hooks metric, which names a twin ("(probe reads)") so an operator sees which
+/// node pays more. A twin not needed is loaded too, so the verifier checks it on every node
+/// (as every program is checked); a twin refused there is only logged: it is not attached.
 fn load_or_twin(ebpf: &mut Ebpf, hook: &Hook, task_btf: bool) -> Result<(Hook, String), KernelError> {
     let Some((_, twin)) = PROBE_READ_TWINS.iter().find(|(first, _)| *first == hook.program) else {
         load_program(ebpf, hook)?;
         return Ok((*hook, hook.label()));
     };
+    let twin = Hook { program: twin, ..*hook };
     if task_btf {
         match load_program(ebpf, hook) {
-            Ok(()) => return Ok((*hook, hook.label())),
+            Ok(()) => {
+                if let Err(e) = load_program(ebpf, &twin) {
+                    tracing::warn!(program = twin.program, error = %e, "the probe-read twin does not verify here (not needed: not attached)");
+                }
+                return Ok((*hook, hook.label()));
+            }
+            // Only the verifier's refusal: anything else (no permission, no memory) would
+            // refuse the twin as well, and the first error is the one to show.
+            Err(e) if !is_verifier_refusal(&e) => return Err(e),
             Err(e) => tracing::warn!(
                 program = hook.program,
-                twin,
+                twin = twin.program,
                 error = %e,
-                "the kernel refused the task-BTF program; loading its probe-read twin (same records, higher cost)"
+                "the verifier refused the task-BTF program; loading its probe-read twin (same records, higher cost)"
             ),
         }
     }
-    let twin = Hook { program: twin, ..*hook };
     load_program(ebpf, &twin)?;
     Ok((twin, format!("{} (probe reads)", twin.label())))
+}
+
+/// A load refused by the verifier (it wrote a log), not for want of permission.
+fn is_verifier_refusal(e: &KernelError) -> bool {
+    matches!(e, KernelError::ProgramRejected { io_error, verifier_log, .. }
+        if !verifier_log.trim().is_empty() && io_error.raw_os_error() != Some(nix::libc::EPERM))
 }
 
 const LSM_EXEC_HOOK: &str = "lsm/bprm_check_security";

@@ -515,10 +515,17 @@ __u64 peregrine_fd_sock(int fd)
 // so task->files->fdt and the table's size and array are plain loads instead of four helper
 // calls, which were most of an accept's cost. The array's slots and what follows are
 // pointers the verifier does not type (`struct file **`, `void *`): probe reads still.
+// `fdt` is __rcu: on kernels built with clang the verifier (>= 6.3) takes it as possibly
+// NULL and refuses a load through it unchecked.
 __u64 peregrine_fd_sock_btf(int fd)
 {
 	struct task_struct___files *task = (struct task_struct___files *)bpf_get_current_task_btf();
-	struct fdtable *fdt = task->files->fdt;
+	struct files_struct *files = task->files;
+	if (!files)
+		return 0;
+	struct fdtable *fdt = files->fdt;
+	if (!fdt)
+		return 0;
 	unsigned int max = fdt->max_fds;
 	if (fd < 0 || (unsigned int)fd >= max)
 		return 0;

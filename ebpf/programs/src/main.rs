@@ -547,6 +547,9 @@ fn on_reset<C: EbpfContext>(ctx: &C, sk: u64) {
     emit_conn(ctx, rec, RecordKind::Connect, 0, sk, outcome::RESET);
 }
 
+// `clear_window` clears ConnWindow field by field: a field added there must be added here.
+const _: () = assert!(size_of::<ConnWindow>() == 32);
+
 /// Clears the staged record's window fields with five stores: written plainly, the compiler
 /// makes them a call to a BPF `memset` subprogram, on every connect and accept.
 #[inline(always)]
@@ -651,8 +654,9 @@ fn syscall_ret(ctx: &TracePointContext) -> i64 {
     const USUAL: u32 = 16;
     let offset = global(&ACCEPT_RET_OFFSET);
     if offset == USUAL {
-        // SAFETY: the record is at least `USUAL + 8` bytes (tracefs gave `ret` at 16, 8 bytes
-        // long); tracepoint programs may load from their record at a constant offset.
+        // SAFETY: a load from the program's own record at a constant offset, which the
+        // verifier checks; `ret` is a `long` at 16 in every syscall-exit record (the agent
+        // reads `sys_exit_accept4`'s format; `sys_exit_accept` has the same layout).
         unsafe { *ctx.as_ptr().cast::<u8>().add(USUAL as usize).cast::<i64>() }
     } else {
         // SAFETY: reading the tracepoint record through bpf_probe_read_kernel.
