@@ -291,11 +291,8 @@ fn collector_command(bins: &Binaries, port: u16, out: &Path, queue: &Path) -> Re
     Ok(cmd)
 }
 
-fn start_stack(bins: &Binaries, agent: Option<&Path>, cgroup: &CpuCgroup, sets: &[&str]) -> Result<Stack> {
-    start_stack_with(bins, agent, &bins.ebpf, cgroup, sets)
-}
-
-fn start_stack_with(bins: &Binaries, agent: Option<&Path>, ebpf: &Path, cgroup: &CpuCgroup, sets: &[&str]) -> Result<Stack> {
+/// The agent (`agent`, or the one just built) with kernel object `ebpf`, and its collector.
+fn start_stack(bins: &Binaries, agent: Option<&Path>, ebpf: &Path, cgroup: &CpuCgroup, sets: &[&str]) -> Result<Stack> {
     let dir = TempDir(std::env::temp_dir().join(format!("peregrine-bench-{}", std::process::id())));
     fs::create_dir_all(&dir.0)?;
     let ingest = free_port()?;
@@ -345,12 +342,14 @@ struct Variant {
     every_unit_an_event: bool,
     /// Another agent binary than the one just built (`--baseline-agent`).
     agent: Option<PathBuf>,
+    /// Another kernel object than the one just built (`--baseline-ebpf`).
+    ebpf: Option<PathBuf>,
     /// For a variant of this build with a baseline twin: the twin's index.
     baseline: Option<usize>,
 }
 
 fn variants(workload: Workload, baseline_agent: Option<&Path>) -> Vec<Variant> {
-    let v = |label: &str, sets, every_unit_an_event| Variant { label: label.to_owned(), sets, every_unit_an_event, agent: None, baseline: None };
+    let v = |label: &str, sets, every_unit_an_event| Variant { label: label.to_owned(), sets, every_unit_an_event, agent: None, ebpf: None, baseline: None };
     let mut out = match workload {
         Workload::Exec => vec![v("agent/none", &[], true)],
         Workload::Connect => vec![
@@ -369,19 +368,8 @@ fn variants(workload: Workload, baseline_agent: Option<&Path>) -> Vec<Variant> {
 }
 
 fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, variant: &Variant, workers: usize, seconds: f64) -> Result<AgentSample> {
-    run_with_object(bins, cgroup, workload, variant, &bins.ebpf, workers, seconds)
-}
-
-fn run_with_object(
-    bins: &Binaries,
-    cgroup: &CpuCgroup,
-    workload: Workload,
-    variant: &Variant,
-    ebpf: &Path,
-    workers: usize,
-    seconds: f64,
-) -> Result<AgentSample> {
-    let stack = start_stack_with(bins, variant.agent.as_deref(), ebpf, cgroup, variant.sets)?;
+    let ebpf = variant.ebpf.as_deref().unwrap_or(&bins.ebpf);
+    let stack = start_stack(bins, variant.agent.as_deref(), ebpf, cgroup, variant.sets)?;
     let pid = stack.agent.0.id();
     let before = http_get(stack.port, "/metrics").unwrap_or_default();
     let cpu0 = cpu_ns(pid);
@@ -668,12 +656,13 @@ fn in_kernel_paired(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench, variants:
         m
     };
     for v in variants.iter().filter(|v| v.agent.is_none()) {
+        let on_baseline = Variant { ebpf: Some(baseline.to_owned()), ..v.clone() };
         let mut pairs: Vec<(BTreeMap<String, f64>, BTreeMap<String, f64>)> = Vec::new();
         for round in 0..rounds {
             let (mut base, mut this) = (None, None);
             for first_baseline in [round % 2 == 0, round % 2 != 0] {
-                let object = if first_baseline { baseline } else { bins.ebpf.as_path() };
-                let sample = per_unit(&run_with_object(bins, cgroup, args.workload, v, object, workers, args.seconds)?);
+                let variant = if first_baseline { &on_baseline } else { v };
+                let sample = per_unit(&run_with_agent(bins, cgroup, args.workload, variant, workers, args.seconds)?);
                 if first_baseline { base = Some(sample) } else { this = Some(sample) }
             }
             if let (Some(b), Some(t)) = (base, this) {
@@ -720,7 +709,7 @@ fn soak(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, target: u64, ba
         None => vec![("this build", None)],
     };
     for (label, agent) in agents {
-        let stack = start_stack(bins, agent, cgroup, &[])?;
+        let stack = start_stack(bins, agent, &bins.ebpf, cgroup, &[])?;
         let pid = stack.agent.0.id();
         let started = Instant::now();
         let mut total = 0;
