@@ -16,8 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .btree_map(".peregrine.v1")
         // Slices of the received buffer: the collector queues them without a copy per event.
         .bytes(".peregrine.v1.EventBatchRaw.events")
-        // Shared between the exec events of one process's descendants (src/ancestor.rs).
+        // Shared between events instead of copied into each (src/shared.rs).
         .extern_path(".peregrine.v1.Ancestor", "crate::SharedAncestor")
+        .extern_path(".peregrine.v1.Process", "crate::SharedProcess")
         .compile_protos(&["proto/peregrine.proto"], &["proto"])?;
     let set = FileDescriptorSet::decode(std::fs::read(&descriptor)?.as_slice())?;
     std::fs::write(out.join("json_schema.rs"), json_schema(&set, "Event")?)?;

@@ -342,7 +342,7 @@ impl Drain {
         }
         let trigger = (!self.alerts.is_empty()).then(|| Trigger {
             event_id: event.id.clone(),
-            process: event.process().cloned(),
+            process: event.shared_process().cloned(),
             container: event.container.clone(),
             enrichment: event.enrichment.clone(),
             privilege: event.privilege.clone(),
@@ -470,7 +470,7 @@ impl Drain {
 #[derive(Default)]
 struct Trigger {
     event_id: String,
-    process: Option<peregrine_proto::Process>,
+    process: Option<peregrine_proto::SharedProcess>,
     container: Option<peregrine_proto::Container>,
     enrichment: String,
     privilege: Vec<String>,
@@ -478,7 +478,7 @@ struct Trigger {
 
 /// An exec the LSM hook refused, as an alert: the enforcement decision, with the process that
 /// tried (its image is still the caller's: the exec never happened).
-fn denied_exec_alert(d: &decode::ExecDenied, process: peregrine_proto::Process) -> peregrine_proto::v1::Alert {
+fn denied_exec_alert(d: &decode::ExecDenied, process: peregrine_proto::SharedProcess) -> peregrine_proto::v1::Alert {
     let fields = [
         ("evt.arg.filename", d.filename.clone()),
         ("proc.pid", d.pid.to_string()),

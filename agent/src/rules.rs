@@ -6,7 +6,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use peregrine_proto::{Event, Process};
+use peregrine_proto::{Event, SharedProcess};
 use peregrine_rules::{
     Alert, FoldConfig, Folder, PollOutcome, RulesHandle, RulesWatcher, WatcherThread, proto_view::RuleEvent,
 };
@@ -92,7 +92,7 @@ fn read_passwd(path: &str) -> HashMap<u32, String> {
 }
 
 /// Alert to proto, linked to the event that triggered it.
-pub fn to_proto(alert: Alert, event_id: &str, process: Option<Process>) -> peregrine_proto::v1::Alert {
+pub fn to_proto(alert: Alert, event_id: &str, process: Option<SharedProcess>) -> peregrine_proto::v1::Alert {
     peregrine_proto::v1::Alert {
         rule: alert.rule.to_string(),
         priority: alert.priority.name().to_owned(),

@@ -7,10 +7,14 @@ pub mod v1 {
 
 mod ancestor;
 pub mod json;
+mod process;
+mod shared;
 
 pub use ancestor::{Ancestor, SharedAncestor};
+pub use process::{Process, SharedProcess};
+pub use shared::Shared;
 pub use v1::{
-    Ack, EventBatchRaw, AgentStatus, Connection, Container, ContainerStarted, Credentials, Event, EventBatch, Loss, Namespaces, Process, Pod, ProcessExec, ProcessExit,
+    Ack, EventBatchRaw, AgentStatus, Connection, Container, ContainerStarted, Credentials, Event, EventBatch, Loss, Namespaces, Pod, ProcessExec, ProcessExit,
     ProcessFork, SecurityContext, event::Kind,
 };
 
@@ -18,6 +22,13 @@ impl Kind {
     /// The process the event is about (for an alert, the process of the event that fired it),
     /// if its kind has one.
     pub fn process(&self) -> Option<&Process> {
+        self.shared_process().map(|p| &**p)
+    }
+
+    /// The process to write to: a record shared with other events is copied first, so take
+    /// this only to change it.
+    /// [`Self::process`] as the event holds it: a clone is a reference to the same record.
+    pub fn shared_process(&self) -> Option<&SharedProcess> {
         match self {
             Kind::Exec(x) => x.process.as_ref(),
             Kind::Fork(x) => x.process.as_ref(),
@@ -30,11 +41,11 @@ impl Kind {
 
     pub fn process_mut(&mut self) -> Option<&mut Process> {
         match self {
-            Kind::Exec(x) => x.process.as_mut(),
-            Kind::Fork(x) => x.process.as_mut(),
-            Kind::Exit(x) => x.process.as_mut(),
-            Kind::Connection(x) => x.process.as_mut(),
-            Kind::Alert(a) => a.process.as_mut(),
+            Kind::Exec(x) => x.process.as_deref_mut(),
+            Kind::Fork(x) => x.process.as_deref_mut(),
+            Kind::Exit(x) => x.process.as_deref_mut(),
+            Kind::Connection(x) => x.process.as_deref_mut(),
+            Kind::Alert(a) => a.process.as_deref_mut(),
             Kind::Status(_) | Kind::Loss(_) | Kind::ContainerStarted(_) => None,
         }
     }
@@ -48,6 +59,11 @@ impl Event {
 
     pub fn process_mut(&mut self) -> Option<&mut Process> {
         self.kind.as_mut()?.process_mut()
+    }
+
+    /// [`Kind::shared_process`] of the event's kind.
+    pub fn shared_process(&self) -> Option<&SharedProcess> {
+        self.kind.as_ref()?.shared_process()
     }
 
     /// Short name of the kind encoded in field number `field` (the `oneof kind` members, 10
@@ -170,7 +186,7 @@ mod tests {
     #[test]
     fn peek_agrees_with_the_full_decoding() {
         let kinds = [
-            Kind::Exec(ProcessExec { process: Some(Process { argv: vec!["x".into()], ..Default::default() }), ..Default::default() }),
+            Kind::Exec(ProcessExec { process: Some(Process { argv: vec!["x".into()], ..Default::default() }.into()), ..Default::default() }),
             Kind::Status(AgentStatus::default()),
             Kind::Fork(ProcessFork::default()),
             Kind::Exit(ProcessExit::default()),

@@ -291,7 +291,7 @@ mod tests {
                     cgroup_id: 1,
                     creds: Some(Credentials { uid: 0, loginuid: None, ..Credentials::default() }),
                     ..Process::default()
-                }),
+                }.into()),
                 ancestors: vec![
                     Ancestor { pid: 41, comm: "bash".into(), argv: vec!["bash".into(), "-i".into()], ..Ancestor::default() }.into(),
                     Ancestor { pid: 1, comm: "sshd".into(), argv: vec!["/usr/sbin/sshd".into()], ..Ancestor::default() }.into(),
@@ -385,7 +385,7 @@ mod tests {
                 remote_port: 80,
                 outcome: "established".into(),
                 remote_class: "imds".into(),
-                process: Some(Process { pid: 9, comm: "curl".into(), ..Process::default() }),
+                process: Some(Process { pid: 9, comm: "curl".into(), ..Process::default() }.into()),
                 ..Default::default()
             })),
             ..Event::default()

@@ -595,7 +595,7 @@ mod tests {
                 ns: Some(Namespaces { pid: pid_ns, ..Default::default() }),
                 creds: Some(Credentials { cap_effective: caps, ..Default::default() }),
                 ..Default::default()
-            }),
+            }.into()),
             ancestors: vec![],
         })
     }

@@ -15,7 +15,7 @@ use std::{
     collections::{HashMap, VecDeque},
 };
 
-use peregrine_proto::{Ancestor, Credentials, Namespaces, Process, SharedAncestor};
+use peregrine_proto::{Ancestor, Credentials, Namespaces, Process, SharedAncestor, SharedProcess};
 
 use crate::decode::{Exec, Exit, Fork};
 
@@ -27,9 +27,10 @@ pub struct Key {
 
 #[derive(Debug, Clone)]
 struct Entry {
-    /// Boxed: the map keeps its free slots at the size of an entry, and a `Process` is ~10
-    /// times the size of a pointer (measured in agent RSS under an exec storm).
-    process: Box<Process>,
+    /// Shared with the events that carry it (its exec, its exit, its connections): they take
+    /// a reference and reuse its encoding. A pointer also keeps the map's free slots small
+    /// (measured in agent RSS under an exec storm).
+    process: SharedProcess,
     parent: Option<Key>,
     /// Start time known only to clock-tick precision (seeded from /proc).
     coarse: bool,
@@ -100,6 +101,15 @@ impl ExitStatus {
     }
 }
 
+/// `process` as the thread `tid` caused the event. Written only when it differs: a write
+/// copies the shared record and makes its encoding again (most processes are one thread).
+pub fn with_tid(mut process: SharedProcess, tid: u32) -> SharedProcess {
+    if process.tid != tid {
+        process.tid = tid;
+    }
+    process
+}
+
 /// `node:tgid:start:exec`. Built by hand: `format!` showed in the agent's profile (one per
 /// exec, and one per parent lookup).
 pub fn exec_id(node: &str, tgid: u32, start_ns: u64, exec_ns: u64) -> String {
@@ -147,14 +157,14 @@ impl ProcessCache {
         self.entries.get(&coarse).filter(|e| e.coarse).map(|_| coarse)
     }
 
-    pub fn get(&self, key: Key) -> Option<&Process> {
-        self.resolve(key).and_then(|k| self.entries.get(&k)).map(|e| &*e.process)
+    pub fn get(&self, key: Key) -> Option<&SharedProcess> {
+        self.resolve(key).and_then(|k| self.entries.get(&k)).map(|e| &e.process)
     }
 
     /// The newest live process with this tgid.
-    pub fn live_by_tgid(&self, tgid: u32) -> Option<&Process> {
+    pub fn live_by_tgid(&self, tgid: u32) -> Option<&SharedProcess> {
         let key = self.by_tgid.get(&tgid)?;
-        self.entries.get(key).filter(|e| e.exited_ns.is_none()).map(|e| &*e.process)
+        self.entries.get(key).filter(|e| e.exited_ns.is_none()).map(|e| &e.process)
     }
 
     fn index(&mut self, key: Key) {
@@ -173,7 +183,7 @@ impl ProcessCache {
 
     /// A process seen in /proc at start-up. Its key's start must be at tick precision.
     pub fn seed(&mut self, key: Key, parent: Option<Key>, process: Process) {
-        self.entries.insert(key, Entry { ancestor: OnceCell::new(), process: Box::new(process), parent, coarse: true, exited_ns: None });
+        self.entries.insert(key, Entry { ancestor: OnceCell::new(), process: process.into(), parent, coarse: true, exited_ns: None });
         self.index(key);
     }
 
@@ -207,7 +217,7 @@ impl ProcessCache {
     }
 
     /// Takes the decoded record by value: its strings move into the process record.
-    pub fn exec(&mut self, e: Exec) -> (Process, Vec<SharedAncestor>) {
+    pub fn exec(&mut self, e: Exec) -> (SharedProcess, Vec<SharedAncestor>) {
         let key = Key { tgid: e.tgid, start_ns: e.start_ns };
         let parent = Key { tgid: e.parent_tgid, start_ns: e.parent_start_ns };
         // The fork's copy of the parent's image is superseded: it never needs making.
@@ -217,7 +227,7 @@ impl ProcessCache {
             self.settle_children_of(key);
         }
         self.settle(parent);
-        let process = Process {
+        let process = SharedProcess::from(Process {
             exec_id: exec_id(&self.node, e.tgid, e.start_ns, e.boot_ns),
             parent_exec_id: self.parent_exec_id(parent),
             pid: e.tgid,
@@ -255,7 +265,7 @@ impl ProcessCache {
             tty_nr: e.tty_nr,
             partial: e.partial.iter().map(|s| (*s).to_owned()).collect(),
             source: "exec".into(),
-        };
+        });
         let ancestors = self.ancestors(Some(parent));
         // A process that exits right after exec may already have its exit recorded.
         let existing = self.resolve(key);
@@ -263,7 +273,7 @@ impl ProcessCache {
         if let Some(old) = existing.filter(|k| *k != key) {
             self.forget(old);
         }
-        self.entries.insert(key, Entry { ancestor: OnceCell::new(), process: Box::new(process.clone()), parent: Some(parent), coarse: false, exited_ns });
+        self.entries.insert(key, Entry { ancestor: OnceCell::new(), process: process.clone(), parent: Some(parent), coarse: false, exited_ns });
         self.index(key);
         self.enforce_capacity();
         (process, ancestors)
@@ -273,7 +283,7 @@ impl ProcessCache {
     /// (`event`). A fork that is not sent is only noted: the child usually execs within the
     /// same drain pass, and copying the parent's record for it (a third of the cache's work
     /// under an exec storm) would be thrown away. [`Self::settle`] records what is left.
-    pub fn fork(&mut self, f: &Fork, event: bool) -> Option<Process> {
+    pub fn fork(&mut self, f: &Fork, event: bool) -> Option<SharedProcess> {
         let key = Key { tgid: f.child_tgid, start_ns: f.child_start_ns };
         let parent = Key { tgid: f.parent_tgid, start_ns: f.parent_start_ns };
         // The child may have exec'd (or exited) before this record arrived: keep what it has.
@@ -291,7 +301,7 @@ impl ProcessCache {
         }
         self.settle(key);
         self.settle(parent);
-        let process = self.child_record(key, parent, f.cgroup_id, &f.comm);
+        let process = SharedProcess::from(self.child_record(key, parent, f.cgroup_id, &f.comm));
         if self.resolve(key).is_some() {
             return Some(process);
         }
@@ -304,7 +314,7 @@ impl ProcessCache {
     fn child_record(&self, key: Key, parent: Key, cgroup_id: u64, comm: &str) -> Process {
         let mut process = match self.get(parent) {
             Some(p) => {
-                let mut child = p.clone();
+                let mut child = Process::clone(p);
                 child.partial.retain(|s| s != "parent_unknown");
                 child
             }
@@ -321,8 +331,8 @@ impl ProcessCache {
         process
     }
 
-    fn insert_child(&mut self, key: Key, parent: Key, process: Process) {
-        self.entries.insert(key, Entry { ancestor: OnceCell::new(), process: Box::new(process), parent: Some(parent), coarse: false, exited_ns: None });
+    fn insert_child(&mut self, key: Key, parent: Key, process: SharedProcess) {
+        self.entries.insert(key, Entry { ancestor: OnceCell::new(), process, parent: Some(parent), coarse: false, exited_ns: None });
         self.index(key);
         self.enforce_capacity();
     }
@@ -363,7 +373,7 @@ impl ProcessCache {
         for k in chain.into_iter().rev() {
             if let Some(p) = self.unpend(k) {
                 let process = self.child_record(k, p.parent, p.cgroup_id, &p.comm);
-                self.insert_child(k, p.parent, process);
+                self.insert_child(k, p.parent, process.into());
             }
         }
     }
@@ -385,7 +395,7 @@ impl ProcessCache {
     }
 
     /// Marks the process exited (kept for the grace period); returns its record and status.
-    pub fn exit(&mut self, x: &Exit) -> (Process, ExitStatus, u64) {
+    pub fn exit(&mut self, x: &Exit) -> (SharedProcess, ExitStatus, u64) {
         let key = Key { tgid: x.tgid, start_ns: x.start_ns };
         self.settle(key);
         let status = ExitStatus::from_wait_status(x.exit_code);
@@ -397,15 +407,15 @@ impl ProcessCache {
                     Some(entry) => {
                         entry.exited_ns = Some(x.boot_ns);
                         self.exited.push_back((x.boot_ns, k));
-                        (*entry.process).clone()
+                        entry.process.clone()
                     }
-                    None => Process::default(),
+                    None => SharedProcess::default(),
                 }
             }
             None => {
                 // Exit before any other record of this process (or the cache evicted it):
                 // remember the exit so a late exec or fork does not resurrect it.
-                let process = Process {
+                let process = SharedProcess::from(Process {
                     exec_id: exec_id(&self.node, x.tgid, x.start_ns, 0),
                     pid: x.tgid,
                     tid: x.tid,
@@ -415,15 +425,13 @@ impl ProcessCache {
                     partial: vec!["unknown_process".into()],
                     source: "exit".into(),
                     ..Process::default()
-                };
-                self.entries.insert(key, Entry { ancestor: OnceCell::new(), process: Box::new(process.clone()), parent: None, coarse: false, exited_ns: Some(x.boot_ns) });
+                });
+                self.entries.insert(key, Entry { ancestor: OnceCell::new(), process: process.clone(), parent: None, coarse: false, exited_ns: Some(x.boot_ns) });
                 self.exited.push_back((x.boot_ns, key));
                 process
             }
         };
-        let mut process = process;
-        process.tid = x.tid;
-        (process, status, duration)
+        (with_tid(process, x.tid), status, duration)
     }
 
     /// Forgets processes that exited more than the grace period before `now_ns`.
@@ -553,9 +561,23 @@ mod tests {
         assert!(c.fork(&fork, false).is_none());
         let (p, _, _) = c.exit(&Exit { boot_ns: 200, tgid: 11, tid: 11, start_ns: 140, exit_code: 0, cgroup_id: 3, comm: "parent".into() });
         assert_eq!(
-            (p.pid, p.ppid, p.argv, p.source.as_str(), p.parent_exec_id.as_str(), p.cgroup_id),
+            (p.pid, p.ppid, p.argv.clone(), p.source.as_str(), p.parent_exec_id.as_str(), p.cgroup_id),
             (11, 10, vec!["parent".to_owned(), "x".to_owned()], "fork", "n1:10:100:110", 3)
         );
+    }
+
+    #[test]
+    fn exec_and_exit_events_share_one_record() {
+        let mut c = cache();
+        let (at_exec, _) = c.exec(exec(10, 100, 1, 5, 110, &["true"]));
+        let (at_exit, _, _) = c.exit(&Exit { boot_ns: 200, tgid: 10, tid: 10, start_ns: 100, exit_code: 0, cgroup_id: 3, comm: "true".into() });
+        assert!(std::ptr::eq(&*at_exec, &*at_exit), "the exit event refers to the exec's record, not a copy");
+
+        // Another thread's exit gets its own copy with its tid; the exec's record is untouched.
+        let (_, _) = c.exec(exec(20, 300, 1, 5, 310, &["worker"]));
+        let (at_exit, _, _) = c.exit(&Exit { boot_ns: 400, tgid: 20, tid: 21, start_ns: 300, exit_code: 0, cgroup_id: 3, comm: "worker".into() });
+        assert_eq!((at_exit.pid, at_exit.tid), (20, 21));
+        assert_eq!(c.get(Key { tgid: 20, start_ns: 300 }).map(|p| p.tid), Some(20));
     }
 
     fn fork_of(child: u32, child_start: u64, parent: u32, parent_start: u64) -> Fork {

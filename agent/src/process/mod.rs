@@ -6,7 +6,7 @@ pub mod procfs;
 
 pub use cache::CacheConfig;
 use cache::ProcessCache;
-use peregrine_proto::{Kind, ProcessExec, ProcessExit, ProcessFork};
+use peregrine_proto::{Kind, ProcessExec, ProcessExit, ProcessFork, SharedProcess};
 
 use crate::decode::Record;
 
@@ -64,15 +64,11 @@ impl Tracker {
     /// found.
     /// A start time of 0 means the hook could not read it (cgroup socket hooks): the live
     /// process with that tgid is taken.
-    pub fn process_of(&self, tgid: u32, start_ns: u64, tid: u32, comm: &str, cgroup_id: u64) -> peregrine_proto::Process {
+    pub fn process_of(&self, tgid: u32, start_ns: u64, tid: u32, comm: &str, cgroup_id: u64) -> SharedProcess {
         let found = if start_ns == 0 { self.cache.live_by_tgid(tgid) } else { self.cache.get(cache::Key { tgid, start_ns }) };
         match found {
-            Some(p) => {
-                let mut p = p.clone();
-                p.tid = tid;
-                p
-            }
-            None => peregrine_proto::Process {
+            Some(p) => cache::with_tid(p.clone(), tid),
+            None => SharedProcess::from(peregrine_proto::Process {
                 pid: tgid,
                 tid,
                 start_boot_ns: start_ns,
@@ -81,7 +77,7 @@ impl Tracker {
                 partial: vec!["unknown_process".into()],
                 source: "socket".into(),
                 ..peregrine_proto::Process::default()
-            },
+            }),
         }
     }
 

@@ -81,7 +81,7 @@ fn event(run: &str, seq: u64) -> Event {
         node: "node-1".into(),
         cluster: "bench".into(),
         agent_run: run.into(),
-        kind: Some(Kind::Exec(ProcessExec { process: Some(process), ancestors })),
+        kind: Some(Kind::Exec(ProcessExec { process: Some(process.into()), ancestors })),
         enrichment: "complete".into(),
         ..Default::default()
     }

@@ -168,7 +168,7 @@ fn process_row(e: &Event, p: &Process, event_type: &str, result: &str) -> Map<St
 
 fn exec_row(e: &Event, x: &ProcessExec) -> Value {
     let default = Process::default();
-    let p = x.process.as_ref().unwrap_or(&default);
+    let p = x.process.as_deref().unwrap_or(&default);
     let mut m = process_row(e, p, "ProcessCreated", "Success");
     // The acting process made the new one: for an exec, the parent.
     m.insert("ActingProcessId".into(), json!(p.ppid.to_string()));
@@ -190,7 +190,7 @@ fn exec_row(e: &Event, x: &ProcessExec) -> Value {
 
 fn exit_row(e: &Event, x: &ProcessExit) -> Value {
     let default = Process::default();
-    let p = x.process.as_ref().unwrap_or(&default);
+    let p = x.process.as_deref().unwrap_or(&default);
     let mut m = process_row(e, p, "ProcessTerminated", "NA");
     // A process that exits ends itself.
     m.insert("ActingProcessId".into(), json!(p.pid.to_string()));
@@ -245,7 +245,7 @@ fn alert_row(e: &Event, a: &Alert) -> Value {
     extra.insert("container_id".into(), json!(a.container_id));
     extra.insert("folded".into(), json!(a.folded));
     extra.insert("trigger_event_id".into(), json!(a.event_id));
-    m.insert("AdditionalFields".into(), additional(e, a.process.as_ref(), extra));
+    m.insert("AdditionalFields".into(), additional(e, a.process.as_deref(), extra));
     Value::Object(m)
 }
 
@@ -323,6 +323,6 @@ fn network_row(e: &Event, c: &Connection) -> Value {
     if let Some(p) = &c.process {
         extra.insert("cmdline".into(), json!(cef::cmdline(p)));
     }
-    m.insert("AdditionalFields".into(), additional(e, c.process.as_ref(), extra));
+    m.insert("AdditionalFields".into(), additional(e, c.process.as_deref(), extra));
     Value::Object(m)
 }

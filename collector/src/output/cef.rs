@@ -298,7 +298,7 @@ mod tests {
                     argv: vec!["sh".into(), "-c".into(), "a|b k=v back\\slash\nline2\r".into()],
                     creds: Some(Credentials { uid: 1000, ..Default::default() }),
                     ..Default::default()
-                }),
+                }.into()),
                 ancestors: vec![],
             })),
             ..Default::default()

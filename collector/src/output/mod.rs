@@ -475,7 +475,7 @@ mod tests {
             id: "e1".into(),
             node: "node-1".into(),
             kind: Some(Kind::Exec(v1::ProcessExec {
-                process: Some(v1::Process { pid: 7, argv: vec!["sh".into(), "-c".into(), "echo \"hi\"\n".into()], ..Default::default() }),
+                process: Some(peregrine_proto::Process { pid: 7, argv: vec!["sh".into(), "-c".into(), "echo \"hi\"\n".into()], ..Default::default() }.into()),
                 ..Default::default()
             })),
             ..Default::default()

@@ -420,7 +420,7 @@ fn network_activity(e: &Event, version: &str, c: &Connection) -> Value {
         "connection_info": {"protocol_name": c.protocol, "protocol_num": protocol_num, "protocol_ver_id": protocol_ver_id,
                             "direction_id": direction_id, "direction": direction},
         "dst_endpoint": dst,
-        "unmapped": unmapped(e, c.process.as_ref()),
+        "unmapped": unmapped(e, c.process.as_deref()),
     });
     if let Some(obj) = v.as_object_mut() {
         if !src.is_null() {
@@ -506,7 +506,7 @@ fn detection_finding(e: &Event, version: &str, a: &Alert) -> Value {
             // analytic type_id 1 = Rule; a rule's name is its identity (rule files key on it).
             "analytic": {"uid": a.rule, "name": a.rule, "type_id": 1, "type": "Rule"},
         },
-        "unmapped": unmapped(e, a.process.as_ref()),
+        "unmapped": unmapped(e, a.process.as_deref()),
     });
     if let (Some(p), Some(obj)) = (&a.process, v.as_object_mut()) {
         obj.insert("evidences".into(), json!([{"process": process(p)}]));

@@ -181,7 +181,7 @@ mod tests {
     fn exec(argv: &[&str]) -> Event {
         Event {
             kind: Some(Kind::Exec(ProcessExec {
-                process: Some(Process { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }),
+                process: Some(Process { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }.into()),
                 ancestors: vec![],
             })),
             ..Default::default()

@@ -173,7 +173,7 @@ mod tests {
     fn exec_with_argv(argv: Vec<String>) -> Event {
         Event {
             id: "e1".into(),
-            kind: Some(Kind::Exec(ProcessExec { process: Some(Process { argv, ..Default::default() }), ancestors: vec![] })),
+            kind: Some(Kind::Exec(ProcessExec { process: Some(Process { argv, ..Default::default() }.into()), ancestors: vec![] })),
             ..Default::default()
         }
     }

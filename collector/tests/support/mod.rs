@@ -292,7 +292,7 @@ pub fn exec_event(id: &str, seq: u64, argv: &[&str]) -> Event {
         id,
         seq,
         Kind::Exec(ProcessExec {
-            process: Some(process(4242, argv)),
+            process: Some(process(4242, argv).into()),
             ancestors: vec![Ancestor { pid: 1, exec_id: "node-1:1:1:2".into(), comm: "bash".into(), exe: "/usr/bin/bash".into(), argv: vec!["bash".into()] }.into()],
         }),
     )
@@ -302,7 +302,7 @@ pub fn exit_event(id: &str, seq: u64) -> Event {
     envelope(
         id,
         seq,
-        Kind::Exit(ProcessExit { process: Some(process(4242, &["sleep", "1"])), exit_code: 0, signal: 9, core_dumped: false, duration_ns: 1_000_000 }),
+        Kind::Exit(ProcessExit { process: Some(process(4242, &["sleep", "1"]).into()), exit_code: 0, signal: 9, core_dumped: false, duration_ns: 1_000_000 }),
     )
 }
 
@@ -323,7 +323,7 @@ pub fn alert_event(id: &str, seq: u64, rule: &str, priority: &str) -> Event {
             count: 1,
             folded: false,
             event_id: "trigger-1".into(),
-            process: Some(process(4242, &["sh", "-c", "id"])),
+            process: Some(process(4242, &["sh", "-c", "id"]).into()),
         }),
     )
 }
@@ -372,7 +372,7 @@ pub fn connection_event(id: &str, seq: u64, evt_type: &str, outcome: &str) -> Ev
             remote_class: if direction == "listen" { "" } else { "public" }.into(),
             domain: if direction == "outbound" { "example.test".into() } else { String::new() },
             count: 1,
-            process: Some(process(4343, &["curl", "https://example.test/"])),
+            process: Some(process(4343, &["curl", "https://example.test/"]).into()),
             owner_unknown: false,
             update: false,
             ..Default::default()
