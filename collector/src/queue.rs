@@ -296,8 +296,12 @@ struct DeliveredIds {
 impl DeliveredIds {
     fn open(dir: &Path, capacity: usize, fsync: Fsync) -> Result<Self, JournalError> {
         let mut ids = Self {
-            keys: KeySet::with_capacity_and_hasher(capacity.min(1 << 20), BuildHasherDefault::default()),
-            order: VecDeque::with_capacity(capacity.min(1 << 20)),
+            // Grown as ids arrive, not made at the window's size: the ids land at random places
+            // in the table, so a table made for a million ids (~32 MiB) was faulted in page by
+            // page by the first tens of thousands of events (a tenth of the collector's CPU in
+            // an exec storm after a start), and held that much memory however little came.
+            keys: KeySet::default(),
+            order: VecDeque::new(),
             capacity,
             hashers: (RandomState::new(), RandomState::new()),
             log: None,
