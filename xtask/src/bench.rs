@@ -38,6 +38,8 @@ pub struct Bench {
     pub baseline_agent: Option<PathBuf>,
     /// An earlier kernel object whose in-kernel cost is measured interleaved with this build's.
     pub baseline_ebpf: Option<PathBuf>,
+    /// An earlier collector build, measured like `baseline_agent` (with it, when both are given).
+    pub baseline_collector: Option<PathBuf>,
 }
 
 /// Kills and reaps a child when dropped (by PID, never by name).
@@ -262,7 +264,7 @@ fn program_stats(metrics: &str) -> BTreeMap<String, (f64, f64)> {
 }
 
 struct Stack {
-    _collector: Owned,
+    collector: Owned,
     agent: Owned,
     port: u16,
     _dir: TempDir,
@@ -280,9 +282,10 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A quiet collector on `port` writing JSON lines to `out` through a queue in `queue`.
-fn collector_command(bins: &Binaries, port: u16, out: &Path, queue: &Path) -> Result<Command> {
-    let mut cmd = Command::new(&bins.collector);
+/// A quiet collector (binary `collector`) on `port` writing JSON lines to `out` through a
+/// queue in `queue`.
+fn collector_command(collector: &Path, port: u16, out: &Path, queue: &Path) -> Result<Command> {
+    let mut cmd = Command::new(collector);
     cmd.args(["--set", &format!("listen=127.0.0.1:{port}"), "--set", &format!("http.listen=127.0.0.1:{}", free_port()?)])
         .args(["--set", "output.kind=file", "--set", &format!("output.path={}", out.display())])
         .args(["--set", &format!("queue.dir={}", queue.display())])
@@ -291,21 +294,23 @@ fn collector_command(bins: &Binaries, port: u16, out: &Path, queue: &Path) -> Re
     Ok(cmd)
 }
 
-/// The agent (`agent`, or the one just built) with kernel object `ebpf`, and its collector.
-fn start_stack(bins: &Binaries, agent: Option<&Path>, ebpf: &Path, cgroup: &CpuCgroup, sets: &[&str]) -> Result<Stack> {
+/// The agent (`variant.agent`, or the one just built) with kernel object `ebpf`, and its
+/// collector (`variant.collector`, or the one just built).
+fn start_stack(bins: &Binaries, variant: &Variant, ebpf: &Path, cgroup: &CpuCgroup) -> Result<Stack> {
     let dir = TempDir(std::env::temp_dir().join(format!("peregrine-bench-{}", std::process::id())));
     fs::create_dir_all(&dir.0)?;
     let ingest = free_port()?;
     // The agent is what is measured: the collector acknowledges and writes every event, but to
     // /dev/null, so a long soak (gigabytes of JSON) cannot fill the disk and back the agent up.
-    let collector = Owned(collector_command(bins, ingest, Path::new("/dev/null"), &dir.0.join("queue"))?.spawn()?);
+    let collector = variant.collector.as_deref().unwrap_or(&bins.collector);
+    let collector = Owned(collector_command(collector, ingest, Path::new("/dev/null"), &dir.0.join("queue"))?.spawn()?);
     let port = free_port()?;
     let agent = Owned(
-        Command::new(agent.unwrap_or(&bins.agent))
+        Command::new(variant.agent.as_deref().unwrap_or(&bins.agent))
             .args(["--set", "cluster_name=bench", "--set", &format!("collector.address=http://127.0.0.1:{ingest}")])
             .args(["--set", &format!("ebpf.object={}", ebpf.display()), "--set", &format!("http.listen=127.0.0.1:{port}")])
             .args(["--set", &format!("spool.dir={}", dir.0.join("spool").display())])
-            .args(sets.iter().flat_map(|s| ["--set", s]))
+            .args(variant.sets.iter().flat_map(|s| ["--set", s]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?,
@@ -318,7 +323,7 @@ fn start_stack(bins: &Binaries, agent: Option<&Path>, ebpf: &Path, cgroup: &CpuC
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(Stack { _collector: collector, agent, port, _dir: dir })
+    Ok(Stack { collector, agent, port, _dir: dir })
 }
 
 struct AgentSample {
@@ -326,6 +331,9 @@ struct AgentSample {
     execs: u64,
     events: f64,
     cpu_ns: u64,
+    /// The collector's CPU over the same window, until it has settled: on this one machine it
+    /// competes with the workload as much as the agent does.
+    collector_cpu_ns: u64,
     /// Per kernel program over the window: (runs, ns); empty unless bpf_stats was on.
     programs: BTreeMap<String, (f64, f64)>,
     dropped: f64,
@@ -342,14 +350,24 @@ struct Variant {
     every_unit_an_event: bool,
     /// Another agent binary than the one just built (`--baseline-agent`).
     agent: Option<PathBuf>,
+    /// Another collector binary than the one just built (`--baseline-collector`).
+    collector: Option<PathBuf>,
     /// Another kernel object than the one just built (`--baseline-ebpf`).
     ebpf: Option<PathBuf>,
     /// For a variant of this build with a baseline twin: the twin's index.
     baseline: Option<usize>,
 }
 
-fn variants(workload: Workload, baseline_agent: Option<&Path>) -> Vec<Variant> {
-    let v = |label: &str, sets, every_unit_an_event| Variant { label: label.to_owned(), sets, every_unit_an_event, agent: None, ebpf: None, baseline: None };
+fn variants(workload: Workload, baseline_agent: Option<&Path>, baseline_collector: Option<&Path>) -> Vec<Variant> {
+    let v = |label: &str, sets, every_unit_an_event| Variant {
+        label: label.to_owned(),
+        sets,
+        every_unit_an_event,
+        agent: None,
+        collector: None,
+        ebpf: None,
+        baseline: None,
+    };
     let mut out = match workload {
         Workload::Exec => vec![v("agent/none", &[], true)],
         Workload::Connect => vec![
@@ -357,9 +375,14 @@ fn variants(workload: Workload, baseline_agent: Option<&Path>) -> Vec<Variant> {
             v("agent (dedup off)/none", &["network.tcp_dedup_ms=0"], true),
         ],
     };
-    if let Some(path) = baseline_agent {
+    if baseline_agent.is_some() || baseline_collector.is_some() {
         for i in 0..out.len() {
-            let twin = Variant { label: format!("baseline {}", out[i].label), agent: Some(path.to_owned()), ..out[i].clone() };
+            let twin = Variant {
+                label: format!("baseline {}", out[i].label),
+                agent: baseline_agent.map(Path::to_owned),
+                collector: baseline_collector.map(Path::to_owned),
+                ..out[i].clone()
+            };
             out[i].baseline = Some(out.len());
             out.push(twin);
         }
@@ -369,10 +392,12 @@ fn variants(workload: Workload, baseline_agent: Option<&Path>) -> Vec<Variant> {
 
 fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, variant: &Variant, workers: usize, seconds: f64) -> Result<AgentSample> {
     let ebpf = variant.ebpf.as_deref().unwrap_or(&bins.ebpf);
-    let stack = start_stack(bins, variant.agent.as_deref(), ebpf, cgroup, variant.sets)?;
+    let stack = start_stack(bins, variant, ebpf, cgroup)?;
     let pid = stack.agent.0.id();
     let before = http_get(stack.port, "/metrics").unwrap_or_default();
     let cpu0 = cpu_ns(pid);
+    let collector = stack.collector.0.id();
+    let collector0 = cpu_ns(collector);
     let execs = workload.run(workers, seconds)?;
     let exec_series = workload.event_series();
     let mut after = String::new();
@@ -394,6 +419,7 @@ fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, varia
         after = http_get(stack.port, "/metrics").unwrap_or_default();
         settled
     };
+    let collector1 = settled_cpu_ns(collector);
     // The agent exports program stats every 250 ms: let it pass one more export.
     std::thread::sleep(Duration::from_millis(600));
     let last = http_get(stack.port, "/metrics").unwrap_or_default();
@@ -411,6 +437,7 @@ fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, varia
         execs,
         events: metric(&after, exec_series) - metric(&before, exec_series),
         cpu_ns: cpu1 - cpu0,
+        collector_cpu_ns: collector1.saturating_sub(collector0),
         programs,
         dropped: dropped_total(&after) - dropped_total(&before),
         lost: metric(&after, "peregrine_agent_kernel_records_lost_total") - metric(&before, "peregrine_agent_kernel_records_lost_total"),
@@ -465,6 +492,11 @@ pub fn run(bins: &Binaries, args: &Bench) -> Result<()> {
     {
         bail!("--baseline-agent {}: no such file (give a copy of an earlier build's target/release/peregrine-agent)", path.display());
     }
+    if let Some(path) = &args.baseline_collector
+        && !path.is_file()
+    {
+        bail!("--baseline-collector {}: no such file (give a copy of an earlier build's target/release/peregrine-collector)", path.display());
+    }
     sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
         .args(["build", "--release", "-p", "xtask", "--bin", "execstorm", "--bin", "connstorm"]))?;
@@ -498,16 +530,17 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench) -> Result<String> {
     let u = args.workload.unit();
     let _ = writeln!(
         report,
-        "| workers | pair | median ratio | 95% CI | agent CPU µs/{u} | events/{u} | drops | lost in kernel | {u}s/s (none, median) |"
+        "| workers | pair | median ratio | 95% CI | agent CPU µs/{u} | collector CPU µs/{u} | events/{u} | drops | lost in kernel | {u}s/s (none, median) |"
     );
-    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|");
-    let variants = variants(args.workload, args.baseline_agent.as_deref());
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|---|---|---|");
+    let variants = variants(args.workload, args.baseline_agent.as_deref(), args.baseline_collector.as_deref());
     let mut paired = String::new();
     for &workers in &args.workers {
         #[derive(Default)]
         struct Acc {
             ratio: Vec<f64>,
             cpu_per: Vec<f64>,
+            collector_cpu_per: Vec<f64>,
             events_per: Vec<f64>,
             rate: Vec<f64>,
             drops: f64,
@@ -531,6 +564,7 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench) -> Result<String> {
                         let s = run_with_agent(bins, cgroup, args.workload, &variants[i], workers, args.seconds)?;
                         let a = &mut acc[i];
                         a.cpu_per.push(s.cpu_ns as f64 / s.execs.max(1) as f64 / 1000.0);
+                        a.collector_cpu_per.push(s.collector_cpu_ns as f64 / s.execs.max(1) as f64 / 1000.0);
                         a.events_per.push(s.events / s.execs.max(1) as f64);
                         a.drops += s.dropped;
                         a.lost += s.lost;
@@ -550,31 +584,39 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench) -> Result<String> {
         }
         let (am, alo, ahi) = median_ci(&aa);
         let (nm, _, _) = median_ci(&none_rates);
-        let _ = writeln!(report, "| {workers} | A/A (none/none) | {am:.3} | [{alo:.3}, {ahi:.3}] | | | | | {nm:.0} |");
+        let _ = writeln!(report, "| {workers} | A/A (none/none) | {am:.3} | [{alo:.3}, {ahi:.3}] | | | | | | {nm:.0} |");
         for (v, a) in variants.iter().zip(&acc) {
             let (rm, rlo, rhi) = median_ci(&a.ratio);
             let (cm, _, _) = median_ci(&a.cpu_per);
+            let (ccm, _, _) = median_ci(&a.collector_cpu_per);
             let (em, _, _) = median_ci(&a.events_per);
             let _ = writeln!(
                 report,
-                "| {workers} | {} | {rm:.3} | [{rlo:.3}, {rhi:.3}] | {cm:.2} | {em:.3} | {:.0} | {:.0} | |",
+                "| {workers} | {} | {rm:.3} | [{rlo:.3}, {rhi:.3}] | {cm:.2} | {ccm:.2} | {em:.3} | {:.0} | {:.0} | |",
                 v.label, a.drops, a.lost
             );
         }
         // This build against the baseline build, round by round.
         for (v, a) in variants.iter().zip(&acc) {
             let Some(b) = v.baseline.map(|j| &acc[j]) else { continue };
-            let cpu: Vec<f64> = a.cpu_per.iter().zip(&b.cpu_per).map(|(x, y)| x / y).collect();
-            let rate: Vec<f64> = a.rate.iter().zip(&b.rate).map(|(x, y)| x / y).collect();
-            let (cm, clo, chi) = median_ci(&cpu);
-            let (rm, rlo, rhi) = median_ci(&rate);
-            let _ = writeln!(paired, "| {workers} | {} | {cm:.3} | [{clo:.3}, {chi:.3}] | {rm:.3} | [{rlo:.3}, {rhi:.3}] |", v.label);
+            let pairs = |x: &[f64], y: &[f64]| median_ci(&x.iter().zip(y).map(|(x, y)| x / y).collect::<Vec<_>>());
+            let (cm, clo, chi) = pairs(&a.cpu_per, &b.cpu_per);
+            let (km, klo, khi) = pairs(&a.collector_cpu_per, &b.collector_cpu_per);
+            let (rm, rlo, rhi) = pairs(&a.rate, &b.rate);
+            let _ = writeln!(
+                paired,
+                "| {workers} | {} | {cm:.3} | [{clo:.3}, {chi:.3}] | {km:.3} | [{klo:.3}, {khi:.3}] | {rm:.3} | [{rlo:.3}, {rhi:.3}] |",
+                v.label
+            );
         }
     }
     if !paired.is_empty() {
-        let _ = writeln!(report, "\nThis build against the baseline agent in the same rounds (paired per round; below 1 is less CPU):\n");
-        let _ = writeln!(report, "| workers | variant | agent CPU per {u}, this/baseline | 95% CI | {u}s/s, this/baseline | 95% CI |");
-        let _ = writeln!(report, "|---|---|---|---|---|---|");
+        let _ = writeln!(report, "\nThis build against the baseline build in the same rounds (paired per round; below 1 is less CPU):\n");
+        let _ = writeln!(
+            report,
+            "| workers | variant | agent CPU per {u}, this/baseline | 95% CI | collector CPU per {u}, this/baseline | 95% CI | {u}s/s, this/baseline | 95% CI |"
+        );
+        let _ = writeln!(report, "|---|---|---|---|---|---|---|---|");
         report.push_str(&paired);
     }
     in_kernel(bins, cgroup, args, &variants, &mut report)?;
@@ -709,7 +751,16 @@ fn soak(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, target: u64, ba
         None => vec![("this build", None)],
     };
     for (label, agent) in agents {
-        let stack = start_stack(bins, agent, &bins.ebpf, cgroup, &[])?;
+        let variant = Variant {
+            label: label.to_owned(),
+            sets: &[],
+            every_unit_an_event: true,
+            agent: agent.map(Path::to_owned),
+            collector: None,
+            ebpf: None,
+            baseline: None,
+        };
+        let stack = start_stack(bins, &variant, &bins.ebpf, cgroup)?;
         let pid = stack.agent.0.id();
         let started = Instant::now();
         let mut total = 0;
@@ -826,7 +877,7 @@ pub fn ingest(bins: &Binaries, rounds: usize, seconds: f64) -> Result<()> {
     let start = |fsync: &str, tag: &str| -> Result<(Owned, u16, PathBuf)> {
         let port = free_port()?;
         let out = dir.0.join(format!("events-{tag}.jsonl"));
-        let mut cmd = collector_command(bins, port, &out, &dir.0.join(format!("queue-{tag}")))?;
+        let mut cmd = collector_command(&bins.collector, port, &out, &dir.0.join(format!("queue-{tag}")))?;
         pin(&mut cmd, 1);
         let collector = Owned(cmd.args(["--set", &format!("queue.fsync={fsync}")]).spawn()?);
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -74,6 +74,11 @@ enum Cmd {
         /// build's for `--rounds` rounds (at least 2), and report the paired ratios per program.
         #[arg(long)]
         baseline_ebpf: Option<PathBuf>,
+        /// Also measure this collector binary (an earlier build) in the same rounds, and
+        /// report this build's collector CPU against it, paired per round (with
+        /// `--baseline-agent`, the baseline rounds run both earlier builds).
+        #[arg(long)]
+        baseline_collector: Option<PathBuf>,
     },
     /// Build the agent and collector OCI images (umoci) into target/images.
     Image {
@@ -113,7 +118,7 @@ fn real_main() -> Result<()> {
             run::run(&bins, &cluster, &agent_sets)?;
             return Ok(());
         }
-        Cmd::Bench { what, rounds, seconds, workers, cpu_millis, peers, soak, baseline_agent, baseline_ebpf } => {
+        Cmd::Bench { what, rounds, seconds, workers, cpu_millis, peers, soak, baseline_agent, baseline_ebpf, baseline_collector } => {
             setup::run(&mut stages)?;
             if what == "rules" {
                 // Criterion, in-process: the compiled upstream stable rules over recorded execs.
@@ -134,7 +139,7 @@ fn real_main() -> Result<()> {
                 other => bail!("unknown benchmark `{other}` (known: exec, connect, rules, ingest)"),
             };
             stages.run(&format!("bench {what}"), || {
-                bench::run(&bins, &bench::Bench { workload, rounds, seconds, workers, cpu_millis, peers, soak, baseline_agent: baseline_agent.clone(), baseline_ebpf: baseline_ebpf.clone() })
+                bench::run(&bins, &bench::Bench { workload, rounds, seconds, workers, cpu_millis, peers, soak, baseline_agent: baseline_agent.clone(), baseline_ebpf: baseline_ebpf.clone(), baseline_collector: baseline_collector.clone() })
             })?;
         }
         Cmd::Image { release } => {
