@@ -25,8 +25,6 @@ impl Kind {
         self.shared_process().map(|p| &**p)
     }
 
-    /// The process to write to: a record shared with other events is copied first, so take
-    /// this only to change it.
     /// [`Self::process`] as the event holds it: a clone is a reference to the same record.
     pub fn shared_process(&self) -> Option<&SharedProcess> {
         match self {
@@ -39,6 +37,8 @@ impl Kind {
         }
     }
 
+    /// The process to write to: a record shared with other events is copied first, so take
+    /// this only to change it.
     pub fn process_mut(&mut self) -> Option<&mut Process> {
         match self {
             Kind::Exec(x) => x.process.as_deref_mut(),
