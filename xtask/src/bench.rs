@@ -294,9 +294,9 @@ fn collector_command(collector: &Path, port: u16, out: &Path, queue: &Path) -> R
     Ok(cmd)
 }
 
-/// The agent (`variant.agent`, or the one just built) with kernel object `ebpf`, and its
-/// collector (`variant.collector`, or the one just built).
-fn start_stack(bins: &Binaries, variant: &Variant, ebpf: &Path, cgroup: &CpuCgroup) -> Result<Stack> {
+/// The variant's agent, kernel object and collector (each the one just built unless the
+/// variant names an earlier build's).
+fn start_stack(bins: &Binaries, variant: &Variant, cgroup: &CpuCgroup) -> Result<Stack> {
     let dir = TempDir(std::env::temp_dir().join(format!("peregrine-bench-{}", std::process::id())));
     fs::create_dir_all(&dir.0)?;
     let ingest = free_port()?;
@@ -308,7 +308,8 @@ fn start_stack(bins: &Binaries, variant: &Variant, ebpf: &Path, cgroup: &CpuCgro
     let agent = Owned(
         Command::new(variant.agent.as_deref().unwrap_or(&bins.agent))
             .args(["--set", "cluster_name=bench", "--set", &format!("collector.address=http://127.0.0.1:{ingest}")])
-            .args(["--set", &format!("ebpf.object={}", ebpf.display()), "--set", &format!("http.listen=127.0.0.1:{port}")])
+            .args(["--set", &format!("ebpf.object={}", variant.ebpf.as_deref().unwrap_or(&bins.ebpf).display())])
+            .args(["--set", &format!("http.listen=127.0.0.1:{port}")])
             .args(["--set", &format!("spool.dir={}", dir.0.join("spool").display())])
             .args(variant.sets.iter().flat_map(|s| ["--set", s]))
             .stdout(Stdio::null())
@@ -358,16 +359,19 @@ struct Variant {
     baseline: Option<usize>,
 }
 
+impl Variant {
+    /// A configuration of the binaries and kernel object just built.
+    fn this_build(label: &str, sets: &'static [&'static str], every_unit_an_event: bool) -> Self {
+        Self { label: label.to_owned(), sets, every_unit_an_event, agent: None, collector: None, ebpf: None, baseline: None }
+    }
+
+    fn is_this_build(&self) -> bool {
+        self.agent.is_none() && self.collector.is_none() && self.ebpf.is_none()
+    }
+}
+
 fn variants(workload: Workload, baseline_agent: Option<&Path>, baseline_collector: Option<&Path>) -> Vec<Variant> {
-    let v = |label: &str, sets, every_unit_an_event| Variant {
-        label: label.to_owned(),
-        sets,
-        every_unit_an_event,
-        agent: None,
-        collector: None,
-        ebpf: None,
-        baseline: None,
-    };
+    let v = Variant::this_build;
     let mut out = match workload {
         Workload::Exec => vec![v("agent/none", &[], true)],
         Workload::Connect => vec![
@@ -391,8 +395,7 @@ fn variants(workload: Workload, baseline_agent: Option<&Path>, baseline_collecto
 }
 
 fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, variant: &Variant, workers: usize, seconds: f64) -> Result<AgentSample> {
-    let ebpf = variant.ebpf.as_deref().unwrap_or(&bins.ebpf);
-    let stack = start_stack(bins, variant, ebpf, cgroup)?;
+    let stack = start_stack(bins, variant, cgroup)?;
     let pid = stack.agent.0.id();
     let before = http_get(stack.port, "/metrics").unwrap_or_default();
     let cpu0 = cpu_ns(pid);
@@ -482,20 +485,16 @@ fn set_bpf_stats(on: bool) -> Option<String> {
 }
 
 pub fn run(bins: &Binaries, args: &Bench) -> Result<()> {
-    if let Some(path) = &args.baseline_ebpf
-        && !path.is_file()
-    {
-        bail!("--baseline-ebpf {}: no such file (give a copy of an earlier build's target/ebpf/bpfel-unknown-none/release/peregrine-ebpf)", path.display());
-    }
-    if let Some(path) = &args.baseline_agent
-        && !path.is_file()
-    {
-        bail!("--baseline-agent {}: no such file (give a copy of an earlier build's target/release/peregrine-agent)", path.display());
-    }
-    if let Some(path) = &args.baseline_collector
-        && !path.is_file()
-    {
-        bail!("--baseline-collector {}: no such file (give a copy of an earlier build's target/release/peregrine-collector)", path.display());
+    for (flag, path, built) in [
+        ("--baseline-ebpf", &args.baseline_ebpf, "target/ebpf/bpfel-unknown-none/release/peregrine-ebpf"),
+        ("--baseline-agent", &args.baseline_agent, "target/release/peregrine-agent"),
+        ("--baseline-collector", &args.baseline_collector, "target/release/peregrine-collector"),
+    ] {
+        if let Some(path) = path
+            && !path.is_file()
+        {
+            bail!("{flag} {}: no such file (give a copy of an earlier build's {built})", path.display());
+        }
     }
     sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
@@ -697,7 +696,7 @@ fn in_kernel_paired(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench, variants:
         m.insert("**all**".into(), s.programs.values().map(|(_, ns)| ns / units).sum());
         m
     };
-    for v in variants.iter().filter(|v| v.agent.is_none()) {
+    for v in variants.iter().filter(|v| v.is_this_build()) {
         let on_baseline = Variant { ebpf: Some(baseline.to_owned()), ..v.clone() };
         let mut pairs: Vec<(BTreeMap<String, f64>, BTreeMap<String, f64>)> = Vec::new();
         for round in 0..rounds {
@@ -751,16 +750,8 @@ fn soak(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, target: u64, ba
         None => vec![("this build", None)],
     };
     for (label, agent) in agents {
-        let variant = Variant {
-            label: label.to_owned(),
-            sets: &[],
-            every_unit_an_event: true,
-            agent: agent.map(Path::to_owned),
-            collector: None,
-            ebpf: None,
-            baseline: None,
-        };
-        let stack = start_stack(bins, &variant, &bins.ebpf, cgroup)?;
+        let variant = Variant { agent: agent.map(Path::to_owned), ..Variant::this_build(label, &[], true) };
+        let stack = start_stack(bins, &variant, cgroup)?;
         let pid = stack.agent.0.id();
         let started = Instant::now();
         let mut total = 0;
