@@ -88,6 +88,7 @@ impl SpoolConfig {
                 FsyncPolicy::OnFlush => peregrine_journal::Fsync::OnFlush,
             },
             commit_interval: std::time::Duration::from_millis(self.commit_interval_ms),
+            ..peregrine_journal::JournalConfig::default()
         }
     }
 }

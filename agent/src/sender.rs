@@ -131,8 +131,8 @@ impl Sender {
 
     /// Appends one event to the spool (buffered; see [`Self::flush`]).
     fn accept(&mut self, event: &Event) {
-        let bytes = event.encode_to_vec();
-        match self.spool.append(&bytes) {
+        // Handed over as it is: the spool keeps this buffer for the sender's read.
+        match self.spool.append_bytes(event.encode_to_vec().into()) {
             Ok(Appended::Stored(_)) => {
                 if let Some(Kind::Status(s)) = &event.kind {
                     // Everything before the status's barrier is ahead of it in the spool.
@@ -324,7 +324,7 @@ impl Sender {
             *batch_seq += 1;
             in_flight.push_back(InFlight { batch_seq: *batch_seq, last_record: last, events: records.len() as u64 });
             *cursor = last;
-            let events = records.into_iter().map(|(_, payload)| payload.into()).collect();
+            let events = records.into_iter().map(|(_, payload)| payload).collect();
             out.send(EventBatchRaw { batch_seq: *batch_seq, events }).await.map_err(|_| "collector stream closed".to_owned())?;
         }
         Ok(())

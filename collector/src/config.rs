@@ -138,6 +138,18 @@ impl QueueConfig {
             } else {
                 std::time::Duration::from_millis(self.commit_interval_ms)
             },
+            ..peregrine_journal::JournalConfig::default()
+        }
+    }
+
+    /// The delivered-id log's: fsynced at most once per commit interval under `on_flush`. After a
+    /// power loss the ids logged in the last interval may be gone, so what was delivered in it
+    /// and is read again (the commit point lags by as much) may be delivered twice: the same
+    /// bound as the commit point's, for one fsync per interval instead of one per batch.
+    pub fn id_log_fsync(&self) -> peregrine_journal::Fsync {
+        match self.fsync {
+            QueueFsync::Never => peregrine_journal::Fsync::Never,
+            QueueFsync::OnFlush => peregrine_journal::Fsync::Interval(std::time::Duration::from_millis(self.commit_interval_ms)),
         }
     }
 
@@ -466,6 +478,8 @@ mod tests {
         let c = Layers::new().build::<CollectorConfig>().unwrap();
         assert_eq!(c.queue.dir, std::path::Path::new("/var/lib/peregrine/queue"));
         assert_eq!((c.queue.full_policy, c.queue.fsync), (QueueFullPolicy::DropOldest, QueueFsync::OnFlush));
+        assert_eq!(c.queue.journal().fsync, peregrine_journal::Fsync::OnFlush);
+        assert_eq!(c.queue.id_log_fsync(), peregrine_journal::Fsync::Interval(std::time::Duration::from_secs(1)), "once per commit interval");
         let c = Layers::new()
             .overrides(["queue.dir=/q", "queue.full_policy=drop_newest", "queue.fsync=never", "queue.dedup_window=10"])
             .unwrap()
@@ -473,6 +487,7 @@ mod tests {
             .unwrap();
         assert_eq!(c.queue.journal().full, peregrine_journal::FullPolicy::DropNewest);
         assert_eq!(c.queue.journal().fsync, peregrine_journal::Fsync::Never);
+        assert_eq!(c.queue.id_log_fsync(), peregrine_journal::Fsync::Never);
         let e = Layers::new().overrides(["queue.segment_bytes=1000"]).unwrap().build::<CollectorConfig>().unwrap_err();
         assert!(e.to_string().contains("queue.segment_bytes"), "{e}");
         let e = Layers::new().overrides(["queue.max_bytes=40000000"]).unwrap().build::<CollectorConfig>().unwrap_err();

@@ -184,7 +184,7 @@ impl Queue {
         let mut stored = 0u64;
         let mut result = Ok(());
         for p in payloads {
-            match journal.append(p) {
+            match journal.append_bytes(p.clone()) {
                 // A refused event is in the journal's dropped count, mirrored below.
                 Ok(peregrine_journal::Appended::Stored(_)) => stored += 1,
                 Ok(peregrine_journal::Appended::Dropped) => {}
@@ -310,7 +310,8 @@ impl DeliveredIds {
             return Ok(ids);
         }
         let max_bytes = (capacity as u64).saturating_mul(ID_LOG_BYTES_PER_ID).max(64 << 10);
-        let config = JournalConfig { max_bytes, segment_bytes: max_bytes / 16, full: FullPolicy::DropOldest, fsync, ..JournalConfig::default() };
+        // Read back only at open: nothing to keep in memory for readers.
+        let config = JournalConfig { max_bytes, segment_bytes: max_bytes / 16, full: FullPolicy::DropOldest, fsync, memory_bytes: 0, ..JournalConfig::default() };
         let mut log = Journal::open(dir, config)?;
         let mut after = 0;
         loop {
@@ -453,7 +454,7 @@ pub fn start(config: &QueueConfig, outputs: &Outputs, metrics: &QueueMetrics) ->
         let dir = config.dir.join(&output.name);
         let err = |source| QueueError::Journal { output: output.name.clone(), source };
         let journal = Journal::open(&dir, config.journal()).map_err(err)?;
-        let mut delivered = DeliveredIds::open(&dir.join("delivered"), config.dedup_window, config.journal_fsync()).map_err(err)?;
+        let mut delivered = DeliveredIds::open(&dir.join("delivered"), config.dedup_window, config.id_log_fsync()).map_err(err)?;
         // What the destination already holds counts as delivered, logged or not.
         for id in output.written_ids(READBACK_BYTES) {
             let k = delivered.key(id.as_bytes());

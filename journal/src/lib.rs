@@ -40,7 +40,16 @@
 //!   is allocated, so garbage neither panics nor allocates more than the file holds.
 //! - Segments plus the write buffer never exceed `max_bytes`; when the next record would,
 //!   [`FullPolicy`] decides what is lost, and [`Journal::dropped`] counts it.
+//!
+//! # Reading what was just written
+//!
+//! The journal's readers (the agent's sender, the collector's output workers) mostly read what
+//! was appended moments ago. Those records are kept in memory as well (the newest
+//! `memory_bytes` of them, until committed), and `read_after` hands them out from there, as the
+//! same shared buffers the writer gave: no read back from the file, no second checksum, no copy.
+//! What memory no longer holds (older records, anything from before `open`) is read from disk.
 
+use bytes::Bytes;
 use std::{
     collections::VecDeque,
     fs::{self, File, OpenOptions},
@@ -88,6 +97,10 @@ pub struct JournalConfig {
     /// writes the point on disk lags: a restart reads again what was committed since (at
     /// least once; never a loss). Before a segment is deleted the point is always written.
     pub commit_interval: Duration,
+    /// The newest flushed-or-buffered records up to this many payload bytes are also kept in
+    /// memory (until committed), and `read_after` serves them from there. Zero: every read
+    /// goes to disk.
+    pub memory_bytes: usize,
 }
 
 impl Default for JournalConfig {
@@ -98,6 +111,7 @@ impl Default for JournalConfig {
             full: FullPolicy::DropOldest,
             fsync: Fsync::OnFlush,
             commit_interval: Duration::ZERO,
+            memory_bytes: 4 << 20,
         }
     }
 }
@@ -118,6 +132,10 @@ pub enum Fsync {
     Never,
     /// `fsync` at `flush()`, `commit()` and when a segment is sealed: survives power loss.
     OnFlush,
+    /// As `OnFlush`, except that `flush()` fsyncs only when the last fsync is at least this
+    /// long ago: a power loss can take what the last interval flushed (a kill cannot). For
+    /// data whose loss costs little, such as a log of what was done already.
+    Interval(Duration),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +219,8 @@ pub struct Journal {
     buf_first_stamp: Option<i64>,
     /// Written out since the last fsync.
     unsynced: bool,
+    synced_at: Instant,
+    fsyncs: u64,
     /// Sum of `segs[].len`.
     disk_bytes: u64,
     last_seq: u64,
@@ -220,6 +240,10 @@ pub struct Journal {
     pending_damage: Vec<Damage>,
     dropped: u64,
     damage_total: u64,
+    /// The newest records, consecutive sequence numbers, oldest first (see the module comment).
+    recent: VecDeque<(u64, Bytes)>,
+    recent_bytes: usize,
+    memory_bytes: usize,
 }
 
 impl std::fmt::Debug for Journal {
@@ -444,7 +468,7 @@ impl Scan<'_> {
 }
 
 /// What `read_after` returns: (sequence number, payload), oldest first.
-pub type Records = Vec<(u64, Vec<u8>)>;
+pub type Records = Vec<(u64, Bytes)>;
 
 impl Journal {
     /// Opens (creating) the journal in `dir` and recovers it: a torn or damaged tail of the
@@ -509,7 +533,7 @@ impl Journal {
             if valid_end < tail.len {
                 let file = OpenOptions::new().write(true).open(&tail.path).map_err(io_err(&tail.path, "opening"))?;
                 file.set_len(valid_end).map_err(io_err(&tail.path, "truncating"))?;
-                if config.fsync == Fsync::OnFlush {
+                if config.fsync != Fsync::Never {
                     file.sync_all().map_err(io_err(&tail.path, "syncing"))?;
                 }
                 pending_damage.push(Damage {
@@ -531,7 +555,7 @@ impl Journal {
         let first = last_seq + 1;
         let path = dir.join(segment_name(first));
         let active = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path, "creating"))?;
-        if config.fsync == Fsync::OnFlush {
+        if config.fsync != Fsync::Never {
             sync_dir(dir)?;
         }
         segs.push(Segment { first, path, len: 0, reported_until: 0 });
@@ -550,6 +574,8 @@ impl Journal {
             buf: Vec::new(),
             buf_first_stamp: None,
             unsynced: false,
+            synced_at: Instant::now(),
+            fsyncs: 0,
             disk_bytes,
             last_seq,
             flushed_seq: last_seq,
@@ -564,6 +590,9 @@ impl Journal {
             pending_damage,
             dropped: 0,
             damage_total,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            memory_bytes: config.memory_bytes,
         };
         journal.collect_committed()?;
         journal.recompute_commit_point();
@@ -574,6 +603,17 @@ impl Journal {
     /// journal is full, `DropOldest` deletes whole oldest segments (their uncommitted records
     /// are counted in `dropped()`) and `DropNewest` refuses this record.
     pub fn append(&mut self, payload: &[u8]) -> Result<Appended, JournalError> {
+        self.append_with(payload, || Bytes::copy_from_slice(payload))
+    }
+
+    /// [`Journal::append`] for a payload the caller has as `Bytes`: the copy kept in memory
+    /// for readers is this buffer itself.
+    pub fn append_bytes(&mut self, payload: Bytes) -> Result<Appended, JournalError> {
+        let keep = payload.clone();
+        self.append_with(&payload, move || keep)
+    }
+
+    fn append_with(&mut self, payload: &[u8], keep: impl FnOnce() -> Bytes) -> Result<Appended, JournalError> {
         if payload.len() as u64 > self.max_payload {
             return Err(JournalError::TooLarge { len: payload.len(), max: self.max_payload });
         }
@@ -606,22 +646,44 @@ impl Journal {
             self.oldest_stamp = Some(stamp);
         }
         self.last_seq = seq;
+        self.remember(seq, payload.len(), keep);
         if self.buf.len() >= WRITE_OUT_BYTES {
             self.write_out()?;
         }
         Ok(Appended::Stored(seq))
     }
 
-    /// Writes buffered records to the OS (and fsyncs with `Fsync::OnFlush`). After this
+    /// Writes buffered records to the OS (and fsyncs with `Fsync::OnFlush`, or `Interval` when
+    /// due). After this
     /// returns, they survive the process being killed and readers see them.
     pub fn flush(&mut self) -> Result<(), JournalError> {
         self.write_out()?;
-        if self.fsync == Fsync::OnFlush && self.unsynced {
+        let due = match self.fsync {
+            Fsync::Never => false,
+            Fsync::OnFlush => true,
+            Fsync::Interval(every) => self.synced_at.elapsed() >= every,
+        };
+        if due {
+            self.sync_active()?;
+        }
+        Ok(())
+    }
+
+    /// Fsyncs what was written out to the active segment since the last fsync.
+    fn sync_active(&mut self) -> Result<(), JournalError> {
+        if self.unsynced {
             let path = &self.segs[self.segs.len() - 1].path;
             self.active.sync_data().map_err(io_err(path, "syncing"))?;
             self.unsynced = false;
+            self.synced_at = Instant::now();
+            self.fsyncs += 1;
         }
         Ok(())
+    }
+
+    /// Fsyncs of segment data since open (the commit point's and directories' not counted).
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs
     }
 
     /// Up to `max_records` records with sequence numbers above `after`, oldest first, at most
@@ -638,6 +700,20 @@ impl Journal {
         let mut damage = std::mem::take(&mut self.pending_damage);
         let mut out: Records = Vec::new();
         if max_records == 0 || after >= self.flushed_seq {
+            return Ok((out, damage));
+        }
+        if let Some(at) = self.recent_index(after) {
+            let mut bytes = 0usize;
+            for (seq, payload) in self.recent.range(at..) {
+                if *seq > self.flushed_seq || (!out.is_empty() && bytes + payload.len() > max_bytes) {
+                    break;
+                }
+                bytes += payload.len();
+                out.push((*seq, payload.clone()));
+                if out.len() >= max_records || bytes >= max_bytes {
+                    break;
+                }
+            }
             return Ok((out, damage));
         }
         let (mut idx, mut off, mut scan_prev) = self.start_point(after);
@@ -679,7 +755,7 @@ impl Journal {
                         acct = seq;
                         bytes += payload.len();
                         last_pos = Some(Position { seq, segment: self.segs[idx].first, offset: next });
-                        out.push((seq, payload));
+                        out.push((seq, Bytes::from(payload)));
                         if out.len() >= max_records || bytes >= max_bytes {
                             full = true;
                             break;
@@ -733,6 +809,9 @@ impl Journal {
             self.persist(seq)?;
         }
         self.committed = seq;
+        while self.recent.front().is_some_and(|(s, _)| *s <= seq) {
+            self.forget_oldest_recent();
+        }
         let collected = self.collect_committed();
         self.recompute_commit_point();
         collected
@@ -749,12 +828,12 @@ impl Journal {
         let dst = self.dir.join(COMMIT_FILE);
         let mut f = File::create(&tmp).map_err(io_err(&tmp, "creating"))?;
         f.write_all(format!("{seq}\n").as_bytes()).map_err(io_err(&tmp, "writing"))?;
-        if self.fsync == Fsync::OnFlush {
+        if self.fsync != Fsync::Never {
             f.sync_data().map_err(io_err(&tmp, "syncing"))?;
         }
         drop(f);
         fs::rename(&tmp, &dst).map_err(io_err(&dst, "replacing"))?;
-        if self.fsync == Fsync::OnFlush {
+        if self.fsync != Fsync::Never {
             sync_dir(&self.dir)?;
         }
         self.persisted = seq;
@@ -964,7 +1043,53 @@ impl Journal {
         }
         self.disk_bytes -= seg.len;
         self.segs.remove(0);
+        // What the full policy deleted is gone for readers of memory too.
+        let first = self.segs[0].first;
+        while self.recent.front().is_some_and(|(s, _)| *s < first) {
+            self.forget_oldest_recent();
+        }
         Ok(())
+    }
+
+    /// Keeps a just-appended record in memory for readers, forgetting the oldest kept ones
+    /// beyond `memory_bytes`.
+    fn remember(&mut self, seq: u64, len: usize, keep: impl FnOnce() -> Bytes) {
+        if self.memory_bytes == 0 {
+            return;
+        }
+        // Consecutive or nothing: `recent_index` relies on it (a gap cannot happen, as every
+        // stored record takes the next number; this keeps it true if that ever changes).
+        if self.recent.back().is_some_and(|(s, _)| *s + 1 != seq) {
+            self.recent.clear();
+            self.recent_bytes = 0;
+        }
+        self.recent.push_back((seq, keep()));
+        self.recent_bytes += len;
+        while self.recent_bytes > self.memory_bytes {
+            self.forget_oldest_recent();
+        }
+    }
+
+    fn forget_oldest_recent(&mut self) {
+        if let Some((_, p)) = self.recent.pop_front() {
+            self.recent_bytes -= p.len();
+        }
+    }
+
+    /// Where in `recent` the record after `after` is, when memory holds every record from
+    /// there on (and there is one).
+    fn recent_index(&self, after: u64) -> Option<usize> {
+        let &(first, _) = self.recent.front()?;
+        if first > after.checked_add(1)? {
+            return None;
+        }
+        let at = usize::try_from(after + 1 - first).ok()?;
+        (at < self.recent.len()).then_some(at)
+    }
+
+    /// Payload bytes of the records kept in memory for readers (at most `memory_bytes`).
+    pub fn bytes_in_memory(&self) -> usize {
+        self.recent_bytes
     }
 
     /// Frees space for a record of `need` bytes under the full policy; false when the record
@@ -997,15 +1122,13 @@ impl Journal {
     /// Seals the active segment (fsynced with `OnFlush`) and starts the next one.
     fn roll(&mut self) -> Result<(), JournalError> {
         self.write_out()?;
-        if self.fsync == Fsync::OnFlush && self.unsynced {
-            let path = &self.segs[self.segs.len() - 1].path;
-            self.active.sync_data().map_err(io_err(path, "syncing"))?;
-            self.unsynced = false;
+        if self.fsync != Fsync::Never {
+            self.sync_active()?;
         }
         let first = self.last_seq + 1;
         let path = self.dir.join(segment_name(first));
         let file = OpenOptions::new().create_new(true).append(true).open(&path).map_err(io_err(&path, "creating"))?;
-        if self.fsync == Fsync::OnFlush {
+        if self.fsync != Fsync::Never {
             sync_dir(&self.dir)?;
         }
         self.active = file;

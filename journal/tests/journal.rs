@@ -4,14 +4,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
-use peregrine_journal::{Appended, Depth, FullPolicy, Fsync, HEADER_BYTES, Journal, JournalConfig, MAGIC};
+use peregrine_journal::{Appended, Depth, FullPolicy, Fsync, HEADER_BYTES, Journal, JournalConfig, MAGIC, Records};
 
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
 
@@ -51,6 +51,11 @@ fn record_size(n: usize) -> u64 {
     (HEADER_BYTES + 8 + n) as u64
 }
 
+/// Records as owned bytes, to compare with expected payloads.
+fn owned(records: Records) -> Vec<(u64, Vec<u8>)> {
+    records.into_iter().map(|(seq, p)| (seq, p.to_vec())).collect()
+}
+
 fn read_all(j: &mut Journal, after: u64) -> (Vec<(u64, Vec<u8>)>, Vec<peregrine_journal::Damage>) {
     let mut records = Vec::new();
     let mut damage = Vec::new();
@@ -61,7 +66,7 @@ fn read_all(j: &mut Journal, after: u64) -> (Vec<(u64, Vec<u8>)>, Vec<peregrine_
         damage.extend(d);
         let Some(&(last, _)) = batch.last() else { return (records, damage) };
         cursor = last;
-        records.extend(batch);
+        records.extend(owned(batch));
     }
     panic!("read_all did not end");
 }
@@ -102,7 +107,7 @@ fn round_trip_with_limits_depth_and_reopen() {
 
     let (got, damage) = j.read_after(0, 10, 1 << 20).unwrap();
     assert!(damage.is_empty());
-    assert_eq!(got, (1..=10).map(|s| (s, payload(s))).collect::<Vec<_>>());
+    assert_eq!(owned(got), (1..=10).map(|s| (s, payload(s))).collect::<Vec<_>>());
     // max_bytes stops the batch before the record that would pass it, but one always comes.
     let (got, _) = j.read_after(10, 100, payload(11).len() + payload(12).len()).unwrap();
     assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [11, 12]);
@@ -114,7 +119,7 @@ fn round_trip_with_limits_depth_and_reopen() {
     // An empty payload is a record like any other.
     assert_eq!(append(&mut j, b""), 51);
     j.flush().unwrap();
-    assert_eq!(j.read_after(50, 10, 100).unwrap().0, [(51, vec![])]);
+    assert_eq!(owned(j.read_after(50, 10, 100).unwrap().0), [(51, vec![])]);
     drop(j);
 
     let mut j = Journal::open(dir.path(), JournalConfig::default()).unwrap();
@@ -493,7 +498,7 @@ fn garbage_and_mutations_never_panic_and_only_valid_records_come_back() {
         let next = append(&mut j, b"still works");
         j.flush().unwrap();
         let (tail, _) = j.read_after(next - 1, 10, 1 << 20).unwrap();
-        assert_eq!(tail, [(next, b"still works".to_vec())], "round {round}");
+        assert_eq!(owned(tail), [(next, b"still works".to_vec())], "round {round}");
         assert!(started.elapsed() < Duration::from_secs(120), "fuzz rounds too slow");
     }
 }
@@ -583,4 +588,114 @@ fn every_flushed_record_survives_kill_9_of_the_writer() {
         // Commit some, so that the next round also resumes after a cursor.
         j.commit(present / 2).unwrap();
     }
+}
+
+#[test]
+fn the_newest_records_are_read_from_memory_and_older_ones_from_disk() {
+    let dir = TempDir::new("memory");
+    let bound = 2000;
+    let mut j = Journal::open(dir.path(), JournalConfig { memory_bytes: bound, ..config(1 << 20, 1 << 19, FullPolicy::DropOldest) }).unwrap();
+    for seq in 1..=40 {
+        append(&mut j, &payload(seq));
+    }
+    j.flush().unwrap();
+    // Memory holds the newest records that fit the bound, no more.
+    let mut kept = 0;
+    let mut first_kept = 41;
+    while first_kept > 1 && kept + payload(first_kept - 1).len() <= bound {
+        first_kept -= 1;
+        kept += payload(first_kept).len();
+    }
+    assert!(first_kept > 2 && first_kept < 40, "the bound must split the records: {first_kept}");
+    assert_eq!(j.bytes_in_memory(), kept);
+
+    // Zero the segment on disk: what memory holds still reads back intact, from memory...
+    for seg in segments(dir.path()) {
+        let len = std::fs::metadata(&seg).unwrap().len() as usize;
+        std::fs::OpenOptions::new().write(true).open(&seg).unwrap().write_all(&vec![0; len]).unwrap();
+    }
+    let (got, damage) = j.read_after(first_kept - 1, 100, 1 << 20).unwrap();
+    assert!(damage.is_empty(), "{damage:?}");
+    assert_eq!(owned(got), (first_kept..=40).map(|s| (s, payload(s))).collect::<Vec<_>>());
+    // ...and the limits apply as on disk: max_bytes stops before the record that passes it.
+    let (got, _) = j.read_after(first_kept - 1, 100, payload(first_kept).len()).unwrap();
+    assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [first_kept]);
+    let (got, _) = j.read_after(first_kept - 1, 2, 1 << 20).unwrap();
+    assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [first_kept, first_kept + 1]);
+    // ...while a read from before it goes to disk, and finds the zeros.
+    let (got, damage) = j.read_after(0, 100, 1 << 20).unwrap();
+    assert!(got.is_empty() && !damage.is_empty(), "{got:?} {damage:?}");
+
+    // Unflushed records are not readable from memory either.
+    append(&mut j, &payload(41));
+    assert!(j.read_after(40, 10, 1 << 20).unwrap().0.is_empty());
+    j.flush().unwrap();
+    assert_eq!(owned(j.read_after(40, 10, 1 << 20).unwrap().0), [(41, payload(41))]);
+
+    // A commit forgets what it covers.
+    j.commit(first_kept + 1).unwrap();
+    assert_eq!(j.bytes_in_memory(), (first_kept + 2..=41).map(|s| payload(s).len()).sum::<usize>());
+    j.commit(41).unwrap();
+    assert_eq!(j.bytes_in_memory(), 0);
+}
+
+#[test]
+fn what_drop_oldest_deletes_is_not_read_from_memory() {
+    let dir = TempDir::new("memory-drop");
+    let mut j = Journal::open(dir.path(), config(32 << 10, 8 << 10, FullPolicy::DropOldest)).unwrap();
+    for seq in 1..=400 {
+        append(&mut j, &payload(seq));
+    }
+    j.flush().unwrap();
+    assert!(j.dropped() > 0);
+    let (live, damage) = read_all(&mut j, 0);
+    assert!(damage.is_empty(), "{damage:?}");
+    let first = 400 - live.len() as u64 + 1;
+    assert_eq!(live, (first..=400).map(|s| (s, payload(s))).collect::<Vec<_>>());
+    assert_eq!(j.dropped(), first - 1, "every record not read back was counted as dropped");
+    drop(j);
+    let mut j = Journal::open(dir.path(), config(32 << 10, 8 << 10, FullPolicy::DropOldest)).unwrap();
+    assert_eq!(read_all(&mut j, 0).0, live, "memory and disk agree");
+}
+
+#[test]
+fn interval_fsync_syncs_a_flush_at_most_once_per_interval_and_every_sealed_segment() {
+    let cfg = |fsync| JournalConfig { fsync, ..config(1 << 20, 4096, FullPolicy::DropOldest) };
+    let dir = TempDir::new("fsync-on-flush");
+    let mut j = Journal::open(dir.path(), cfg(Fsync::OnFlush)).unwrap();
+    for _ in 0..3 {
+        append(&mut j, b"x");
+        j.flush().unwrap();
+    }
+    assert_eq!(j.fsyncs(), 3);
+    j.flush().unwrap();
+    assert_eq!(j.fsyncs(), 3, "nothing written since: nothing to sync");
+
+    let dir = TempDir::new("fsync-interval");
+    let mut j = Journal::open(dir.path(), cfg(Fsync::Interval(Duration::from_secs(3600)))).unwrap();
+    for _ in 0..3 {
+        append(&mut j, b"x");
+        j.flush().unwrap();
+    }
+    assert_eq!(j.fsyncs(), 0, "within the interval a flush only writes");
+    // A segment is sealed synced whatever the interval: 40 records of 128 bytes roll a 4 KiB
+    // segment once.
+    for _ in 0..40 {
+        append(&mut j, &[7; 100]);
+    }
+    assert_eq!(segments(dir.path()).len(), 2);
+    assert_eq!(j.fsyncs(), 1);
+    j.flush().unwrap();
+    assert_eq!(j.fsyncs(), 1);
+    drop(j);
+    let mut j = Journal::open(dir.path(), cfg(Fsync::Interval(Duration::from_secs(3600)))).unwrap();
+    assert_eq!(read_all(&mut j, 0).0.len(), 43, "flushed records are readable after a reopen");
+
+    let dir = TempDir::new("fsync-interval-zero");
+    let mut j = Journal::open(dir.path(), cfg(Fsync::Interval(Duration::ZERO))).unwrap();
+    for _ in 0..3 {
+        append(&mut j, b"x");
+        j.flush().unwrap();
+    }
+    assert_eq!(j.fsyncs(), 3, "a zero interval syncs every flush");
 }

@@ -26,6 +26,7 @@ pub mod truncate;
 
 use std::{path::PathBuf, sync::Arc};
 
+use bytes::Bytes;
 use peregrine_proto::Event;
 use prost::Message as _;
 use serde::Deserialize;
@@ -118,7 +119,7 @@ impl Output {
 pub struct Encoded {
     /// Its position in the queue, for logs.
     pub seq: u64,
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
     pub kind: &'static str,
 }
 
@@ -281,7 +282,7 @@ impl Output {
     /// encoded as JSON lines. Events that do not decode are returned, not sent.
     pub async fn prepare(&self, events: Vec<Encoded>) -> (Prepared, Vec<Undecodable>) {
         let mut undecodable = Vec::new();
-        let mut decode = |e: &Encoded| match Event::decode(e.bytes.as_slice()) {
+        let mut decode = |e: &Encoded| match Event::decode(&e.bytes[..]) {
             Ok(event) => Some(event),
             Err(error) => {
                 undecodable.push(Undecodable { seq: e.seq, bytes: e.bytes.len(), error });
@@ -444,7 +445,7 @@ mod tests {
 
     fn encoded(seq: u64, bytes: Vec<u8>) -> Encoded {
         let kind = EventHeader::peek(&bytes).map_or("unknown", |h| h.kind);
-        Encoded { seq, bytes, kind }
+        Encoded { seq, bytes: bytes.into(), kind }
     }
 
     fn alert(id: &str, priority: &str) -> Event {
