@@ -142,10 +142,11 @@ impl QueueConfig {
         }
     }
 
-    /// The delivered-id log's: fsynced at most once per commit interval under `on_flush`. After a
-    /// power loss the ids logged in the last interval may be gone, so what was delivered in it
-    /// and is read again (the commit point lags by as much) may be delivered twice: the same
-    /// bound as the commit point's, for one fsync per interval instead of one per batch.
+    /// The delivered-id log's: under `on_flush`, fsynced at a flush at least a commit interval
+    /// after its last fsync (and when sealed, and at a clean stop), not at every batch. After a
+    /// power loss the ids logged since may be gone, and an event among them that arrives again
+    /// (read again past the commit point, or replayed by an agent) is delivered twice:
+    /// duplicates, never loss (docs/DELIVERY.md).
     pub fn id_log_fsync(&self) -> peregrine_journal::Fsync {
         match self.fsync {
             QueueFsync::Never => peregrine_journal::Fsync::Never,

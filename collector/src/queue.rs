@@ -184,7 +184,9 @@ impl Queue {
         let mut stored = 0u64;
         let mut result = Ok(());
         for p in payloads {
-            match journal.append_bytes(p.clone()) {
+            // Copied, not shared: a received event is a slice of the buffer its whole message
+            // arrived in, which the copy kept in memory for the worker would hold on to.
+            match journal.append(p) {
                 // A refused event is in the journal's dropped count, mirrored below.
                 Ok(peregrine_journal::Appended::Stored(_)) => stored += 1,
                 Ok(peregrine_journal::Appended::Dropped) => {}
@@ -543,6 +545,12 @@ impl Workers {
             let mut journal = lock(&q.journal);
             if let Err(e) = journal.flush().and_then(|()| journal.sync_commit()) {
                 tracing::error!(output = %q.output.name, error = %e, "flushing the queue at shutdown");
+            }
+            // Its policy fsyncs it only now and then while running.
+            if let Some(log) = &mut lock(&q.delivered).log
+                && let Err(e) = log.sync()
+            {
+                tracing::error!(output = %q.output.name, error = %e, "syncing the delivered-id log at shutdown");
             }
             q.mirror(&journal);
             let depth = journal.depth();

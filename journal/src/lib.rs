@@ -241,7 +241,8 @@ pub struct Journal {
     dropped: u64,
     damage_total: u64,
     /// The newest records, consecutive sequence numbers, oldest first (see the module comment).
-    recent: VecDeque<(u64, Bytes)>,
+    recent: VecDeque<Recent>,
+    /// Their payloads plus [`RECENT_OVERHEAD`] each.
     recent_bytes: usize,
     memory_bytes: usize,
 }
@@ -467,6 +468,28 @@ impl Scan<'_> {
     }
 }
 
+/// A record kept in memory: its payload, and where it is on disk (for the read positions and
+/// the commit point's bookkeeping, which would otherwise scan the file for it).
+struct Recent {
+    seq: u64,
+    payload: Bytes,
+    /// The first sequence number of its segment, and its offset there.
+    segment: u64,
+    offset: u64,
+    stamp: i64,
+}
+
+impl Recent {
+    /// Just past the record in its segment.
+    fn next(&self) -> u64 {
+        self.offset + (HEADER_BYTES + STAMP_BYTES + self.payload.len()) as u64
+    }
+}
+
+/// What a kept record costs beside its payload, as counted against `memory_bytes` (so that
+/// empty records are bounded too).
+const RECENT_OVERHEAD: usize = 64;
+
 /// What `read_after` returns: (sequence number, payload), oldest first.
 pub type Records = Vec<(u64, Bytes)>;
 
@@ -629,6 +652,7 @@ impl Journal {
         }
         let seq = self.last_seq + 1;
         let stamp = now_ms();
+        let (segment, offset) = (self.segs[self.segs.len() - 1].first, self.active_len());
         let stamp_bytes = stamp.to_le_bytes();
         let sum = checksum(seq, &[&stamp_bytes, payload]);
         // Straight into the write buffer: no copy of the body per record.
@@ -646,7 +670,7 @@ impl Journal {
             self.oldest_stamp = Some(stamp);
         }
         self.last_seq = seq;
-        self.remember(seq, payload.len(), keep);
+        self.remember(Recent { seq, payload: Bytes::new(), segment, offset, stamp }, keep);
         if self.buf.len() >= WRITE_OUT_BYTES {
             self.write_out()?;
         }
@@ -681,6 +705,13 @@ impl Journal {
         Ok(())
     }
 
+    /// Writes buffered records out and fsyncs them whatever the policy (for a clean stop of a
+    /// journal whose policy is `Interval`).
+    pub fn sync(&mut self) -> Result<(), JournalError> {
+        self.write_out()?;
+        self.sync_active()
+    }
+
     /// Fsyncs of segment data since open (the commit point's and directories' not counted).
     pub fn fsyncs(&self) -> u64 {
         self.fsyncs
@@ -704,15 +735,20 @@ impl Journal {
         }
         if let Some(at) = self.recent_index(after) {
             let mut bytes = 0usize;
-            for (seq, payload) in self.recent.range(at..) {
-                if *seq > self.flushed_seq || (!out.is_empty() && bytes + payload.len() > max_bytes) {
+            let mut last = None;
+            for r in self.recent.range(at..) {
+                if r.seq > self.flushed_seq || (!out.is_empty() && bytes + r.payload.len() > max_bytes) {
                     break;
                 }
-                bytes += payload.len();
-                out.push((*seq, payload.clone()));
+                bytes += r.payload.len();
+                out.push((r.seq, r.payload.clone()));
+                last = Some(Position { seq: r.seq, segment: r.segment, offset: r.next() });
                 if out.len() >= max_records || bytes >= max_bytes {
                     break;
                 }
+            }
+            if let Some(p) = last {
+                self.remember_position(p);
             }
             return Ok((out, damage));
         }
@@ -789,13 +825,17 @@ impl Journal {
             scan_prev = self.segs.get(idx).map_or(0, |s| s.first - 1);
         }
         if let Some(p) = last_pos {
-            self.positions.retain(|q| q.seq != p.seq);
-            self.positions.push_back(p);
-            if self.positions.len() > POSITIONS_KEPT {
-                self.positions.pop_front();
-            }
+            self.remember_position(p);
         }
         Ok((out, damage))
+    }
+
+    fn remember_position(&mut self, p: Position) {
+        self.positions.retain(|q| q.seq != p.seq);
+        self.positions.push_back(p);
+        if self.positions.len() > POSITIONS_KEPT {
+            self.positions.pop_front();
+        }
     }
 
     /// Marks everything up to `seq` done: persists the cursor, then deletes the segments
@@ -809,7 +849,7 @@ impl Journal {
             self.persist(seq)?;
         }
         self.committed = seq;
-        while self.recent.front().is_some_and(|(s, _)| *s <= seq) {
+        while self.recent.front().is_some_and(|r| r.seq <= seq) {
             self.forget_oldest_recent();
         }
         let collected = self.collect_committed();
@@ -943,6 +983,12 @@ impl Journal {
 
     /// The first valid record after `after`: (segment index, offset, write time).
     fn locate(&mut self, after: u64) -> io::Result<Option<(usize, u64, i64)>> {
+        if let Some(r) = self.recent_index(after).and_then(|at| self.recent.get(at))
+            && r.seq <= self.flushed_seq
+            && let Some(idx) = self.segs.iter().position(|s| s.first == r.segment)
+        {
+            return Ok(Some((idx, r.offset, r.stamp)));
+        }
         let (mut idx, mut off, mut prev) = self.start_point(after);
         while idx < self.segs.len() {
             let end = self.segs[idx].len;
@@ -1045,7 +1091,7 @@ impl Journal {
         self.segs.remove(0);
         // What the full policy deleted is gone for readers of memory too.
         let first = self.segs[0].first;
-        while self.recent.front().is_some_and(|(s, _)| *s < first) {
+        while self.recent.front().is_some_and(|r| r.seq < first) {
             self.forget_oldest_recent();
         }
         Ok(())
@@ -1053,33 +1099,34 @@ impl Journal {
 
     /// Keeps a just-appended record in memory for readers, forgetting the oldest kept ones
     /// beyond `memory_bytes`.
-    fn remember(&mut self, seq: u64, len: usize, keep: impl FnOnce() -> Bytes) {
+    fn remember(&mut self, mut record: Recent, keep: impl FnOnce() -> Bytes) {
         if self.memory_bytes == 0 {
             return;
         }
         // Consecutive or nothing: `recent_index` relies on it (a gap cannot happen, as every
         // stored record takes the next number; this keeps it true if that ever changes).
-        if self.recent.back().is_some_and(|(s, _)| *s + 1 != seq) {
+        if self.recent.back().is_some_and(|r| r.seq + 1 != record.seq) {
             self.recent.clear();
             self.recent_bytes = 0;
         }
-        self.recent.push_back((seq, keep()));
-        self.recent_bytes += len;
+        record.payload = keep();
+        self.recent_bytes += record.payload.len() + RECENT_OVERHEAD;
+        self.recent.push_back(record);
         while self.recent_bytes > self.memory_bytes {
             self.forget_oldest_recent();
         }
     }
 
     fn forget_oldest_recent(&mut self) {
-        if let Some((_, p)) = self.recent.pop_front() {
-            self.recent_bytes -= p.len();
+        if let Some(r) = self.recent.pop_front() {
+            self.recent_bytes -= r.payload.len() + RECENT_OVERHEAD;
         }
     }
 
     /// Where in `recent` the record after `after` is, when memory holds every record from
     /// there on (and there is one).
     fn recent_index(&self, after: u64) -> Option<usize> {
-        let &(first, _) = self.recent.front()?;
+        let first = self.recent.front()?.seq;
         if first > after.checked_add(1)? {
             return None;
         }
@@ -1087,7 +1134,8 @@ impl Journal {
         (at < self.recent.len()).then_some(at)
     }
 
-    /// Payload bytes of the records kept in memory for readers (at most `memory_bytes`).
+    /// What the records kept in memory for readers count against `memory_bytes`: their
+    /// payloads and 64 bytes each.
     pub fn bytes_in_memory(&self) -> usize {
         self.recent_bytes
     }

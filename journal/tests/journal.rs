@@ -36,8 +36,10 @@ impl Drop for TempDir {
     }
 }
 
+/// Every read from the files: the tests of the on-disk format, damage and policies read what
+/// they wrote back from disk, not from the journal's memory of its newest records.
 fn config(max_bytes: u64, segment_bytes: u64, full: FullPolicy) -> JournalConfig {
-    JournalConfig { max_bytes, segment_bytes, full, fsync: Fsync::Never, ..JournalConfig::default() }
+    JournalConfig { max_bytes, segment_bytes, full, fsync: Fsync::Never, memory_bytes: 0, ..JournalConfig::default() }
 }
 
 /// Deterministic payload for a sequence number, of varying length.
@@ -86,9 +88,18 @@ fn append(j: &mut Journal, p: &[u8]) -> u64 {
 }
 
 #[test]
-fn round_trip_with_limits_depth_and_reopen() {
+fn round_trip_with_limits_depth_and_reopen_from_memory() {
+    round_trip_with_limits_depth_and_reopen(JournalConfig::default());
+}
+
+#[test]
+fn round_trip_with_limits_depth_and_reopen_from_disk() {
+    round_trip_with_limits_depth_and_reopen(JournalConfig { memory_bytes: 0, ..JournalConfig::default() });
+}
+
+fn round_trip_with_limits_depth_and_reopen(config: JournalConfig) {
     let dir = TempDir::new("roundtrip");
-    let mut j = Journal::open(dir.path(), JournalConfig::default()).unwrap();
+    let mut j = Journal::open(dir.path(), config.clone()).unwrap();
     assert_eq!((j.last_seq(), j.committed()), (0, 0));
     assert_eq!(j.depth(), Depth::default());
     for seq in 1..=50 {
@@ -122,7 +133,7 @@ fn round_trip_with_limits_depth_and_reopen() {
     assert_eq!(owned(j.read_after(50, 10, 100).unwrap().0), [(51, vec![])]);
     drop(j);
 
-    let mut j = Journal::open(dir.path(), JournalConfig::default()).unwrap();
+    let mut j = Journal::open(dir.path(), config).unwrap();
     assert_eq!(j.last_seq(), 51);
     let (got, damage) = read_all(&mut j, 0);
     assert!(damage.is_empty(), "{damage:?}");
@@ -593,19 +604,23 @@ fn every_flushed_record_survives_kill_9_of_the_writer() {
 #[test]
 fn the_newest_records_are_read_from_memory_and_older_ones_from_disk() {
     let dir = TempDir::new("memory");
+    // 2000 bytes of payloads and 64 bytes per record.
     let bound = 2000;
     let mut j = Journal::open(dir.path(), JournalConfig { memory_bytes: bound, ..config(1 << 20, 1 << 19, FullPolicy::DropOldest) }).unwrap();
     for seq in 1..=40 {
         append(&mut j, &payload(seq));
     }
     j.flush().unwrap();
-    // Memory holds the newest records that fit the bound, no more.
-    let mut kept = 0;
-    let mut first_kept = 41;
-    while first_kept > 1 && kept + payload(first_kept - 1).len() <= bound {
-        first_kept -= 1;
-        kept += payload(first_kept).len();
-    }
+    // Memory holds the newest records that fit the bound, no more: from `first_kept` on.
+    let in_memory = |last: u64| {
+        let (mut first, mut kept) = (last + 1, 0);
+        while first > 1 && kept + payload(first - 1).len() + 64 <= bound {
+            first -= 1;
+            kept += payload(first).len() + 64;
+        }
+        (first, kept)
+    };
+    let (first_kept, kept) = in_memory(40);
     assert!(first_kept > 2 && first_kept < 40, "the bound must split the records: {first_kept}");
     assert_eq!(j.bytes_in_memory(), kept);
 
@@ -617,8 +632,13 @@ fn the_newest_records_are_read_from_memory_and_older_ones_from_disk() {
     let (got, damage) = j.read_after(first_kept - 1, 100, 1 << 20).unwrap();
     assert!(damage.is_empty(), "{damage:?}");
     assert_eq!(owned(got), (first_kept..=40).map(|s| (s, payload(s))).collect::<Vec<_>>());
-    // ...and the limits apply as on disk: max_bytes stops before the record that passes it.
-    let (got, _) = j.read_after(first_kept - 1, 100, payload(first_kept).len()).unwrap();
+    // ...and the limits apply as on disk: max_bytes stops before the record that would pass it,
+    // but one always comes.
+    let (a, b) = (payload(first_kept).len(), payload(first_kept + 1).len());
+    assert!(b > 1);
+    let (got, _) = j.read_after(first_kept - 1, 100, a + b - 1).unwrap();
+    assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [first_kept]);
+    let (got, _) = j.read_after(first_kept - 1, 100, 1).unwrap();
     assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [first_kept]);
     let (got, _) = j.read_after(first_kept - 1, 2, 1 << 20).unwrap();
     assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [first_kept, first_kept + 1]);
@@ -628,13 +648,20 @@ fn the_newest_records_are_read_from_memory_and_older_ones_from_disk() {
 
     // Unflushed records are not readable from memory either.
     append(&mut j, &payload(41));
-    assert!(j.read_after(40, 10, 1 << 20).unwrap().0.is_empty());
+    let (got, _) = j.read_after(39, 100, 1 << 20).unwrap();
+    assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), [40], "41 is in memory, not yet flushed");
     j.flush().unwrap();
     assert_eq!(owned(j.read_after(40, 10, 1 << 20).unwrap().0), [(41, payload(41))]);
 
-    // A commit forgets what it covers.
-    j.commit(first_kept + 1).unwrap();
-    assert_eq!(j.bytes_in_memory(), (first_kept + 2..=41).map(|s| payload(s).len()).sum::<usize>());
+    // A commit forgets what it covers, and the depth after it is exact: where the first
+    // uncommitted record is comes from memory, not from scanning the (zeroed) file.
+    let (first_now, _) = in_memory(41);
+    j.commit(first_now).unwrap();
+    let left = first_now + 1..=41;
+    assert_eq!(j.bytes_in_memory(), left.clone().map(|s| payload(s).len() + 64).sum::<usize>());
+    let depth = j.depth();
+    assert_eq!(depth.records, 41 - first_now);
+    assert_eq!(depth.bytes, left.map(|s| record_size(payload(s).len())).sum::<u64>());
     j.commit(41).unwrap();
     assert_eq!(j.bytes_in_memory(), 0);
 }
@@ -642,7 +669,8 @@ fn the_newest_records_are_read_from_memory_and_older_ones_from_disk() {
 #[test]
 fn what_drop_oldest_deletes_is_not_read_from_memory() {
     let dir = TempDir::new("memory-drop");
-    let mut j = Journal::open(dir.path(), config(32 << 10, 8 << 10, FullPolicy::DropOldest)).unwrap();
+    let with_memory = JournalConfig { memory_bytes: 1 << 20, ..config(32 << 10, 8 << 10, FullPolicy::DropOldest) };
+    let mut j = Journal::open(dir.path(), with_memory).unwrap();
     for seq in 1..=400 {
         append(&mut j, &payload(seq));
     }
@@ -690,6 +718,24 @@ fn interval_fsync_syncs_a_flush_at_most_once_per_interval_and_every_sealed_segme
     drop(j);
     let mut j = Journal::open(dir.path(), cfg(Fsync::Interval(Duration::from_secs(3600)))).unwrap();
     assert_eq!(read_all(&mut j, 0).0.len(), 43, "flushed records are readable after a reopen");
+
+    // Once the interval has passed, the next flush syncs, and the one after it does not.
+    let dir = TempDir::new("fsync-interval-passed");
+    let mut j = Journal::open(dir.path(), cfg(Fsync::Interval(Duration::from_secs(2)))).unwrap();
+    append(&mut j, b"x");
+    j.flush().unwrap();
+    assert_eq!(j.fsyncs(), 0);
+    std::thread::sleep(Duration::from_millis(2100));
+    append(&mut j, b"x");
+    j.flush().unwrap();
+    assert_eq!(j.fsyncs(), 1, "the interval passed");
+    append(&mut j, b"x");
+    j.flush().unwrap();
+    assert_eq!(j.fsyncs(), 1, "within the interval of that fsync");
+    // A clean stop syncs whatever the interval.
+    append(&mut j, b"x");
+    j.sync().unwrap();
+    assert_eq!(j.fsyncs(), 2);
 
     let dir = TempDir::new("fsync-interval-zero");
     let mut j = Journal::open(dir.path(), cfg(Fsync::Interval(Duration::ZERO))).unwrap();
