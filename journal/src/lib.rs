@@ -45,8 +45,9 @@
 //!
 //! The journal's readers (the agent's sender, the collector's output workers) mostly read what
 //! was appended moments ago. Those records are kept in memory as well (the newest
-//! `memory_bytes` of them, until committed), and `read_after` hands them out from there, as the
-//! same shared buffers the writer gave: no read back from the file, no second checksum, no copy.
+//! `memory_bytes` of them, until read past or committed), and `read_after` hands them out from
+//! there, as the same shared buffers the writer gave: no read back from the file, no second
+//! checksum, no copy.
 //! What memory no longer holds (older records, anything from before `open`) is read from disk.
 
 use bytes::Bytes;
@@ -97,9 +98,9 @@ pub struct JournalConfig {
     /// writes the point on disk lags: a restart reads again what was committed since (at
     /// least once; never a loss). Before a segment is deleted the point is always written.
     pub commit_interval: Duration,
-    /// The newest flushed-or-buffered records up to this many payload bytes are also kept in
-    /// memory (until committed), and `read_after` serves them from there. Zero: every read
-    /// goes to disk.
+    /// The newest flushed-or-buffered records up to this many bytes (payloads plus 64 each) are
+    /// also kept in memory (until read past or committed), and `read_after` serves them from
+    /// there. Zero: every read goes to disk.
     pub memory_bytes: usize,
 }
 
@@ -730,6 +731,13 @@ impl Journal {
     ) -> Result<(Records, Vec<Damage>), JournalError> {
         let mut damage = std::mem::take(&mut self.pending_damage);
         let mut out: Records = Vec::new();
+        // The reader is past what comes before `after` (the journal's readers go forward, and
+        // go back only to replay after a reconnect or a restart, which the files serve): kept
+        // records live from their append until read past, not until committed, so that buffers
+        // sent long ago do not pile up while their acknowledgement is on its way.
+        while self.recent.front().is_some_and(|r| r.seq <= after) {
+            self.forget_oldest_recent();
+        }
         if max_records == 0 || after >= self.flushed_seq {
             return Ok((out, damage));
         }
