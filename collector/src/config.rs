@@ -148,9 +148,9 @@ impl QueueConfig {
     /// (read again past the commit point, or replayed by an agent) is delivered twice:
     /// duplicates, never loss (docs/DELIVERY.md).
     pub fn id_log_fsync(&self) -> peregrine_journal::Fsync {
-        match self.fsync {
-            QueueFsync::Never => peregrine_journal::Fsync::Never,
-            QueueFsync::OnFlush => peregrine_journal::Fsync::Interval(std::time::Duration::from_millis(self.commit_interval_ms)),
+        match self.journal_fsync() {
+            peregrine_journal::Fsync::OnFlush => peregrine_journal::Fsync::Interval(std::time::Duration::from_millis(self.commit_interval_ms)),
+            other => other,
         }
     }
 

@@ -185,7 +185,7 @@ impl Queue {
         let mut result = Ok(());
         for p in payloads {
             // Copied, not shared: a received event is a slice of the buffer its whole message
-            // arrived in, which the copy kept in memory for the worker would hold on to.
+            // arrived in, and the journal's in-memory record of it would keep that buffer alive.
             match journal.append(p) {
                 // A refused event is in the journal's dropped count, mirrored below.
                 Ok(peregrine_journal::Appended::Stored(_)) => stored += 1,

@@ -46,9 +46,8 @@
 //! The journal's readers (the agent's sender, the collector's output workers) mostly read what
 //! was appended moments ago. Those records are kept in memory as well (the newest
 //! `memory_bytes` of them, until read past or committed), and `read_after` hands them out from
-//! there, as the same shared buffers the writer gave: no read back from the file, no second
-//! checksum, no copy.
-//! What memory no longer holds (older records, anything from before `open`) is read from disk.
+//! there as shared buffers (`append_bytes` keeps the caller's own): no read back from the file,
+//! no second checksum, no copy out. What memory no longer holds (older records, anything from before `open`) is read from disk.
 
 use bytes::Bytes;
 use std::{
@@ -671,7 +670,9 @@ impl Journal {
             self.oldest_stamp = Some(stamp);
         }
         self.last_seq = seq;
-        self.remember(Recent { seq, payload: Bytes::new(), segment, offset, stamp }, keep);
+        if self.memory_bytes > 0 {
+            self.remember(Recent { seq, payload: keep(), segment, offset, stamp });
+        }
         if self.buf.len() >= WRITE_OUT_BYTES {
             self.write_out()?;
         }
@@ -679,8 +680,7 @@ impl Journal {
     }
 
     /// Writes buffered records to the OS (and fsyncs with `Fsync::OnFlush`, or `Interval` when
-    /// due). After this
-    /// returns, they survive the process being killed and readers see them.
+    /// due). After this returns, they survive the process being killed and readers see them.
     pub fn flush(&mut self) -> Result<(), JournalError> {
         self.write_out()?;
         let due = match self.fsync {
@@ -735,9 +735,7 @@ impl Journal {
         // go back only to replay after a reconnect or a restart, which the files serve): kept
         // records live from their append until read past, not until committed, so that buffers
         // sent long ago do not pile up while their acknowledgement is on its way.
-        while self.recent.front().is_some_and(|r| r.seq <= after) {
-            self.forget_oldest_recent();
-        }
+        self.forget_recent_through(after);
         if max_records == 0 || after >= self.flushed_seq {
             return Ok((out, damage));
         }
@@ -857,9 +855,7 @@ impl Journal {
             self.persist(seq)?;
         }
         self.committed = seq;
-        while self.recent.front().is_some_and(|r| r.seq <= seq) {
-            self.forget_oldest_recent();
-        }
+        self.forget_recent_through(seq);
         let collected = self.collect_committed();
         self.recompute_commit_point();
         collected
@@ -1098,26 +1094,19 @@ impl Journal {
         self.disk_bytes -= seg.len;
         self.segs.remove(0);
         // What the full policy deleted is gone for readers of memory too.
-        let first = self.segs[0].first;
-        while self.recent.front().is_some_and(|r| r.seq < first) {
-            self.forget_oldest_recent();
-        }
+        self.forget_recent_through(self.segs[0].first - 1);
         Ok(())
     }
 
     /// Keeps a just-appended record in memory for readers, forgetting the oldest kept ones
     /// beyond `memory_bytes`.
-    fn remember(&mut self, mut record: Recent, keep: impl FnOnce() -> Bytes) {
-        if self.memory_bytes == 0 {
-            return;
-        }
+    fn remember(&mut self, record: Recent) {
         // Consecutive or nothing: `recent_index` relies on it (a gap cannot happen, as every
         // stored record takes the next number; this keeps it true if that ever changes).
         if self.recent.back().is_some_and(|r| r.seq + 1 != record.seq) {
             self.recent.clear();
             self.recent_bytes = 0;
         }
-        record.payload = keep();
         self.recent_bytes += record.payload.len() + RECENT_OVERHEAD;
         self.recent.push_back(record);
         while self.recent_bytes > self.memory_bytes {
@@ -1128,6 +1117,13 @@ impl Journal {
     fn forget_oldest_recent(&mut self) {
         if let Some(r) = self.recent.pop_front() {
             self.recent_bytes -= r.payload.len() + RECENT_OVERHEAD;
+        }
+    }
+
+    /// Forgets the kept records up to `last`.
+    fn forget_recent_through(&mut self, last: u64) {
+        while self.recent.front().is_some_and(|r| r.seq <= last) {
+            self.forget_oldest_recent();
         }
     }
 
