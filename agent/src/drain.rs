@@ -8,7 +8,7 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use peregrine_proto::{AgentStatus, Event, Kind, Loss, v1::agent_status::Phase};
-use tokio::{sync::mpsc, sync::watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::{
@@ -21,6 +21,7 @@ use crate::{
     net::ConnTracker,
     process::Tracker,
     rules::{self, RulesStage},
+    ticker::Ticker,
 };
 
 /// Records per drain pass at most. The agent has one thread: a storm that fills the ring as
@@ -29,6 +30,9 @@ use crate::{
 const MAX_PASS: usize = 4096;
 /// Passes at shutdown at most: enough for a full ring of the smallest records.
 const RING_PASSES_AT_STOP: usize = 64;
+/// Connects without an outcome are reported after about a second: checked 4 times a second.
+/// The kernel's loss counters are read at least this often too.
+const CONNECT_EXPIRY_EVERY: Duration = Duration::from_millis(250);
 
 /// Identity every event carries, and the agent-wide sequence.
 pub struct Stamper {
@@ -90,6 +94,8 @@ pub struct Stages {
     /// Answers to the container stage's runtime lookups.
     pub resolutions: mpsc::Receiver<Resolution>,
     pub rules: Option<RulesStage>,
+    /// A scrape of /metrics asking for the figures read on demand; answered once they are.
+    pub scrapes: mpsc::Receiver<oneshot::Sender<()>>,
 }
 
 pub struct DrainConfig {
@@ -107,6 +113,7 @@ pub struct Drain {
     net: ConnTracker,
     containers: ContainerStage,
     resolutions: Option<mpsc::Receiver<Resolution>>,
+    scrapes: Option<mpsc::Receiver<oneshot::Sender<()>>>,
     rules: Option<RulesStage>,
     alerts: Vec<peregrine_rules::Alert>,
     stamper: Stamper,
@@ -138,6 +145,7 @@ impl Drain {
             net: stages.net,
             containers: stages.containers,
             resolutions: Some(stages.resolutions),
+            scrapes: Some(stages.scrapes),
             rules: stages.rules,
             alerts: Vec::new(),
             stamper,
@@ -165,69 +173,50 @@ impl Drain {
         self.status(Phase::Started);
         let maps = self.maps.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
         let mut resolutions = self.resolutions.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
+        let mut scrapes = self.scrapes.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
         let mut records = maps.open().map_err(std::io::Error::other)?;
-        let mut tick = tokio::time::interval(self.config.drain_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
-        heartbeat.tick().await;
-        // Connects without an outcome are reported after about a second: check 4 times a second.
-        let mut expiry = tokio::time::interval(Duration::from_millis(250));
-        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for every periodic duty: each timer of its own woke the thread apart from
+        // the others (see `ticker` for what a wake-up costs).
+        let period = self.config.drain_interval.min(CONNECT_EXPIRY_EVERY).min(self.config.heartbeat_interval);
+        let mut tick = Ticker::new(period)?;
+        let start = tokio::time::Instant::now();
+        let mut next_expiry = start + CONNECT_EXPIRY_EVERY;
+        let mut next_heartbeat = start + self.config.heartbeat_interval;
         // Set when a pass stopped at its bound: the next pass comes after the other tasks
         // (sender, HTTP, container lookups) had a turn on the agent's one thread.
         let mut backlog = false;
         loop {
             tokio::select! {
-                () = tokio::task::yield_now(), if backlog => backlog = self.drain_once(&mut records),
-                () = records.readable() => backlog = self.drain_once(&mut records),
-                _ = tick.tick() => {
-                    backlog = self.drain_once(&mut records);
+                () = tokio::task::yield_now(), if backlog => backlog = self.drain_once(&mut records, false),
+                () = records.readable() => backlog = self.drain_once(&mut records, false),
+                () = tick.tick() => {
+                    let now = tokio::time::Instant::now();
+                    let expiry_due = now >= next_expiry;
+                    // The kernel's counters are read at least this often, records or not.
+                    backlog = self.drain_once(&mut records, expiry_due);
                     for e in self.containers.expire(std::time::Instant::now()) {
                         self.finish(e);
+                    }
+                    if expiry_due {
+                        next_expiry = now + CONNECT_EXPIRY_EVERY;
+                        self.expire_connects();
+                    }
+                    if now >= next_heartbeat {
+                        next_heartbeat = now + self.config.heartbeat_interval;
+                        self.heartbeat();
                     }
                 }
                 Some(answer) = resolutions.recv() => {
                     // Records already in the ring may belong to this container: take them
                     // first, so its held events and these leave in kernel order.
-                    backlog = self.drain_once(&mut records);
+                    backlog = self.drain_once(&mut records, false);
                     for e in self.containers.resolved(answer) {
                         self.finish(e);
                     }
                 }
-                _ = expiry.tick() => {
-                    let now = boot_now_ns();
-                    // Records already in the ring may open the windows about to be read.
-                    backlog = self.drain_once(&mut records);
-                    let lost_before = self.net.windows_lost();
-                    for kind in self.net.expire(now, &self.tracker, self.stamper.clock, &mut self.sensor) {
-                        self.emit(now, kind);
-                    }
-                    let lost = self.net.windows_lost() - lost_before;
-                    if lost > 0 {
-                        tracing::warn!(windows = lost, "TCP dedup windows lost before they were read (kernel map pressure)");
-                        self.lose(reason::TCP_WINDOW_LOST, lost);
-                    }
-                    self.metrics.connects_pending.set(i64::try_from(self.net.pending()).unwrap_or(i64::MAX));
-                    self.metrics.tcp_dedup_windows.set(i64::try_from(self.net.windows()).unwrap_or(i64::MAX));
-                    for (program, runs, ns) in self.sensor.program_stats() {
-                        let label = crate::metrics::ProgramLabel { program: program.to_owned() };
-                        catch_up(&self.metrics.program_runs.get_or_create(&label), runs);
-                        catch_up(&self.metrics.program_run_ns.get_or_create(&label), ns);
-                    }
-                }
-                _ = heartbeat.tick() => {
-                    backlog = self.drain_once(&mut records);
-                    self.stamper.resample_clock();
-                    self.tracker.sweep(boot_now_ns());
-                    self.containers.sweep(boot_now_ns());
-                    self.metrics.process_cache_entries.set(i64::try_from(self.tracker.len()).unwrap_or(i64::MAX));
-                    catch_up(&self.metrics.process_cache_evicted, self.tracker.evicted_early());
-                    if let Some(rules) = &mut self.rules {
-                        rules.flush(boot_now_ns(), &mut self.alerts);
-                    }
-                    self.send_alerts(None);
-                    self.status(Phase::Heartbeat);
-                    crate::alloc::release_free_memory();
+                Some(done) = scrapes.recv() => {
+                    self.refresh_program_stats();
+                    let _ = done.send(());
                 }
                 _ = shutdown.changed() => break,
             }
@@ -235,7 +224,7 @@ impl Drain {
         self.config.pause_file = None;
         // Bounded: what the ring holds (at most its size) when the stop came.
         for _ in 0..RING_PASSES_AT_STOP {
-            if !self.drain_once(&mut records) {
+            if !self.drain_once(&mut records, true) {
                 break;
             }
         }
@@ -249,6 +238,47 @@ impl Drain {
         self.send_alerts(None);
         self.status(Phase::Stopping);
         Ok(())
+    }
+
+    /// Connects without an outcome within their window go out unanswered; the kernel's TCP
+    /// dedup windows are read and their losses counted.
+    fn expire_connects(&mut self) {
+        let now = boot_now_ns();
+        let lost_before = self.net.windows_lost();
+        for kind in self.net.expire(now, &self.tracker, self.stamper.clock, &mut self.sensor) {
+            self.emit(now, kind);
+        }
+        let lost = self.net.windows_lost() - lost_before;
+        if lost > 0 {
+            tracing::warn!(windows = lost, "TCP dedup windows lost before they were read (kernel map pressure)");
+            self.lose(reason::TCP_WINDOW_LOST, lost);
+        }
+        self.metrics.connects_pending.set(i64::try_from(self.net.pending()).unwrap_or(i64::MAX));
+        self.metrics.tcp_dedup_windows.set(i64::try_from(self.net.windows()).unwrap_or(i64::MAX));
+    }
+
+    fn heartbeat(&mut self) {
+        self.stamper.resample_clock();
+        self.tracker.sweep(boot_now_ns());
+        self.containers.sweep(boot_now_ns());
+        self.metrics.process_cache_entries.set(i64::try_from(self.tracker.len()).unwrap_or(i64::MAX));
+        catch_up(&self.metrics.process_cache_evicted, self.tracker.evicted_early());
+        if let Some(rules) = &mut self.rules {
+            rules.flush(boot_now_ns(), &mut self.alerts);
+        }
+        self.send_alerts(None);
+        self.status(Phase::Heartbeat);
+        crate::alloc::release_free_memory();
+    }
+
+    /// What each kernel program cost so far, read for a scrape of /metrics (17 syscalls:
+    /// read on every expiry tick they were a fifth of the agent's syscalls under a storm).
+    fn refresh_program_stats(&mut self) {
+        for (program, runs, ns) in self.sensor.program_stats() {
+            let label = crate::metrics::ProgramLabel { program: program.to_owned() };
+            catch_up(&self.metrics.program_runs.get_or_create(&label), runs);
+            catch_up(&self.metrics.program_run_ns.get_or_create(&label), ns);
+        }
     }
 
     /// The window between the previous run's last observed instant and this run's attach, as
@@ -279,17 +309,26 @@ impl Drain {
     }
 
     /// One pass over the ring, of at most `MAX_PASS` records; true when more are waiting.
-    fn drain_once(&mut self, records: &mut transport::Records) -> bool {
+    /// The kernel's loss counters (a syscall each) are read after a pass that read records, or
+    /// when `read_counters`: a ring that lost records was full, so the pass after the loss reads
+    /// some; the losses with no record behind them wait for the next forced read.
+    fn drain_once(&mut self, records: &mut transport::Records, read_counters: bool) -> bool {
         if self.paused() {
             return false;
         }
         let started = boot_now_ns();
-        let more = records.drain(MAX_PASS, |bytes| self.apply(bytes));
+        let mut read = 0usize;
+        let more = records.drain(MAX_PASS, |bytes| {
+            read += 1;
+            self.apply(bytes);
+        });
         self.tracker.settle();
         if !more {
             self.drained_until = started;
         }
-        self.sync_kernel_counters(records.lost());
+        if read > 0 || read_counters {
+            self.sync_kernel_counters(records.lost());
+        }
         self.report_losses();
         more
     }

@@ -15,6 +15,7 @@ mod net;
 mod process;
 mod rules;
 mod sender;
+mod ticker;
 mod watermark;
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
@@ -139,7 +140,8 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
         k8s_metrics.register(&mut registry);
     }
     let (ready_tx, ready_rx) = watch::channel(false);
-    let http = peregrine_service::http::serve(config.http.listen, Arc::new(registry), ready_rx).await?;
+    let (scrape_tx, scrapes) = mpsc::channel(4);
+    let http = peregrine_service::http::serve(config.http.listen, Arc::new(registry), ready_rx, Some(scrape_refresh(scrape_tx))).await?;
     tracing::info!(%http, "serving /healthz /readyz /metrics");
 
     let (tx, rx) = mpsc::channel(config.pipeline.queue_capacity);
@@ -193,7 +195,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let drain = Drain::new(
         sensor,
         maps,
-        Stages { tracker, net, containers, resolutions, rules },
+        Stages { tracker, net, containers, resolutions, rules, scrapes },
         stamper,
         tx,
         metrics,
@@ -220,6 +222,23 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
 /// The container stage and the resolver task answering its runtime lookups. Seeded after the
 /// kernel programs are attached, like the process cache: a container created in between is
 /// in the ring as a cgroup mkdir.
+/// How long a scrape of /metrics waits for the drain to read the figures it reads on demand
+/// (the drain may be in the middle of a pass); past it, the last figures are served.
+const SCRAPE_REFRESH_WAIT: Duration = Duration::from_secs(1);
+
+/// A scrape asks the drain, which owns the kernel programs, for their statistics first.
+fn scrape_refresh(drain: mpsc::Sender<tokio::sync::oneshot::Sender<()>>) -> peregrine_service::http::Refresh {
+    Arc::new(move || {
+        let drain = drain.clone();
+        Box::pin(async move {
+            let (done, answered) = tokio::sync::oneshot::channel();
+            if drain.try_send(done).is_ok() {
+                let _ = tokio::time::timeout(SCRAPE_REFRESH_WAIT, answered).await;
+            }
+        })
+    })
+}
+
 fn start_containers(
     config: &AgentConfig,
     metrics: &Metrics,

@@ -123,6 +123,12 @@ fn exec_reaches_the_collector_with_exact_fields() {
     }
     assert_eq!(metric(&metrics, "peregrine_agent_kernel_hook{hook=\"lsm/bprm_check_security\"}"), None, "not asked for, not attached");
     assert!(metric(&metrics, "peregrine_agent_events_total{kind=\"exec\"}").unwrap() >= 1.0);
+    // Read for the scrape (not on a timer): every attached program has its statistics, zero
+    // unless kernel.bpf_stats_enabled is on.
+    for program in ["sched_process_exec", "sched_process_fork", "sched_process_exit"] {
+        assert!(metric(&metrics, &format!("peregrine_agent_kernel_program_runs_total{{program=\"{program}\"}}")).is_some(), "{program}");
+        assert!(metric(&metrics, &format!("peregrine_agent_kernel_program_run_ns_total{{program=\"{program}\"}}")).is_some(), "{program}");
+    }
 
     // The started status says what the kernel offers; the metric agrees, feature by feature.
     let features = started["kind"]["status"]["kernel_features"].as_object().expect("kernel_features in the started status");

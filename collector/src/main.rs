@@ -91,7 +91,7 @@ async fn serve(config: CollectorConfig) -> anyhow::Result<()> {
     let (queues, workers) = queue::start(&config.queue, &outputs, &queue_metrics)
         .with_context(|| format!("opening the output queues in {} (queue.dir)", config.queue.dir.display()))?;
     let (ready_tx, ready_rx) = watch::channel(false);
-    let http = peregrine_service::http::serve(config.http.listen, Arc::new(registry), ready_rx).await?;
+    let http = peregrine_service::http::serve(config.http.listen, Arc::new(registry), ready_rx, None).await?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

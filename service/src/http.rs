@@ -3,7 +3,7 @@
 //! Liveness means the process answers; readiness is set by the daemon once its pipeline runs
 //! (agent: programs attached; collector: output open), so orchestration can tell them apart.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
@@ -19,11 +19,16 @@ pub struct BindError {
     source: std::io::Error,
 }
 
+/// Run before a scrape of /metrics is encoded: brings up to date what the daemon reads only
+/// when asked (reading it all the time would cost more than the scrapes do).
+pub type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// Binds now (so a taken port fails start-up) and serves in a background task.
 pub async fn serve(
     addr: SocketAddr,
     registry: Arc<Registry>,
     ready: watch::Receiver<bool>,
+    refresh: Option<Refresh>,
 ) -> Result<SocketAddr, BindError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })?;
     let local = listener.local_addr().map_err(|source| BindError { addr, source })?;
@@ -39,10 +44,18 @@ pub async fn serve(
             };
             let registry = registry.clone();
             let ready = ready.clone();
+            let refresh = refresh.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let response = respond(&req, &registry, *ready.borrow());
-                    async move { Ok::<_, std::convert::Infallible>(response) }
+                    let registry = registry.clone();
+                    let ready = *ready.borrow();
+                    let refresh = refresh.clone();
+                    async move {
+                        if let Some(refresh) = refresh.filter(|_| req.uri().path() == "/metrics") {
+                            refresh().await;
+                        }
+                        Ok::<_, std::convert::Infallible>(respond(&req, &registry, ready))
+                    }
                 });
                 // Errors here are a client's broken connection: nothing to do.
                 let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
