@@ -30,6 +30,11 @@ pub struct CollectorConfig {
     pub http: HttpConfig,
     /// Largest accepted gRPC message (a batch); larger ones are refused with a clear status.
     pub max_message_bytes: usize,
+    /// Threads serving the agents' streams (TLS, HTTP/2, handing batches to the queue writer).
+    /// 1 (default): one thread, where a batch costs no hand-over between threads; more for a
+    /// collector that many agents keep busy (its CPU shows it). The queue writer and each
+    /// output have threads of their own either way.
+    pub ingest_threads: usize,
     /// The durable per-output queues between ingest and the outputs.
     pub queue: QueueConfig,
     /// Mutual TLS on the ingest port: agents must present a certificate from `client_ca_file`,
@@ -187,6 +192,7 @@ impl Default for CollectorConfig {
             outputs: Vec::new(),
             http: HttpConfig::default(),
             max_message_bytes: 16 << 20,
+            ingest_threads: 1,
             queue: QueueConfig::default(),
             tls: ServerTls::default(),
             enroll: crate::enroll::EnrollConfig::default(),
@@ -376,6 +382,9 @@ impl Validate for CollectorConfig {
         if self.max_message_bytes < 1024 {
             return Err(("max_message_bytes".into(), "must be at least 1024".into()));
         }
+        if !(1..=256).contains(&self.ingest_threads) {
+            return Err(("ingest_threads".into(), "must be between 1 and 256".into()));
+        }
         self.validate_queue()?;
         self.validate_names()
     }
@@ -502,6 +511,14 @@ mod tests {
         assert_eq!(lag(&["queue.dedup_window=0"]).unwrap(), std::time::Duration::ZERO);
         let e = lag(&["queue.commit_interval_ms=60001"]).unwrap_err();
         assert!(e.to_string().contains("queue.commit_interval_ms"), "{e}");
+    }
+
+    #[test]
+    fn ingest_threads_default_to_one_and_are_bounded() {
+        assert_eq!(Layers::new().build::<CollectorConfig>().unwrap().ingest_threads, 1);
+        assert_eq!(Layers::new().overrides(["ingest_threads=4"]).unwrap().build::<CollectorConfig>().unwrap().ingest_threads, 4);
+        let e = Layers::new().overrides(["ingest_threads=0"]).unwrap().build::<CollectorConfig>().unwrap_err();
+        assert_eq!(e.to_string(), "config key `ingest_threads` (set by --set ingest_threads=0): must be between 1 and 256");
     }
 
     #[test]

@@ -58,11 +58,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         layers.env("PEREGRINE_COLLECTOR", std::env::vars()).overrides(cli.sets.iter().map(String::as_str))?.build()?;
     peregrine_service::init_logging(&config.log_level);
     huge_pages.report();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    // One ingest thread by default: with two, a batch woke the other thread on its way to the
+    // queue writer and back (docs/PERFORMANCE.md).
+    let mut builder = if config.ingest_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.ingest_threads);
+        b
+    };
+    let runtime = builder.enable_all().build().context("starting the async runtime")?;
     runtime.block_on(serve(config))
 }
 

@@ -5,7 +5,7 @@
 //! `queue.dir/<output>/`) and flushes it (fsynced with `queue.fsync = "on_flush"`); only
 //! then is the batch acknowledged. Batches arriving together share one flush per queue.
 //!
-//! One worker per output reads its queue after the commit cursor, decodes, removes events it
+//! One worker per output, on a thread of its own, reads its queue after the commit cursor, decodes, removes events it
 //! has delivered already (by event id), hands the rest to the output's `send` (which has its
 //! own retries), and commits. A batch the output fails stays queued and is offered again with
 //! jittered backoff, without limit: nothing leaves a queue undelivered except by the full
@@ -38,10 +38,7 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::{
-    sync::{Notify, mpsc, oneshot, watch},
-    task::JoinHandle,
-};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::{
     config::{QueueConfig, RetrySettings},
@@ -443,8 +440,21 @@ pub struct Queues {
 /// The per-output workers, stopped by [`Workers::stop`].
 pub struct Workers {
     queues: Vec<Arc<Queue>>,
-    handles: Vec<(String, JoinHandle<()>)>,
+    handles: Vec<WorkerThread>,
     stop: watch::Sender<bool>,
+}
+
+/// A worker's own thread, running a single-threaded runtime. Its reads and commits are plain
+/// calls there: handed to tokio's blocking pool, as they were, each cost two thread wake-ups
+/// per batch, and the multi-threaded runtime's workers woke each other around them (371
+/// sleeps a second in the collector under an exec storm; a wake-up costs ~35 µs of CPU on the
+/// machines measured, docs/PERFORMANCE.md).
+struct WorkerThread {
+    output: String,
+    /// Sent (or dropped) when the worker has returned.
+    done: oneshot::Receiver<()>,
+    /// Dropping the worker mid-batch, at the drain timeout.
+    abort: oneshot::Sender<()>,
 }
 
 /// Opens every output's queue (recovering what an earlier run left: workers resume after
@@ -485,10 +495,30 @@ pub fn start(config: &QueueConfig, outputs: &Outputs, metrics: &QueueMetrics) ->
         .spawn(move || write_loop(rx, &for_writer))
         .map_err(|e| QueueError::Write(format!("starting the queue writer: {e}")))?;
     let (stop, stopping) = watch::channel(false);
-    let handles = queues
-        .iter()
-        .map(|q| (q.output.name.clone(), tokio::spawn(work(q.clone(), config.batch_max_events, stopping.clone()))))
-        .collect();
+    let mut handles = Vec::with_capacity(queues.len());
+    for q in &queues {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| QueueError::Write(format!("starting the worker of output `{}`: {e}", q.output.name)))?;
+        let (done_tx, done) = oneshot::channel();
+        let (abort, aborted) = oneshot::channel::<()>();
+        let (q, stopping, batch_max) = (q.clone(), stopping.clone(), config.batch_max_events);
+        let output = q.output.name.clone();
+        std::thread::Builder::new()
+            .name(format!("output-{output}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    tokio::select! {
+                        () = work(q, batch_max, stopping) => {}
+                        _ = aborted => {}
+                    }
+                });
+                let _ = done_tx.send(());
+            })
+            .map_err(|e| QueueError::Write(format!("starting the worker of output `{output}`: {e}")))?;
+        handles.push(WorkerThread { output, done, abort });
+    }
     Ok((Queues { writer: tx }, Workers { queues, handles, stop }))
 }
 
@@ -534,11 +564,12 @@ impl Workers {
     pub async fn stop(self, drain: Duration) {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + drain;
-        for (name, mut handle) in self.handles {
-            if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
-                handle.abort();
-                let _ = handle.await;
-                tracing::warn!(output = %name, "output did not deliver its whole queue before the drain timeout; the rest stays queued");
+        for WorkerThread { output, mut done, abort } in self.handles {
+            if tokio::time::timeout_at(deadline, &mut done).await.is_err() {
+                // Taken at the worker's next await: a read or commit under way ends first.
+                let _ = abort.send(());
+                let _ = done.await;
+                tracing::warn!(%output, "output did not deliver its whole queue before the drain timeout; the rest stays queued");
             }
         }
         for q in &self.queues {
@@ -564,17 +595,11 @@ async fn work(q: Arc<Queue>, batch_max: usize, mut stop: watch::Receiver<bool>) 
     let name = q.output.name.clone();
     let mut cursor = lock(&q.journal).committed();
     loop {
-        let reader = q.clone();
-        let read = tokio::task::spawn_blocking(move || reader.read(cursor, batch_max)).await;
-        let (records, damage) = match read {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::error!(output = %name, error = %e, "cannot read the output's queue; retrying");
-                tokio::time::sleep(IDLE_REFRESH).await;
-                continue;
-            }
+        // On the worker's own thread: a read from the newest records is from memory.
+        let (records, damage) = match q.read(cursor, batch_max) {
+            Ok(r) => r,
             Err(e) => {
-                tracing::error!(output = %name, error = %e, "queue read task failed; retrying");
+                tracing::error!(output = %name, error = %e, "cannot read the output's queue; retrying");
                 tokio::time::sleep(IDLE_REFRESH).await;
                 continue;
             }
@@ -625,10 +650,7 @@ async fn work(q: Arc<Queue>, batch_max: usize, mut stop: watch::Receiver<bool>) 
             tracing::info!(output = %name, attempts = attempt + 1, "output accepted the batch it had failed");
         }
         q.metrics.delivered.get_or_create(&q.label).inc_by((unique - undecodable.len()) as u64);
-        let finisher = q.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || finisher.finish(&ids, last)).await {
-            tracing::error!(output = %name, error = %e, "queue commit task failed");
-        }
+        q.finish(&ids, last);
         cursor = last;
     }
 }

@@ -58,6 +58,11 @@ retry = {{ max_retries = 0, initial_backoff_ms = 20, max_backoff_ms = 200 }}
 
     /// Starts the collector with the given `[[outputs]]` entries.
     fn start_with(dir: &Path, outputs: &str, ports: Option<(u16, u16)>) -> Self {
+        Self::start_keys(dir, "", outputs, ports)
+    }
+
+    /// [`Collector::start_with`], with top-level keys (`top`) too.
+    fn start_keys(dir: &Path, top: &str, outputs: &str, ports: Option<(u16, u16)>) -> Self {
         let (port, http_port) = ports.unwrap_or_else(|| (free_port(), free_port()));
         let conf = dir.join("collector.toml");
         std::fs::write(
@@ -65,6 +70,7 @@ retry = {{ max_retries = 0, initial_backoff_ms = 20, max_backoff_ms = 200 }}
             format!(
                 r#"
 listen = "127.0.0.1:{port}"
+{top}
 
 [http]
 listen = "127.0.0.1:{http_port}"
@@ -420,6 +426,36 @@ fn sigterm_delivers_what_is_queued_and_exits() {
     collector.terminate();
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(delivered(&out), ids(&sent));
+}
+
+/// An output that cannot take its batch is stopped at the drain timeout (its worker, on a thread
+/// of its own, is dropped at its retry's wait) and its queue waits for the next start. With
+/// `ingest_threads = 2`: the multi-threaded ingest runtime is exercised here.
+#[test]
+fn an_output_stuck_at_sigterm_is_stopped_at_the_drain_timeout_and_keeps_its_queue() {
+    let dir = TempDir::new("queue-stuck");
+    let out = dir.path().join("later").join("events.jsonl");
+    let outputs = format!(
+        "[[outputs]]\nkind = \"file\"\nname = \"archive\"\npath = \"{}\"\nretry = {{ max_retries = 0, initial_backoff_ms = 20, max_backoff_ms = 200 }}\n",
+        out.display()
+    );
+    let collector = Collector::start_keys(dir.path(), "ingest_threads = 2", &outputs, None);
+    let sent = events("stuck", 30);
+    send_all(collector.port, &sent, 10);
+    wait_for(WAIT, "the output to fail at least twice", || (collector.metric(&series("queue_delivery_retries_total")) >= 2.0).then_some(()));
+    let ports = collector.ports();
+    let started = Instant::now();
+    let log = collector.terminate();
+    // drain_timeout_ms = 300, after the streams' 2 s grace at most.
+    assert!(started.elapsed() < Duration::from_secs(8), "stopped after {:?}", started.elapsed());
+    assert!(log.contains("output did not deliver its whole queue before the drain timeout; the rest stays queued"), "{log}");
+    assert!(log.contains("output=archive"), "{log}");
+    assert!(!out.exists());
+
+    std::fs::create_dir(out.parent().unwrap()).unwrap();
+    let collector = Collector::start_keys(dir.path(), "ingest_threads = 2", &outputs, ports);
+    assert_eq!(wait_delivered(&out, 30), ids(&sent), "every event, once, in order, after the restart");
+    collector.terminate();
 }
 
 /// The transport issue's no-loss proof with Microsoft Sentinel as the output: every acknowledged
