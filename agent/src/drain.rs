@@ -30,6 +30,9 @@ use crate::{
 const MAX_PASS: usize = 4096;
 /// Passes at shutdown at most: enough for a full ring of the smallest records.
 const RING_PASSES_AT_STOP: usize = 64;
+/// Scrapes closer together than this get the statistics of the kernel programs read for the
+/// first of them.
+const PROGRAM_STATS_MIN_AGE: Duration = Duration::from_secs(1);
 /// Connects without an outcome are reported after about a second: checked 4 times a second.
 /// The kernel's loss counters are read at least this often too.
 const CONNECT_EXPIRY_EVERY: Duration = Duration::from_millis(250);
@@ -126,6 +129,10 @@ pub struct Drain {
     reported_total: BTreeMap<&'static str, u64>,
     /// The sender's loss counters as last turned into Loss reports.
     sender_losses_seen: BTreeMap<&'static str, u64>,
+    /// The perf buffers' losses as last synced.
+    perf_lost_seen: u64,
+    /// When the programs' statistics were last read (for a scrape).
+    program_stats_read: Option<std::time::Instant>,
 }
 
 impl Drain {
@@ -156,6 +163,8 @@ impl Drain {
             unreported: BTreeMap::new(),
             reported_total: BTreeMap::new(),
             sender_losses_seen: BTreeMap::new(),
+            perf_lost_seen: 0,
+            program_stats_read: None,
         }
     }
 
@@ -178,10 +187,12 @@ impl Drain {
         // One timer for every periodic duty: each timer of its own woke the thread apart from
         // the others (see `ticker` for what a wake-up costs).
         let period = self.config.drain_interval.min(CONNECT_EXPIRY_EVERY).min(self.config.heartbeat_interval);
-        let mut tick = Ticker::new(period)?;
+        // Read before the timer starts: its k-th tick comes at or after start + k periods, so a
+        // duty due every n periods is due on its n-th tick, however late each tick wakes.
         let start = tokio::time::Instant::now();
-        let mut next_expiry = start + CONNECT_EXPIRY_EVERY;
-        let mut next_heartbeat = start + self.config.heartbeat_interval;
+        let mut tick = Ticker::new(period)?;
+        let mut expiry = Schedule::new(start, CONNECT_EXPIRY_EVERY);
+        let mut heartbeat = Schedule::new(start, self.config.heartbeat_interval);
         // Set when a pass stopped at its bound: the next pass comes after the other tasks
         // (sender, HTTP, container lookups) had a turn on the agent's one thread.
         let mut backlog = false;
@@ -191,18 +202,17 @@ impl Drain {
                 () = records.readable() => backlog = self.drain_once(&mut records, false),
                 () = tick.tick() => {
                     let now = tokio::time::Instant::now();
-                    let expiry_due = now >= next_expiry;
-                    // The kernel's counters are read at least this often, records or not.
-                    backlog = self.drain_once(&mut records, expiry_due);
+                    let (expiry_due, heartbeat_due) = (expiry.due(now), heartbeat.due(now));
+                    // The kernel's counters are read at least this often, records or not, and
+                    // before a status reports them.
+                    backlog = self.drain_once(&mut records, expiry_due || heartbeat_due);
                     for e in self.containers.expire(std::time::Instant::now()) {
                         self.finish(e);
                     }
                     if expiry_due {
-                        next_expiry = now + CONNECT_EXPIRY_EVERY;
                         self.expire_connects();
                     }
-                    if now >= next_heartbeat {
-                        next_heartbeat = now + self.config.heartbeat_interval;
+                    if heartbeat_due {
                         self.heartbeat();
                     }
                 }
@@ -271,9 +281,14 @@ impl Drain {
         crate::alloc::release_free_memory();
     }
 
-    /// What each kernel program cost so far, read for a scrape of /metrics (17 syscalls:
-    /// read on every expiry tick they were a fifth of the agent's syscalls under a storm).
+    /// What each kernel program cost so far, read for a scrape of /metrics (a syscall per
+    /// program: read on every expiry tick they were a fifth of the agent's syscalls under a
+    /// storm), at most once a second however often /metrics is asked for.
     fn refresh_program_stats(&mut self) {
+        if self.program_stats_read.is_some_and(|t| t.elapsed() < PROGRAM_STATS_MIN_AGE) {
+            return;
+        }
+        self.program_stats_read = Some(std::time::Instant::now());
         for (program, runs, ns) in self.sensor.program_stats() {
             let label = crate::metrics::ProgramLabel { program: program.to_owned() };
             catch_up(&self.metrics.program_runs.get_or_create(&label), runs);
@@ -326,8 +341,11 @@ impl Drain {
         if !more {
             self.drained_until = started;
         }
-        if read > 0 || read_counters {
-            self.sync_kernel_counters(records.lost());
+        // The perf buffers' losses are counted here, without a syscall.
+        let perf_lost = records.lost();
+        if read > 0 || read_counters || perf_lost != self.perf_lost_seen {
+            self.perf_lost_seen = perf_lost;
+            self.sync_kernel_counters(perf_lost);
         }
         self.report_losses();
         more
@@ -505,6 +523,31 @@ impl Drain {
     }
 }
 
+/// A duty on the drain's timer, due every `every`.
+struct Schedule {
+    next: tokio::time::Instant,
+    every: Duration,
+}
+
+impl Schedule {
+    fn new(start: tokio::time::Instant, every: Duration) -> Self {
+        Self { next: start + every, every }
+    }
+
+    /// True when due at `now`; the next time is one interval on from this one (from `now` if
+    /// the thread was held up past a whole interval), so late ticks do not shift it.
+    fn due(&mut self, now: tokio::time::Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next += self.every;
+        if self.next <= now {
+            self.next = now + self.every;
+        }
+        true
+    }
+}
+
 /// The event an alert fired on: the alert carries its identity and context.
 #[derive(Default)]
 struct Trigger {
@@ -536,5 +579,27 @@ fn denied_exec_alert(d: &decode::ExecDenied, process: peregrine_proto::SharedPro
         folded: false,
         event_id: String::new(),
         process: Some(process),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A duty every 250 ms on a 50 ms timer whose ticks wake late (by up to 40 ms, as a busy
+    /// thread does) is due on every fifth tick exactly: lateness does not push it a tick on.
+    #[test]
+    fn a_schedule_on_late_ticks_keeps_its_rhythm() {
+        let start = tokio::time::Instant::now();
+        let mut expiry = Schedule::new(start, Duration::from_millis(250));
+        let late = [0u64, 39, 3, 40, 17, 1, 33, 40, 0, 25, 8, 40, 12, 36, 2, 29, 40, 5, 19, 31];
+        let due: Vec<usize> = (1..=late.len())
+            .filter(|&k| expiry.due(start + Duration::from_millis(50 * k as u64 + late[k - 1])))
+            .collect();
+        assert_eq!(due, [5, 10, 15, 20]);
+        // Held up past a whole interval: due once, then one interval on from then.
+        assert!(expiry.due(start + Duration::from_millis(2000)));
+        assert!(!expiry.due(start + Duration::from_millis(2200)));
+        assert!(expiry.due(start + Duration::from_millis(2250)));
     }
 }

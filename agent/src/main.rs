@@ -219,9 +219,6 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The container stage and the resolver task answering its runtime lookups. Seeded after the
-/// kernel programs are attached, like the process cache: a container created in between is
-/// in the ring as a cgroup mkdir.
 /// How long a scrape of /metrics waits for the drain to read the figures it reads on demand
 /// (the drain may be in the middle of a pass); past it, the last figures are served.
 const SCRAPE_REFRESH_WAIT: Duration = Duration::from_secs(1);
@@ -239,6 +236,9 @@ fn scrape_refresh(drain: mpsc::Sender<tokio::sync::oneshot::Sender<()>>) -> pere
     })
 }
 
+/// The container stage and the resolver task answering its runtime lookups. Seeded after the
+/// kernel programs are attached, like the process cache: a container created in between is
+/// in the ring as a cgroup mkdir.
 fn start_containers(
     config: &AgentConfig,
     metrics: &Metrics,

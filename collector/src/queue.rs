@@ -58,6 +58,8 @@ const ID_RECORD_BYTES: usize = 2000;
 const ID_LOG_BYTES_PER_ID: u64 = 64;
 /// How often an idle worker refreshes its queue gauges (the oldest event's age grows).
 const IDLE_REFRESH: Duration = Duration::from_secs(1);
+/// After the drain timeout, how long a worker may take to reach its next await.
+const ABORT_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabel {
@@ -447,7 +449,7 @@ pub struct Workers {
 /// A worker's own thread, running a single-threaded runtime. Its reads and commits are plain
 /// calls there: handed to tokio's blocking pool, as they were, each cost two thread wake-ups
 /// per batch, and the multi-threaded runtime's workers woke each other around them (371
-/// sleeps a second in the collector under an exec storm; a wake-up costs ~35 µs of CPU on the
+/// sleeps a second in the collector under an exec storm; a wake-up costs 35–60 µs of CPU on the
 /// machines measured, docs/PERFORMANCE.md).
 struct WorkerThread {
     output: String,
@@ -458,8 +460,8 @@ struct WorkerThread {
 }
 
 /// Opens every output's queue (recovering what an earlier run left: workers resume after
-/// each commit cursor), starts the writer thread and one worker per output. Needs a tokio
-/// runtime.
+/// each commit cursor), starts the writer thread and one worker per output, each on a thread
+/// of its own.
 pub fn start(config: &QueueConfig, outputs: &Outputs, metrics: &QueueMetrics) -> Result<(Queues, Workers), QueueError> {
     let mut queues = Vec::new();
     for output in outputs.list() {
@@ -497,17 +499,24 @@ pub fn start(config: &QueueConfig, outputs: &Outputs, metrics: &QueueMetrics) ->
     let (stop, stopping) = watch::channel(false);
     let mut handles = Vec::with_capacity(queues.len());
     for q in &queues {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| QueueError::Write(format!("starting the worker of output `{}`: {e}", q.output.name)))?;
         let (done_tx, done) = oneshot::channel();
         let (abort, aborted) = oneshot::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel();
         let (q, stopping, batch_max) = (q.clone(), stopping.clone(), config.batch_max_events);
         let output = q.output.name.clone();
         std::thread::Builder::new()
             .name(format!("output-{output}"))
             .spawn(move || {
+                // Built here, and dropped here: a runtime may not be dropped inside another's
+                // tasks, which is where `start` runs.
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = started_tx.send(Ok(()));
                 runtime.block_on(async move {
                     tokio::select! {
                         () = work(q, batch_max, stopping) => {}
@@ -517,6 +526,12 @@ pub fn start(config: &QueueConfig, outputs: &Outputs, metrics: &QueueMetrics) ->
                 let _ = done_tx.send(());
             })
             .map_err(|e| QueueError::Write(format!("starting the worker of output `{output}`: {e}")))?;
+        // A moment: the thread only builds its runtime before answering.
+        match started.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(QueueError::Write(format!("starting the worker of output `{output}`: {e}"))),
+            Err(_) => return Err(QueueError::Write(format!("the worker of output `{output}` ended as it started"))),
+        }
         handles.push(WorkerThread { output, done, abort });
     }
     Ok((Queues { writer: tx }, Workers { queues, handles, stop }))
@@ -564,15 +579,20 @@ impl Workers {
     pub async fn stop(self, drain: Duration) {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + drain;
+        let mut stuck = Vec::new();
         for WorkerThread { output, mut done, abort } in self.handles {
-            if tokio::time::timeout_at(deadline, &mut done).await.is_err() {
-                // Taken at the worker's next await: a read or commit under way ends first.
-                let _ = abort.send(());
-                let _ = done.await;
-                tracing::warn!(%output, "output did not deliver its whole queue before the drain timeout; the rest stays queued");
+            if tokio::time::timeout_at(deadline, &mut done).await.is_ok() || done.try_recv().is_ok() {
+                continue;
+            }
+            // Taken at the worker's next await: a read, commit or write under way ends first.
+            let _ = abort.send(());
+            tracing::warn!(%output, "output did not deliver its whole queue before the drain timeout; the rest stays queued");
+            if tokio::time::timeout(ABORT_WAIT, done).await.is_err() {
+                tracing::error!(%output, "the output's worker is stuck in a call (a hung disk or destination?): its queue is left as it is on disk");
+                stuck.push(output);
             }
         }
-        for q in &self.queues {
+        for q in self.queues.iter().filter(|q| !stuck.contains(&q.output.name)) {
             let mut journal = lock(&q.journal);
             if let Err(e) = journal.flush().and_then(|()| journal.sync_commit()) {
                 tracing::error!(output = %q.output.name, error = %e, "flushing the queue at shutdown");

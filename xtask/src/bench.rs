@@ -423,8 +423,9 @@ fn run_with_agent(bins: &Binaries, cgroup: &CpuCgroup, workload: Workload, varia
         settled
     };
     let collector1 = settled_cpu_ns(collector);
-    // The agent exports program stats every 250 ms: let it pass one more export.
-    std::thread::sleep(Duration::from_millis(600));
+    // The agent reads its programs' statistics for a scrape, at most once a second: the
+    // polls above may have had the last read.
+    std::thread::sleep(Duration::from_millis(1100));
     let last = http_get(stack.port, "/metrics").unwrap_or_default();
     let (p0, p1) = (program_stats(&before), program_stats(&last));
     let programs = p1
