@@ -957,3 +957,95 @@ pub fn ingest(bins: &Binaries, rounds: usize, seconds: f64) -> Result<()> {
     fs::write(out.join("ingest.md"), &report)?;
     Ok(())
 }
+
+/// Exact CPU time (ns) and voluntary context switches (each a sleep and a wake-up) of all a
+/// process's threads, from /proc/PID/task/*/schedstat and status.
+fn cpu_and_sleeps(pid: u32) -> (u64, u64) {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return (0, 0) };
+    let mut total = (0, 0);
+    for task in tasks.flatten() {
+        let path = task.path();
+        let ns: u64 = fs::read_to_string(path.join("schedstat")).ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+        let sleeps: u64 = fs::read_to_string(path.join("status"))
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:")?.trim().parse().ok()))
+            .unwrap_or(0);
+        total.0 += ns;
+        total.1 += sleeps;
+    }
+    total
+}
+
+/// `cargo xtask bench idle`: what the agent and the collector cost on a node with nothing to
+/// report — CPU per second and wake-ups per second over `seconds`, after a 2 s settle, this
+/// build and (with `--baseline-agent`/`--baseline-collector`) an earlier one in the same rounds,
+/// order alternating.
+pub fn idle(bins: &Binaries, args: &Bench) -> Result<()> {
+    for (flag, path) in [("--baseline-agent", &args.baseline_agent), ("--baseline-collector", &args.baseline_collector)] {
+        if let Some(path) = path
+            && !path.is_file()
+        {
+            bail!("{flag} {}: no such file (give a copy of an earlier build's binary)", path.display());
+        }
+    }
+    let cgroup = CpuCgroup::new(args.cpu_millis)?;
+    let mut variants = vec![Variant::this_build("this build", &[], false)];
+    if args.baseline_agent.is_some() || args.baseline_collector.is_some() {
+        variants.push(Variant {
+            label: "baseline".into(),
+            agent: args.baseline_agent.clone(),
+            collector: args.baseline_collector.clone(),
+            ..variants[0].clone()
+        });
+    }
+    // Per variant: agent ms/s, agent wake-ups/s, collector ms/s, collector wake-ups/s.
+    let mut samples: Vec<[Vec<f64>; 4]> = variants.iter().map(|_| Default::default()).collect();
+    for round in 0..args.rounds {
+        let mut order: Vec<usize> = (0..variants.len()).collect();
+        order.rotate_left(round % variants.len());
+        for i in order {
+            let stack = start_stack(bins, &variants[i], &cgroup)?;
+            std::thread::sleep(Duration::from_secs(2));
+            let (agent, collector) = (stack.agent.0.id(), stack.collector.0.id());
+            let (a0, c0) = (cpu_and_sleeps(agent), cpu_and_sleeps(collector));
+            std::thread::sleep(Duration::from_secs_f64(args.seconds));
+            let (a1, c1) = (cpu_and_sleeps(agent), cpu_and_sleeps(collector));
+            let per_s = |d: u64| d as f64 / args.seconds;
+            let s = &mut samples[i];
+            s[0].push(per_s(a1.0.saturating_sub(a0.0)) / 1e6);
+            s[1].push(per_s(a1.1.saturating_sub(a0.1)));
+            s[2].push(per_s(c1.0.saturating_sub(c0.0)) / 1e6);
+            s[3].push(per_s(c1.1.saturating_sub(c0.1)));
+        }
+    }
+    let mut report = String::new();
+    let cmd = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
+    let _ = writeln!(report, "### `cargo xtask {cmd}`\n");
+    let _ = writeln!(report, "{} rounds × {} s per build, idle (2 s settle first), agent CPU limit {} m.\n", args.rounds, args.seconds, args.cpu_millis);
+    let _ = writeln!(report, "| build | agent CPU ms/s | 95% CI | agent wake-ups/s | collector CPU ms/s | 95% CI | collector wake-ups/s |");
+    let _ = writeln!(report, "|---|---|---|---|---|---|---|");
+    for (v, s) in variants.iter().zip(&samples) {
+        let (a, alo, ahi) = median_ci(&s[0]);
+        let (c, clo, chi) = median_ci(&s[2]);
+        let _ = writeln!(
+            report,
+            "| {} | {a:.2} | [{alo:.2}, {ahi:.2}] | {:.1} | {c:.2} | [{clo:.2}, {chi:.2}] | {:.1} |",
+            v.label,
+            median(&mut s[1].clone()),
+            median(&mut s[3].clone())
+        );
+    }
+    if let [this, base] = &samples[..] {
+        let ratio = |k: usize| -> Vec<f64> { this[k].iter().zip(&base[k]).map(|(t, b)| if *b > 0.0 { t / b } else { f64::NAN }).collect() };
+        let _ = writeln!(report, "\n| this/baseline, paired per round | median | 95% CI |\n|---|---|---|");
+        for (k, name) in [(0, "agent CPU"), (1, "agent wake-ups"), (2, "collector CPU"), (3, "collector wake-ups")] {
+            let (m, lo, hi) = median_ci(&ratio(k));
+            let _ = writeln!(report, "| {name} | {m:.3} | [{lo:.3}, {hi:.3}] |");
+        }
+    }
+    println!("{report}");
+    let out = root().join("target/bench");
+    fs::create_dir_all(&out)?;
+    fs::write(out.join("idle.md"), &report)?;
+    Ok(())
+}

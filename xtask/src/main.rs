@@ -44,9 +44,10 @@ enum Cmd {
         agent_sets: Vec<String>,
     },
     /// Benchmarks (never part of `test`): `exec` measures the agent against an exec storm,
-    /// `connect` against a connect storm, `rules` the rules engine, `ingest` the collector.
+    /// `connect` against a connect storm, `idle` the agent and collector with nothing to do,
+    /// `rules` the rules engine, `ingest` the collector.
     Bench {
-        /// What to measure: exec, connect, rules or ingest.
+        /// What to measure: exec, connect, idle, rules or ingest.
         what: String,
         #[arg(long, default_value_t = 10)]
         rounds: usize,
@@ -132,11 +133,17 @@ fn real_main() -> Result<()> {
                 stages.report();
                 return Ok(());
             }
+            if what == "idle" {
+                let args = bench::Bench { workload: bench::Workload::Exec, rounds, seconds, workers: Vec::new(), cpu_millis, peers, soak: None, baseline_agent, baseline_ebpf: None, baseline_collector };
+                stages.run("bench idle", || bench::idle(&bins, &args))?;
+                stages.report();
+                return Ok(());
+            }
             let workers = if workers.is_empty() { vec![1, 2] } else { workers };
             let workload = match what.as_str() {
                 "exec" => bench::Workload::Exec,
                 "connect" => bench::Workload::Connect,
-                other => bail!("unknown benchmark `{other}` (known: exec, connect, rules, ingest)"),
+                other => bail!("unknown benchmark `{other}` (known: exec, connect, idle, rules, ingest)"),
             };
             stages.run(&format!("bench {what}"), || {
                 bench::run(&bins, &bench::Bench { workload, rounds, seconds, workers, cpu_millis, peers, soak, baseline_agent: baseline_agent.clone(), baseline_ebpf: baseline_ebpf.clone(), baseline_collector: baseline_collector.clone() })
