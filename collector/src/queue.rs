@@ -5,9 +5,9 @@
 //! `queue.dir/<output>/`) and flushes it (fsynced with `queue.fsync = "on_flush"`); only
 //! then is the batch acknowledged. Batches arriving together share one flush per queue.
 //!
-//! One worker per output, on a thread of its own, reads its queue after the commit cursor, decodes, removes events it
-//! has delivered already (by event id), hands the rest to the output's `send` (which has its
-//! own retries), and commits. A batch the output fails stays queued and is offered again with
+//! One worker per output, on a thread of its own, reads its queue after the commit cursor,
+//! decodes, removes events it has delivered already (by event id), hands the rest to the
+//! output's `send` (which has its own retries), and commits. A batch the output fails stays queued and is offered again with
 //! jittered backoff, without limit: nothing leaves a queue undelivered except by the full
 //! policy or damage, both counted. A restarted collector resumes from each cursor.
 //!

@@ -33,6 +33,19 @@ struct Collector {
     stderr: PathBuf,
 }
 
+/// The one `file` output named `archive` writing `out` that most tests use.
+fn archive_output(out: &Path) -> String {
+    format!(
+        r#"[[outputs]]
+kind = "file"
+name = "archive"
+path = "{out}"
+retry = {{ max_retries = 0, initial_backoff_ms = 20, max_backoff_ms = 200 }}
+"#,
+        out = out.display()
+    )
+}
+
 impl Collector {
     /// Starts the collector with one `file` output named `archive` writing `out`, its queues
     /// in `dir/queue`. Ports are kept across restarts (an agent would reconnect to the same).
@@ -43,17 +56,7 @@ impl Collector {
     /// [`Collector::start`] with `queue.commit_interval_ms` set.
     fn start_lagging(dir: &Path, out: &Path, ports: Option<(u16, u16)>, commit_interval_ms: Option<u64>) -> Self {
         let lag = commit_interval_ms.map(|ms| format!("commit_interval_ms = {ms}")).unwrap_or_default();
-        let output = format!(
-            r#"{lag}
-[[outputs]]
-kind = "file"
-name = "archive"
-path = "{out}"
-retry = {{ max_retries = 0, initial_backoff_ms = 20, max_backoff_ms = 200 }}
-"#,
-            out = out.display()
-        );
-        Self::start_with(dir, &output, ports)
+        Self::start_with(dir, &format!("{lag}\n{}", archive_output(out)), ports)
     }
 
     /// Starts the collector with the given `[[outputs]]` entries.
@@ -435,10 +438,7 @@ fn sigterm_delivers_what_is_queued_and_exits() {
 fn an_output_stuck_at_sigterm_is_stopped_at_the_drain_timeout_and_keeps_its_queue() {
     let dir = TempDir::new("queue-stuck");
     let out = dir.path().join("later").join("events.jsonl");
-    let outputs = format!(
-        "[[outputs]]\nkind = \"file\"\nname = \"archive\"\npath = \"{}\"\nretry = {{ max_retries = 0, initial_backoff_ms = 20, max_backoff_ms = 200 }}\n",
-        out.display()
-    );
+    let outputs = archive_output(&out);
     let collector = Collector::start_keys(dir.path(), "ingest_threads = 2", &outputs, None);
     let sent = events("stuck", 30);
     send_all(collector.port, &sent, 10);

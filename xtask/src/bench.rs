@@ -485,7 +485,8 @@ fn set_bpf_stats(on: bool) -> Option<String> {
     old
 }
 
-pub fn run(bins: &Binaries, args: &Bench) -> Result<()> {
+/// The earlier builds named on the command line exist.
+fn check_baselines(args: &Bench) -> Result<()> {
     for (flag, path, built) in [
         ("--baseline-ebpf", &args.baseline_ebpf, "target/ebpf/bpfel-unknown-none/release/peregrine-ebpf"),
         ("--baseline-agent", &args.baseline_agent, "target/release/peregrine-agent"),
@@ -497,6 +498,11 @@ pub fn run(bins: &Binaries, args: &Bench) -> Result<()> {
             bail!("{flag} {}: no such file (give a copy of an earlier build's {built})", path.display());
         }
     }
+    Ok(())
+}
+
+pub fn run(bins: &Binaries, args: &Bench) -> Result<()> {
+    check_baselines(args)?;
     sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
         .args(["build", "--release", "-p", "xtask", "--bin", "execstorm", "--bin", "connstorm"]))?;
@@ -981,13 +987,7 @@ fn cpu_and_sleeps(pid: u32) -> (u64, u64) {
 /// build and (with `--baseline-agent`/`--baseline-collector`) an earlier one in the same rounds,
 /// order alternating.
 pub fn idle(bins: &Binaries, args: &Bench) -> Result<()> {
-    for (flag, path) in [("--baseline-agent", &args.baseline_agent), ("--baseline-collector", &args.baseline_collector)] {
-        if let Some(path) = path
-            && !path.is_file()
-        {
-            bail!("{flag} {}: no such file (give a copy of an earlier build's binary)", path.display());
-        }
-    }
+    check_baselines(args)?;
     let cgroup = CpuCgroup::new(args.cpu_millis)?;
     let mut variants = vec![Variant::this_build("this build", &[], false)];
     if args.baseline_agent.is_some() || args.baseline_collector.is_some() {
