@@ -340,6 +340,10 @@ pub struct ProgramsConfig {
     /// verifier allows it, kernels >= 5.11; their probe-read twins elsewhere. `false` loads
     /// the twins everywhere (diagnosis: the same records, at a higher cost).
     pub task_btf: bool,
+    /// BPF trampoline programs (fexit) where the kernel runs them: accepts from
+    /// `inet_csk_accept`'s return, so no syscall tracepoint slows every syscall on the node.
+    /// `false`: the `sys_exit_accept*` tracepoints everywhere.
+    pub fexit: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -429,7 +433,7 @@ impl Default for ContainerConfig {
 
 impl Default for ProgramsConfig {
     fn default() -> Self {
-        Self { exec: true, fork: true, exit: true, network: true, sock_addr: true, cgroup: true, task_btf: true }
+        Self { exec: true, fork: true, exit: true, network: true, sock_addr: true, cgroup: true, task_btf: true, fexit: true }
     }
 }
 

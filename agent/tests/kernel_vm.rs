@@ -86,6 +86,13 @@ sleep 0.5
 sh -c 'echo $$ > /tmp/ncpid1; exec nc 127.0.0.1 8080' < /dev/null
 sh -c 'echo $$ > /tmp/ncpid2; exec nc 127.0.0.1 8081' < /dev/null
 say ncpids "$(cat /tmp/ncpid1)" "$(cat /tmp/ncpid2)" "$nclisten"
+# 2b. an accept through io_uring, which never passes the syscall tracepoints.
+/bin/uringaccept 127.0.0.1:8083 > /tmp/uring.out 2>&1 &
+uring=$!
+i=0; while [ $i -lt 100 ] && ! grep -q listening /tmp/uring.out; do sleep 0.1; i=$((i+1)); done
+nc 127.0.0.1 8083 < /dev/null
+i=0; while [ $i -lt 100 ] && kill -0 $uring 2>/dev/null; do sleep 0.1; i=$((i+1)); done
+say uring "$uring" "$(tr '\n' ' ' < /tmp/uring.out)"
 
 # 3. a container's process: a kubelet-style cgroup (cgroupfs driver), a process run inside.
 cg=/sys/fs/cgroup/kubepods/besteffort/podvm-pod-uid/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef
@@ -97,7 +104,7 @@ i=0
 while [ $i -lt 300 ]; do
   if grep -q vm-exec-token /tmp/events.jsonl && grep -q vm-container-token /tmp/events.jsonl \
      && grep -q '"remote_port":8081,' /tmp/events.jsonl && grep -q '"outcome":"refused"' /tmp/events.jsonl \
-     && grep -q '"outcome":"established"' /tmp/events.jsonl; then break; fi
+     && grep -q '"outcome":"established"' /tmp/events.jsonl && grep -q '"local_port":8083,' /tmp/events.jsonl; then break; fi
   sleep 0.2; i=$((i+1))
 done
 say waited "$i"
@@ -112,11 +119,18 @@ kill $agent
 i=0; while [ $i -lt 100 ] && kill -0 $agent 2>/dev/null; do sleep 0.1; i=$((i+1)); done
 /bin/agent --set cluster_name=vm --set node_name=vm --set collector.address=http://127.0.0.1:7700 \
   --set ebpf.object=/peregrine-ebpf.o --set spool.dir=/tmp/spool2 --set http.listen=127.0.0.1:9466 \
-  --set ebpf.transport=perf_array 2>/tmp/agent2.log &
+  --set ebpf.transport=perf_array --set network.exclude_loopback=false --set ebpf.programs.fexit=false 2>/tmp/agent2.log &
 i=0; while [ $i -lt 900 ] && ! grep -q 'perf_event_array (configured)' /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done
 /bin/busybox true vm-perf-token
 i=0; while [ $i -lt 300 ] && ! grep -q vm-perf-token /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done
 say perf-waited "$i"
+# 6. that agent's accepts from the syscall tracepoints (ebpf.programs.fexit = false).
+nc -l -p 8082 > /dev/null &
+nclisten2=$!
+sleep 0.5
+nc 127.0.0.1 8082 < /dev/null
+say nclisten2 "$nclisten2"
+i=0; while [ $i -lt 300 ] && ! grep -q '"local_port":8082,' /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done
 echo PEREGRINE-VM-EVENTS-BEGIN
 grep -e '"status"' -e vm- -e '"connection"' -e deny-me /tmp/events.jsonl
 echo PEREGRINE-VM-EVENTS-END
@@ -138,7 +152,9 @@ fn initramfs(dir: &Path) -> PathBuf {
         fs::create_dir_all(root.join(d)).unwrap();
     }
     fs::copy(tool("busybox"), root.join("bin/busybox")).unwrap();
-    for (bin, name) in [(agent_bin(), "agent"), (collector_bin(), "collector")] {
+    let uring = agent_bin().with_file_name("uringaccept");
+    assert!(uring.is_file(), "{} is missing: build the workspace's binaries first (`cargo xtask test` does)", uring.display());
+    for (bin, name) in [(agent_bin(), "agent"), (collector_bin(), "collector"), (uring, "uringaccept")] {
         let status = Command::new(tool("objcopy")).arg("--strip-debug").arg(&bin).arg(root.join("bin").join(name)).status().unwrap();
         assert!(status.success(), "objcopy {}", bin.display());
         let ldd = Command::new(tool("ldd")).arg(&bin).output().unwrap();
@@ -269,7 +285,7 @@ fn the_6_1_kernel_runs_the_scenarios_with_every_optional_feature() {
     // The kernel's report: every hook attached; every feature, optional ones included, there.
     let started = events.iter().find(|e| e["kind"]["status"]["phase"] == 1).unwrap_or_else(|| panic!("no started status: {log}"));
     let hooks = started["kind"]["status"]["hooks"].as_array().unwrap();
-    assert_eq!(hooks.len(), 16, "{hooks:?}");
+    assert_eq!(hooks.len(), 15, "{hooks:?}");
     assert!(hooks.iter().any(|h| h == "lsm/bprm_check_security"), "the LSM exec hook, enforcing: {hooks:?}");
     for h in [
         "tracepoint/sched/sched_process_exec",
@@ -277,14 +293,15 @@ fn the_6_1_kernel_runs_the_scenarios_with_every_optional_feature() {
         "tracepoint/sched/sched_process_exit",
         "raw_tracepoint/inet_sock_set_state",
         "raw_tracepoint/inet_sk_error_report",
-        // The task-BTF accept programs, not their "(probe reads)" twins.
-        "tracepoint/syscalls/sys_exit_accept4",
-        "tracepoint/syscalls/sys_exit_accept",
+        // Accepts from the trampoline, so no syscall tracepoint (6.1 has inet_csk_accept's
+        // four parameters).
+        "fexit/inet_csk_accept",
         "cgroup/connect4",
         "tracepoint/cgroup/cgroup_mkdir",
     ] {
         assert!(hooks.iter().any(|x| x == h), "{h} attached on 6.1: {hooks:?}");
     }
+    assert!(!hooks.iter().any(|x| x.as_str().is_some_and(|h| h.starts_with("tracepoint/syscalls/"))), "{hooks:?}");
     let features = &started["kind"]["status"]["kernel_features"];
     for f in ["btf", "ring_buffer", "tracepoint", "raw_tracepoint", "cgroup_sock_addr", "kprobe", "fentry", "lsm"] {
         assert_eq!(features[f], "available", "{f} on 6.1 with lsm=...,bpf: {features}");
@@ -324,13 +341,25 @@ fn the_6_1_kernel_runs_the_scenarios_with_every_optional_feature() {
     let refused = conn(8081);
     assert_eq!(refused["outcome"], "refused");
     assert_eq!(refused["process"]["pid"], num("ncpids", 1));
-    // The listener's accept of that connect, through the task-BTF fd-table walk.
-    let accept = events
-        .iter()
-        .filter_map(|e| e["kind"]["connection"].as_object().map(|_| &e["kind"]["connection"]))
-        .find(|c| c["evt_type"] == "accept" && c["local_port"] == 8080)
-        .unwrap_or_else(|| panic!("no accept on 8080: {log}"));
+    // The listener's accept of that connect, from the fexit program on inet_csk_accept.
+    let accept_on = |port: u64| {
+        events
+            .iter()
+            .filter_map(|e| e["kind"]["connection"].as_object().map(|_| &e["kind"]["connection"]))
+            .find(|c| c["evt_type"] == "accept" && c["local_port"] == port)
+            .unwrap_or_else(|| panic!("no accept on {port}: {log}"))
+            .clone()
+    };
+    // io_uring's accept (the syscall tracepoints never see it), in the submitting process.
+    assert!(said["uring"].iter().any(|w| w == "accepted"), "the io_uring accept failed: {:?}", said["uring"]);
+    let uring = accept_on(8083);
+    assert_eq!(uring["remote_ip"], "127.0.0.1");
+    assert_eq!(uring["direction"], "inbound");
+    assert_eq!(uring["process"]["pid"], num("uring", 0));
+    let accept = accept_on(8080);
     assert_eq!(accept["remote_port"], established["local_port"]);
+    // busybox nc listens on a dual-stack IPv6 socket: the peer comes IPv4-mapped.
+    assert_eq!(accept["remote_ip"], "::ffff:127.0.0.1");
     assert_eq!(accept["direction"], "inbound");
     assert_eq!(accept["process"]["pid"], num("ncpids", 2));
 
@@ -355,6 +384,18 @@ fn the_6_1_kernel_runs_the_scenarios_with_every_optional_feature() {
         .find(|e| e["kind"]["exec"]["process"]["argv"] == json!(["/bin/busybox", "true", "vm-perf-token"]))
         .unwrap_or_else(|| panic!("the exec over the perf array is missing: {log}"));
     assert_eq!(perf_exec["kind"]["exec"]["process"]["exe"], "/bin/busybox");
+
+    // 6. the second agent (ebpf.programs.fexit = false) took accepts from the task-BTF syscall
+    // tracepoints instead, and saw the accept on 8082 in the listener's process.
+    let second = events.iter().filter(|e| e["kind"]["status"]["phase"] == 1).nth(1).unwrap_or_else(|| panic!("{log}"));
+    let hooks2 = second["kind"]["status"]["hooks"].as_array().unwrap();
+    for h in ["tracepoint/syscalls/sys_exit_accept4", "tracepoint/syscalls/sys_exit_accept"] {
+        assert!(hooks2.iter().any(|x| x == h), "{h} attached with fexit off: {hooks2:?}");
+    }
+    assert!(!hooks2.iter().any(|x| x == "fexit/inet_csk_accept"), "{hooks2:?}");
+    let accept2 = accept_on(8082);
+    assert_eq!(accept2["direction"], "inbound");
+    assert_eq!(accept2["process"]["pid"], num("nclisten2", 0));
 
     // 5. exec enforcement (the first agent, with process.deny_exec): the exec failed with
     // EPERM in the shell that tried, and the denial is an alert naming the file and process.

@@ -138,14 +138,14 @@ struct RawRelocation {
     spec: String,
 }
 
-fn u32_at(data: &[u8], off: usize) -> Result<u32, String> {
+pub(super) fn u32_at(data: &[u8], off: usize) -> Result<u32, String> {
     data.get(off..off + 4)
         .and_then(|b| b.try_into().ok())
         .map(u32::from_le_bytes)
         .ok_or_else(|| format!("truncated BTF data at offset {off}"))
 }
 
-fn usize_at(data: &[u8], off: usize) -> Result<usize, String> {
+pub(super) fn usize_at(data: &[u8], off: usize) -> Result<usize, String> {
     usize::try_from(u32_at(data, off)?).map_err(|e| e.to_string())
 }
 

@@ -1,6 +1,7 @@
 //! The kernel side: preflight checks, loading the object with CO-RE relocation, attaching the
 //! programs, and handing the record maps (ring buffer or perf buffers) and counters to the drain.
 
+mod btf_func;
 pub mod core_check;
 mod error;
 pub mod features;
@@ -12,7 +13,7 @@ pub mod transport;
 use aya::{
     Btf, Ebpf, EbpfLoader, Endianness,
     maps::{HashMap, MapData, PerCpuArray, PerfEventArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSockAddr, FExit, Lsm, ProgramError, RawTracePoint, TracePoint},
 };
 pub use error::KernelError;
 use peregrine_common::{ConnWindow, FlowKey, counter};
@@ -185,13 +186,20 @@ impl Sensor {
             loader.load(&bytes).map_err(|e| KernelError::Load { path: config.object.clone(), message: error_chain(&e) })?;
 
         let mut hooks = Vec::new();
+        let accept_fexit = if config.programs.network && config.programs.fexit {
+            attach_accept_fexit(&mut ebpf, &btf, &config.btf_path, &features)
+        } else {
+            None
+        };
+        let accept_tracepoints = config.programs.network && accept_fexit.is_none();
+        hooks.extend(accept_fexit);
         let wanted = [
             (&EXEC_HOOK, config.programs.exec),
             (&FORK_HOOK, config.programs.fork),
             (&EXIT_HOOK, config.programs.exit),
             (&NETWORK_HOOKS[0], config.programs.network),
-            (&NETWORK_HOOKS[1], config.programs.network),
-            (&NETWORK_HOOKS[2], config.programs.network),
+            (&NETWORK_HOOKS[1], accept_tracepoints),
+            (&NETWORK_HOOKS[2], accept_tracepoints),
             (&SOCK_ADDR_HOOKS[0], config.programs.sock_addr),
             (&SOCK_ADDR_HOOKS[1], config.programs.sock_addr),
             (&SOCK_ADDR_HOOKS[2], config.programs.sock_addr),
@@ -391,6 +399,54 @@ fn load_or_twin(ebpf: &mut Ebpf, hook: &Hook, task_btf: bool) -> Result<(Hook, S
 fn is_verifier_refusal(e: &KernelError) -> bool {
     matches!(e, KernelError::ProgramRejected { io_error, verifier_log, .. }
         if !verifier_log.trim().is_empty() && io_error.raw_os_error() != Some(nix::libc::EPERM))
+}
+
+const ACCEPT_FEXIT_HOOK: &str = "fexit/inet_csk_accept";
+
+/// Attaches the fexit accept program matching the kernel's `inet_csk_accept` (4 or 2
+/// parameters) where the kernel runs BPF trampolines; returns its label, or None (logged
+/// why) when the syscall tracepoints have to do: they cost every syscall on the node the
+/// tracing slow path (docs/PERFORMANCE.md), which is why this is tried first.
+fn attach_accept_fexit(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    btf_path: &std::path::Path,
+    features: &[features::Feature],
+) -> Option<String> {
+    let fentry = features.iter().find(|(name, _)| *name == "fentry").map_or("not probed", |(_, v)| v.as_str());
+    if !features::is_available(fentry) {
+        tracing::info!(fentry, "accepts from the syscall tracepoints: the kernel runs no BPF trampolines");
+        return None;
+    }
+    let params = std::fs::read(btf_path)
+        .map_err(|e| format!("reading {}: {e}", btf_path.display()))
+        .and_then(|data| btf_func::param_count(&data, "inet_csk_accept"));
+    let program = match params {
+        Ok(Some(4)) => "inet_csk_accept_fexit4",
+        Ok(Some(2)) => "inet_csk_accept_fexit2",
+        other => {
+            tracing::warn!(
+                parameters = ?other,
+                "accepts from the syscall tracepoints: inet_csk_accept has neither the 4 parameters of kernels up to 6.9 nor the 2 of later ones"
+            );
+            return None;
+        }
+    };
+    let attached = (|| -> Result<(), KernelError> {
+        let attach_err = |message: String| KernelError::Attach { program: program.into(), hook: ACCEPT_FEXIT_HOOK.into(), message };
+        let p = ebpf.program_mut(program).ok_or_else(|| attach_err("program not found in the object".into()))?;
+        let p: &mut FExit = p.try_into().map_err(|e: ProgramError| attach_err(e.to_string()))?;
+        p.load("inet_csk_accept", btf).map_err(|e| rejected(program, e))?;
+        p.attach().map_err(|e| attach_err(e.to_string()))?;
+        Ok(())
+    })();
+    match attached {
+        Ok(()) => Some(ACCEPT_FEXIT_HOOK.to_owned()),
+        Err(e) => {
+            tracing::warn!(error = %e, "accepts from the syscall tracepoints: the fexit program did not load or attach");
+            None
+        }
+    }
 }
 
 const LSM_EXEC_HOOK: &str = "lsm/bprm_check_security";

@@ -22,9 +22,9 @@ use aya_ebpf::{
         bpf_probe_read_user,
     },
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::{cgroup_sock_addr, lsm, map, raw_tracepoint, tracepoint},
+    macros::{cgroup_sock_addr, fexit, lsm, map, raw_tracepoint, tracepoint},
     maps::{HashMap, LruHashMap, PerCpuArray, PerfEventByteArray, RingBuf, lpm_trie::{Key, LpmTrie}},
-    programs::{LsmContext, RawTracePointContext, SockAddrContext, TracePointContext},
+    programs::{FExitContext, LsmContext, RawTracePointContext, SockAddrContext, TracePointContext},
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -674,6 +674,12 @@ fn on_accept<const TASK_BTF: bool>(ctx: &TracePointContext) {
     }
     // SAFETY: CO-RE getters walking the current task's fd table, bounded by its size.
     let sk = unsafe { if TASK_BTF { peregrine_fd_sock_btf(ret as i32) } else { peregrine_fd_sock(ret as i32) } };
+    on_accepted(ctx, sk);
+}
+
+/// The accepted socket `sk` (0: none), in the accepting process's context.
+#[inline(always)]
+fn on_accepted<C: EbpfContext>(ctx: &C, sk: u64) {
     if sk == 0 {
         return;
     }
@@ -709,6 +715,25 @@ pub fn sys_exit_accept4_probe_read(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_exit_accept_probe_read(ctx: TracePointContext) -> u32 {
     on_accept::<false>(&ctx);
+    0
+}
+
+/// Accepts where the kernel runs BPF trampolines: the accepted socket is `inet_csk_accept`'s
+/// return value, in the accepting task (a syscall's, or io_uring's, which the syscall
+/// tracepoints miss). The agent attaches these instead of the `sys_exit_accept*` pair, because
+/// attaching any syscall tracepoint puts every syscall of every process on the node on the
+/// tracing slow path. A fexit program reads the return value after the arguments: 4 of them
+/// until 6.9 (`sk, flags, err, kern`), 2 since 6.10 (`sk, arg`); the agent loads the one
+/// matching the kernel's BTF (the other would read an argument as the socket).
+#[fexit(function = "inet_csk_accept")]
+pub fn inet_csk_accept_fexit4(ctx: FExitContext) -> i32 {
+    on_accepted(&ctx, ctx.arg::<u64>(4));
+    0
+}
+
+#[fexit(function = "inet_csk_accept")]
+pub fn inet_csk_accept_fexit2(ctx: FExitContext) -> i32 {
+    on_accepted(&ctx, ctx.arg::<u64>(2));
     0
 }
 
