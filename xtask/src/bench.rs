@@ -59,6 +59,8 @@ pub enum Workload {
     Exec,
     /// connect + close to a peer across a veth pair.
     Connect,
+    /// getppid in a loop: what every syscall on the node pays for the sensor being there.
+    Syscall,
 }
 
 /// The peer namespace of the connect storm (198.18.0.0/30; routes checked), its server, and
@@ -119,6 +121,7 @@ impl Workload {
         let (bin, args): (&str, Vec<String>) = match self {
             Self::Exec => ("execstorm", vec![workers.to_string(), seconds.to_string(), "/bin/true".to_owned()]),
             Self::Connect => ("connstorm", vec!["client".into(), workers.to_string(), seconds.to_string(), PEER_ADDR.into()]),
+            Self::Syscall => ("sysstorm", vec![workers.to_string(), seconds.to_string()]),
         };
         let out = Command::new(root().join("target/release").join(bin)).args(&args).output().with_context(|| format!("running {bin}"))?;
         if !out.status.success() {
@@ -129,7 +132,8 @@ impl Workload {
 
     fn event_series(self) -> &'static str {
         match self {
-            Self::Exec => "peregrine_agent_events_total{kind=\"exec\"}",
+            // No event per syscall: the exec series, which the loop does not drive.
+            Self::Exec | Self::Syscall => "peregrine_agent_events_total{kind=\"exec\"}",
             Self::Connect => "peregrine_agent_events_total{kind=\"connection\"}",
         }
     }
@@ -138,6 +142,7 @@ impl Workload {
         match self {
             Self::Exec => "exec",
             Self::Connect => "connect",
+            Self::Syscall => "syscall",
         }
     }
 }
@@ -378,6 +383,13 @@ fn variants(workload: Workload, baseline_agent: Option<&Path>, baseline_collecto
             v("agent (default dedup 10 s)/none", &[], false),
             v("agent (dedup off)/none", &["network.tcp_dedup_ms=0"], true),
         ],
+        // The default agent, and one without the TCP hooks: where the kernel runs no BPF
+        // trampolines the default takes accepts from syscall tracepoints (with them, from
+        // fexit, and the default looks like the second line).
+        Workload::Syscall => vec![
+            v("agent (default)/none", &[], false),
+            v("agent (ebpf.programs.network = false: no syscall tracepoint)/none", &["ebpf.programs.network=false"], false),
+        ],
     };
     if baseline_agent.is_some() || baseline_collector.is_some() {
         for i in 0..out.len() {
@@ -505,7 +517,7 @@ pub fn run(bins: &Binaries, args: &Bench) -> Result<()> {
     check_baselines(args)?;
     sh(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(root())
-        .args(["build", "--release", "-p", "xtask", "--bin", "execstorm", "--bin", "connstorm"]))?;
+        .args(["build", "--release", "-p", "xtask", "--bin", "execstorm", "--bin", "connstorm", "--bin", "sysstorm"]))?;
     let cgroup = CpuCgroup::new(args.cpu_millis)?;
     let _peer = if args.workload == Workload::Connect { Some(ConnectPeer::new()?) } else { None };
     // Statistics cost two clock reads per program run: off while ratios (and the soak) are
@@ -625,7 +637,10 @@ fn rounds(bins: &Binaries, cgroup: &CpuCgroup, args: &Bench) -> Result<String> {
         let _ = writeln!(report, "|---|---|---|---|---|---|---|---|");
         report.push_str(&paired);
     }
-    in_kernel(bins, cgroup, args, &variants, &mut report)?;
+    // No program runs per getppid: nothing to count in the kernel.
+    if args.workload != Workload::Syscall {
+        in_kernel(bins, cgroup, args, &variants, &mut report)?;
+    }
     for peer in &args.peers {
         match peer.as_str() {
             "auditd" => auditd_rounds(args, &mut report)?,

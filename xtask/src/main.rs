@@ -47,7 +47,7 @@ enum Cmd {
     /// `connect` against a connect storm, `idle` the agent and collector with nothing to do,
     /// `rules` the rules engine, `ingest` the collector.
     Bench {
-        /// What to measure: exec, connect, idle, rules or ingest.
+        /// What to measure: exec, connect, syscall, idle, rules or ingest.
         what: String,
         #[arg(long, default_value_t = 10)]
         rounds: usize,
@@ -143,7 +143,8 @@ fn real_main() -> Result<()> {
             let workload = match what.as_str() {
                 "exec" => bench::Workload::Exec,
                 "connect" => bench::Workload::Connect,
-                other => bail!("unknown benchmark `{other}` (known: exec, connect, idle, rules, ingest)"),
+                "syscall" => bench::Workload::Syscall,
+                other => bail!("unknown benchmark `{other}` (known: exec, connect, syscall, idle, rules, ingest)"),
             };
             stages.run(&format!("bench {what}"), || {
                 bench::run(&bins, &bench::Bench { workload, rounds, seconds, workers, cpu_millis, peers, soak, baseline_agent: baseline_agent.clone(), baseline_ebpf: baseline_ebpf.clone(), baseline_collector: baseline_collector.clone() })
