@@ -108,7 +108,7 @@ pub struct Sensor {
     counters: PerCpuArray<MapData, u64>,
     /// TCP dedup windows (`TCP_SEEN`), by `FlowKey::to_bytes`.
     tcp_windows: HashMap<MapData, [u8; 32], [u8; 32]>,
-    /// Attached hooks, as `tracepoint/<category>/<name>`.
+    /// Attached hooks, as `tracepoint/<category>/<name>`, `fexit/<function>`, ...
     pub hooks: Vec<String>,
     /// Boot-time ns when the last hook was attached: observation starts here.
     pub attached_boot_ns: u64,
@@ -186,29 +186,6 @@ impl Sensor {
             loader.load(&bytes).map_err(|e| KernelError::Load { path: config.object.clone(), message: error_chain(&e) })?;
 
         let mut hooks = Vec::new();
-        let accept_fexit = if config.programs.network && config.programs.fexit {
-            attach_accept_fexit(&mut ebpf, &btf, &config.btf_path, &features)
-        } else {
-            None
-        };
-        let accept_tracepoints = config.programs.network && accept_fexit.is_none();
-        hooks.extend(accept_fexit);
-        let wanted = [
-            (&EXEC_HOOK, config.programs.exec),
-            (&FORK_HOOK, config.programs.fork),
-            (&EXIT_HOOK, config.programs.exit),
-            (&NETWORK_HOOKS[0], config.programs.network),
-            (&NETWORK_HOOKS[1], accept_tracepoints),
-            (&NETWORK_HOOKS[2], accept_tracepoints),
-            (&SOCK_ADDR_HOOKS[0], config.programs.sock_addr),
-            (&SOCK_ADDR_HOOKS[1], config.programs.sock_addr),
-            (&SOCK_ADDR_HOOKS[2], config.programs.sock_addr),
-            (&SOCK_ADDR_HOOKS[3], config.programs.sock_addr),
-            (&SOCK_ADDR_HOOKS[4], config.programs.sock_addr),
-            (&SOCK_ADDR_HOOKS[5], config.programs.sock_addr),
-            (&CGROUP_HOOKS[0], config.programs.cgroup),
-            (&CGROUP_HOOKS[1], config.programs.cgroup),
-        ];
         if !policy.deny4.is_empty() {
             // Borrowed, not taken: the programs refer to this map's fd, which must stay open.
             let map = ebpf.map_mut("DENY4").ok_or(KernelError::Map { map: "DENY4", message: "not in the object".into() })?;
@@ -231,6 +208,25 @@ impl Sensor {
             attach_exec_enforcement(&mut ebpf, &btf, &features, &policy.deny_exec)?;
             hooks.push(LSM_EXEC_HOOK.to_owned());
         }
+        let mut accept_fexit =
+            if config.programs.network && config.programs.fexit { attach_accept_fexit(&mut ebpf, &features) } else { None };
+        let accept_tracepoints = config.programs.network && accept_fexit.is_none();
+        let wanted = [
+            (&EXEC_HOOK, config.programs.exec),
+            (&FORK_HOOK, config.programs.fork),
+            (&EXIT_HOOK, config.programs.exit),
+            (&NETWORK_HOOKS[0], config.programs.network),
+            (&NETWORK_HOOKS[1], accept_tracepoints),
+            (&NETWORK_HOOKS[2], accept_tracepoints),
+            (&SOCK_ADDR_HOOKS[0], config.programs.sock_addr),
+            (&SOCK_ADDR_HOOKS[1], config.programs.sock_addr),
+            (&SOCK_ADDR_HOOKS[2], config.programs.sock_addr),
+            (&SOCK_ADDR_HOOKS[3], config.programs.sock_addr),
+            (&SOCK_ADDR_HOOKS[4], config.programs.sock_addr),
+            (&SOCK_ADDR_HOOKS[5], config.programs.sock_addr),
+            (&CGROUP_HOOKS[0], config.programs.cgroup),
+            (&CGROUP_HOOKS[1], config.programs.cgroup),
+        ];
         let cgroup_root = cgroup2_root(config.cgroup2_path.as_deref())?;
         let socket_programs = preflight::effective_caps().is_some_and(preflight::can_load_socket_programs);
         for (hook, enabled) in wanted {
@@ -243,6 +239,10 @@ impl Sensor {
             if enabled {
                 attach(&mut ebpf, &hook, &cgroup_root)?;
                 hooks.push(label);
+            }
+            // Reported where the accept tracepoints would be.
+            if hook.program == NETWORK_HOOKS[0].program {
+                hooks.extend(accept_fexit.take());
             }
         }
 
@@ -406,44 +406,49 @@ const ACCEPT_FEXIT_HOOK: &str = "fexit/inet_csk_accept";
 /// Attaches the fexit accept program matching the kernel's `inet_csk_accept` (4 or 2
 /// parameters) where the kernel runs BPF trampolines; returns its label, or None (logged
 /// why) when the syscall tracepoints have to do: they cost every syscall on the node the
-/// tracing slow path (docs/PERFORMANCE.md), which is why this is tried first.
-fn attach_accept_fexit(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    btf_path: &std::path::Path,
-    features: &[features::Feature],
-) -> Option<String> {
+/// tracing slow path (docs/PERFORMANCE.md), which is why this is tried first. The kernel's own
+/// BTF, not `ebpf.btf_path`: the kernel resolves the attach point in its vmlinux BTF, and a
+/// kernel that runs trampolines has one.
+fn attach_accept_fexit(ebpf: &mut Ebpf, features: &[features::Feature]) -> Option<String> {
+    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+    let fallback = "accepts from the syscall tracepoints";
     let fentry = features.iter().find(|(name, _)| *name == "fentry").map_or("not probed", |(_, v)| v.as_str());
     if !features::is_available(fentry) {
-        tracing::info!(fentry, "accepts from the syscall tracepoints: the kernel runs no BPF trampolines");
+        tracing::info!(fentry, "{fallback}: the kernel runs no BPF trampolines");
         return None;
     }
-    let params = std::fs::read(btf_path)
-        .map_err(|e| format!("reading {}: {e}", btf_path.display()))
+    let params = std::fs::read(VMLINUX)
+        .map_err(|e| format!("reading {VMLINUX}: {e}"))
         .and_then(|data| btf_func::param_count(&data, "inet_csk_accept"));
     let program = match params {
         Ok(Some(4)) => "inet_csk_accept_fexit4",
         Ok(Some(2)) => "inet_csk_accept_fexit2",
-        other => {
-            tracing::warn!(
-                parameters = ?other,
-                "accepts from the syscall tracepoints: inet_csk_accept has neither the 4 parameters of kernels up to 6.9 nor the 2 of later ones"
-            );
+        Ok(Some(n)) => {
+            tracing::warn!("{fallback}: inet_csk_accept has {n} parameters, not the 4 of kernels up to 6.9 or the 2 of later ones");
+            return None;
+        }
+        Ok(None) => {
+            tracing::warn!("{fallback}: {VMLINUX} describes no inet_csk_accept");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!("{fallback}: cannot read inet_csk_accept's prototype from {VMLINUX}: {e}");
             return None;
         }
     };
     let attached = (|| -> Result<(), KernelError> {
         let attach_err = |message: String| KernelError::Attach { program: program.into(), hook: ACCEPT_FEXIT_HOOK.into(), message };
+        let btf = Btf::from_sys_fs().map_err(|e| attach_err(format!("{VMLINUX}: {e}")))?;
         let p = ebpf.program_mut(program).ok_or_else(|| attach_err("program not found in the object".into()))?;
         let p: &mut FExit = p.try_into().map_err(|e: ProgramError| attach_err(e.to_string()))?;
-        p.load("inet_csk_accept", btf).map_err(|e| rejected(program, e))?;
+        p.load("inet_csk_accept", &btf).map_err(|e| rejected(program, e))?;
         p.attach().map_err(|e| attach_err(e.to_string()))?;
         Ok(())
     })();
     match attached {
         Ok(()) => Some(ACCEPT_FEXIT_HOOK.to_owned()),
         Err(e) => {
-            tracing::warn!(error = %e, "accepts from the syscall tracepoints: the fexit program did not load or attach");
+            tracing::warn!(error = %e, "{fallback}: the fexit program did not load or attach");
             None
         }
     }

@@ -144,12 +144,21 @@ fn main() -> std::process::ExitCode {
         tail.fetch_add(1, std::sync::atomic::Ordering::Release);
         println!("listening");
         let _ = std::io::stdout().flush();
-        if libc::syscall(libc::SYS_io_uring_enter, ring, 1u32, 1u32, IORING_ENTER_GETEVENTS, std::ptr::null::<u8>(), 0usize) < 0 {
-            return fail("io_uring_enter");
+        // Submits the one entry and waits for its completion.
+        let submitted = libc::syscall(libc::SYS_io_uring_enter, ring, 1u32, 1u32, IORING_ENTER_GETEVENTS, std::ptr::null::<u8>(), 0usize);
+        if submitted != 1 {
+            return fail(&format!("io_uring_enter submitted {submitted} entries, not 1"));
         }
         let head = &*cq.add(p.cq_off.head as usize).cast::<std::sync::atomic::AtomicU32>();
+        let tail = &*cq.add(p.cq_off.tail as usize).cast::<std::sync::atomic::AtomicU32>();
         let mask = cq.add(p.cq_off.ring_mask as usize).cast::<u32>().read();
-        let slot = head.load(std::sync::atomic::Ordering::Acquire) & mask;
+        let h = head.load(std::sync::atomic::Ordering::Relaxed);
+        // The kernel publishes a completion by its tail: acquire it before reading the entry.
+        if tail.load(std::sync::atomic::Ordering::Acquire) == h {
+            eprintln!("uringaccept: io_uring_enter returned without a completion");
+            return std::process::ExitCode::FAILURE;
+        }
+        let slot = h & mask;
         let res = cq.add(p.cq_off.cqes as usize + slot as usize * 16 + 8).cast::<i32>().read();
         head.fetch_add(1, std::sync::atomic::Ordering::Release);
         res
