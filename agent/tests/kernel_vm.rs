@@ -57,6 +57,16 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t securityfs securityfs /sys/kernel/security
 ip link set lo up
 say() { echo "PEREGRINE-VM $*"; }
+# A listener on port $1 accepts one connect from here; says "$2 <listener pid>" and waits
+# (bounded) for the accept's event.
+accept_once() {
+  nc -l -p "$1" > /dev/null &
+  l=$!
+  sleep 0.5
+  nc 127.0.0.1 "$1" < /dev/null
+  say "$2" "$l"
+  i=0; while [ $i -lt 300 ] && ! grep -q "\"local_port\":$1," /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done
+}
 say uname "$(uname -r)"
 say cgroup-mounts "$(grep -c cgroup /proc/mounts)"
 /bin/agent --check-core /peregrine-ebpf.o > /tmp/core.jsonl 2> /tmp/core.err
@@ -126,12 +136,7 @@ i=0; while [ $i -lt 900 ] && ! grep -q 'perf_event_array (configured)' /tmp/even
 i=0; while [ $i -lt 300 ] && ! grep -q vm-perf-token /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done
 say perf-waited "$i"
 # 6. that agent's accepts from the fexit program, over the perf array.
-nc -l -p 8082 > /dev/null &
-nclisten2=$!
-sleep 0.5
-nc 127.0.0.1 8082 < /dev/null
-say nclisten2 "$nclisten2"
-i=0; while [ $i -lt 300 ] && ! grep -q '"local_port":8082,' /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done
+accept_once 8082 nclisten2
 # 7. a third agent with ebpf.programs.fexit = false: accepts from the syscall tracepoints.
 kill $agent2
 i=0; while [ $i -lt 100 ] && kill -0 $agent2 2>/dev/null; do sleep 0.1; i=$((i+1)); done
@@ -139,12 +144,7 @@ i=0; while [ $i -lt 100 ] && kill -0 $agent2 2>/dev/null; do sleep 0.1; i=$((i+1
   --set ebpf.object=/peregrine-ebpf.o --set spool.dir=/tmp/spool3 --set http.listen=127.0.0.1:9467 \
   --set network.exclude_loopback=false --set ebpf.programs.fexit=false 2>/tmp/agent3.log &
 i=0; while [ $i -lt 900 ] && [ "$(grep -c '"phase":1' /tmp/events.jsonl)" -lt 3 ]; do sleep 0.2; i=$((i+1)); done
-nc -l -p 8084 > /dev/null &
-nclisten3=$!
-sleep 0.5
-nc 127.0.0.1 8084 < /dev/null
-say nclisten3 "$nclisten3"
-i=0; while [ $i -lt 300 ] && ! grep -q '"local_port":8084,' /tmp/events.jsonl; do sleep 0.2; i=$((i+1)); done
+accept_once 8084 nclisten3
 echo PEREGRINE-VM-EVENTS-BEGIN
 grep -e '"status"' -e vm- -e '"connection"' -e deny-me /tmp/events.jsonl
 echo PEREGRINE-VM-EVENTS-END
