@@ -4,11 +4,11 @@
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
-    sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-static DONE: AtomicU64 = AtomicU64::new(0);
+#[path = "../storm.rs"]
+mod storm;
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -47,22 +47,14 @@ fn main() -> std::process::ExitCode {
             ) else {
                 return usage();
             };
-            let deadline = Instant::now() + Duration::from_secs_f64(secs);
-            std::thread::scope(|s| {
-                for _ in 0..workers {
-                    s.spawn(move || {
-                        let mut n = 0u64;
-                        while Instant::now() < deadline {
-                            if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                                abortive_close(stream);
-                                n += 1;
-                            }
-                        }
-                        DONE.fetch_add(n, Ordering::Relaxed);
-                    });
+            let done = storm::run(workers, secs, || match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(stream) => {
+                    abortive_close(stream);
+                    1
                 }
+                Err(_) => 0,
             });
-            println!("{}", DONE.load(Ordering::Relaxed));
+            println!("{done}");
             std::process::ExitCode::SUCCESS
         }
         _ => usage(),

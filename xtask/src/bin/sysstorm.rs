@@ -3,12 +3,9 @@
 //! shows most) for the given time and prints the total. A syscall tracepoint attached anywhere
 //! puts every syscall on the node on the tracing slow path; this measures that.
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, Instant},
-};
+#[path = "../storm.rs"]
+mod storm;
 
-static DONE: AtomicU64 = AtomicU64::new(0);
 /// Syscalls between two looks at the clock.
 const BATCH: u64 = 1024;
 
@@ -20,23 +17,14 @@ fn main() -> std::process::ExitCode {
         eprintln!("usage: sysstorm <workers> <seconds>");
         return std::process::ExitCode::FAILURE;
     };
-    let deadline = Instant::now() + Duration::from_secs_f64(secs);
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(move || {
-                let mut n = 0u64;
-                while Instant::now() < deadline {
-                    for _ in 0..BATCH {
-                        // SAFETY: getppid takes no arguments and cannot fail. Called through
-                        // syscall(2) so no libc cache answers instead of the kernel.
-                        unsafe { libc::syscall(libc::SYS_getppid) };
-                    }
-                    n += BATCH;
-                }
-                DONE.fetch_add(n, Ordering::Relaxed);
-            });
+    let done = storm::run(workers, secs, || {
+        for _ in 0..BATCH {
+            // SAFETY: getppid takes no arguments and cannot fail. Called through syscall(2) so
+            // no libc cache answers instead of the kernel.
+            unsafe { libc::syscall(libc::SYS_getppid) };
         }
+        BATCH
     });
-    println!("{}", DONE.load(Ordering::Relaxed));
+    println!("{done}");
     std::process::ExitCode::SUCCESS
 }
