@@ -80,6 +80,11 @@ pub fn is_available(verdict: &str) -> bool {
     verdict == AVAILABLE
 }
 
+/// The verdict on the feature `name` among the probed `features` ("not probed" if absent).
+pub fn verdict_of<'a>(features: &'a [Feature], name: &str) -> &'a str {
+    features.iter().find(|(n, _)| *n == name).map_or("not probed", |(_, v)| v.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

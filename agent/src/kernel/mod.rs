@@ -129,7 +129,7 @@ impl Sensor {
         let btf = Btf::parse_file(&config.btf_path, Endianness::default())
             .map_err(|e| KernelError::BadBtf { path: config.btf_path.clone(), message: e.to_string() })?;
         preflight::ensure_tracefs(&config.tracefs_path)?;
-        let ring_available = features.iter().any(|(name, verdict)| *name == "ring_buffer" && features::is_available(verdict));
+        let ring_available = features::is_available(features::verdict_of(&features, "ring_buffer"));
         let (kind, transport_reason) = match config.transport {
             TransportChoice::RingBuffer => (transport::Kind::RingBuffer, "configured"),
             TransportChoice::PerfArray => (transport::Kind::PerfEventArray, "configured"),
@@ -412,15 +412,20 @@ const ACCEPT_FEXIT_HOOK: &str = "fexit/inet_csk_accept";
 fn attach_accept_fexit(ebpf: &mut Ebpf, features: &[features::Feature]) -> Option<String> {
     const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
     let fallback = "accepts from the syscall tracepoints";
-    let fentry = features.iter().find(|(name, _)| *name == "fentry").map_or("not probed", |(_, v)| v.as_str());
+    let fentry = features::verdict_of(features, "fentry");
     if !features::is_available(fentry) {
         tracing::info!(fentry, "{fallback}: the kernel runs no BPF trampolines");
         return None;
     }
-    let params = std::fs::read(VMLINUX)
-        .map_err(|e| format!("reading {VMLINUX}: {e}"))
-        .and_then(|data| btf_func::param_count(&data, "inet_csk_accept"));
-    let program = match params {
+    // Read once: counted here, parsed for the load below.
+    let data = match std::fs::read(VMLINUX) {
+        Ok(data) => data,
+        Err(e) => {
+            tracing::warn!("{fallback}: cannot read inet_csk_accept's prototype from {VMLINUX}: {e}");
+            return None;
+        }
+    };
+    let program = match btf_func::param_count(&data, "inet_csk_accept") {
         Ok(Some(4)) => "inet_csk_accept_fexit4",
         Ok(Some(2)) => "inet_csk_accept_fexit2",
         Ok(Some(n)) => {
@@ -438,7 +443,7 @@ fn attach_accept_fexit(ebpf: &mut Ebpf, features: &[features::Feature]) -> Optio
     };
     let attached = (|| -> Result<(), KernelError> {
         let attach_err = |message: String| KernelError::Attach { program: program.into(), hook: ACCEPT_FEXIT_HOOK.into(), message };
-        let btf = Btf::from_sys_fs().map_err(|e| attach_err(format!("{VMLINUX}: {e}")))?;
+        let btf = Btf::parse(&data, Endianness::default()).map_err(|e| attach_err(format!("{VMLINUX}: {e}")))?;
         let p = ebpf.program_mut(program).ok_or_else(|| attach_err("program not found in the object".into()))?;
         let p: &mut FExit = p.try_into().map_err(|e: ProgramError| attach_err(e.to_string()))?;
         p.load("inet_csk_accept", &btf).map_err(|e| rejected(program, e))?;
@@ -465,7 +470,7 @@ fn attach_exec_enforcement(
     deny_exec: &[std::path::PathBuf],
 ) -> Result<(), KernelError> {
     let attach_err = |message: String| KernelError::Attach { program: "lsm_bprm_check".into(), hook: LSM_EXEC_HOOK.into(), message };
-    let lsm = features.iter().find(|(name, _)| *name == "lsm").map_or("not probed", |(_, v)| v.as_str());
+    let lsm = features::verdict_of(features, "lsm");
     if !features::is_available(lsm) {
         return Err(attach_err(format!(
             "process.deny_exec needs the BPF LSM ({lsm}): boot the node with `lsm=...,bpf`, or empty process.deny_exec"
