@@ -44,7 +44,8 @@ enum Cmd {
         agent_sets: Vec<String>,
     },
     /// Benchmarks (never part of `test`): `exec` measures the agent against an exec storm,
-    /// `connect` against a connect storm, `idle` the agent and collector with nothing to do,
+    /// `connect` against a connect storm, `syscall` what every syscall pays for the agent being
+    /// there, `idle` the agent and collector with nothing to do,
     /// `rules` the rules engine, `ingest` the collector.
     Bench {
         /// What to measure: exec, connect, syscall, idle, rules or ingest.
