@@ -8,6 +8,7 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use peregrine_proto::{AgentStatus, Event, Kind, Loss, v1::agent_status::Phase};
+use prost::Message;
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -16,11 +17,12 @@ use crate::{
     container::{ContainerStage, Enriched, Resolution},
     decode,
     kernel::{Sensor, transport},
-    metrics::{KindLabel, Metrics, catch_up, reason},
+    metrics::{KindCounters, Metrics, catch_up, reason},
     watermark::Previous,
     net::ConnTracker,
     process::Tracker,
     rules::{self, RulesStage},
+    sender::Encoded,
     ticker::Ticker,
 };
 
@@ -42,6 +44,9 @@ pub struct Stamper {
     pub node: String,
     pub cluster: String,
     pub agent_run: String,
+    /// `node`, `cluster` and `agent_run` as encoded fields of an event, appended to every
+    /// event as it is encoded ([`Encoded::new`]) instead of three strings cloned into each.
+    identity: Vec<u8>,
     /// The run's random bits: event ids are these plus the sequence number, unique without a
     /// random-number syscall per event.
     run_bits: [u8; 8],
@@ -54,7 +59,11 @@ impl Stamper {
         let run = Uuid::now_v7();
         let mut run_bits = [0u8; 8];
         run_bits.copy_from_slice(&run.as_bytes()[8..]);
-        Self { node, cluster, agent_run: run.to_string(), run_bits, seq: 0, clock: BootClock::sample() }
+        let agent_run = run.to_string();
+        let identity =
+            Event { node: node.clone(), cluster: cluster.clone(), agent_run: agent_run.clone(), ..Default::default() }
+                .encode_to_vec();
+        Self { node, cluster, agent_run, identity, run_bits, seq: 0, clock: BootClock::sample() }
     }
 
     /// A UUIDv8: the run's random bits, then the sequence number.
@@ -71,6 +80,7 @@ impl Stamper {
         self.clock = BootClock::sample();
     }
 
+    /// A new event of this agent, without its identity fields: [`Self::encode`] adds them.
     pub fn stamp(&mut self, boot_ns: u64, kind: Kind) -> Event {
         self.seq += 1;
         Event {
@@ -78,14 +88,14 @@ impl Stamper {
             seq: self.seq,
             time_unix_nano: self.clock.to_unix_nanos(boot_ns),
             boot_ns,
-            node: self.node.clone(),
-            cluster: self.cluster.clone(),
-            agent_run: self.agent_run.clone(),
             kind: Some(kind),
-            container: None,
-            enrichment: String::new(),
-            privilege: Vec::new(),
+            ..Default::default()
         }
+    }
+
+    /// The event as the spool stores it, with this agent's identity fields.
+    pub fn encode(&self, event: &Event) -> Encoded {
+        Encoded::new(event, &self.identity)
     }
 }
 
@@ -120,8 +130,9 @@ pub struct Drain {
     rules: Option<RulesStage>,
     alerts: Vec<peregrine_rules::Alert>,
     stamper: Stamper,
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Encoded>,
     metrics: Metrics,
+    kind_counters: KindCounters,
     config: DrainConfig,
     drained_until: u64,
     /// Losses not yet reported in a Loss event, by reason.
@@ -141,7 +152,7 @@ impl Drain {
         maps: transport::Maps,
         stages: Stages,
         stamper: Stamper,
-        tx: mpsc::Sender<Event>,
+        tx: mpsc::Sender<Encoded>,
         metrics: Metrics,
         config: DrainConfig,
     ) -> Self {
@@ -158,6 +169,7 @@ impl Drain {
             stamper,
             tx,
             metrics,
+            kind_counters: KindCounters::default(),
             config,
             drained_until: 0,
             unreported: BTreeMap::new(),
@@ -395,7 +407,7 @@ impl Drain {
         event.enrichment = e.enrichment.to_owned();
         event.privilege = e.privilege;
         if let Some(rules) = &mut self.rules {
-            rules.evaluate(&event, &mut self.alerts);
+            rules.evaluate(&event, &self.stamper.node, &mut self.alerts);
         }
         let trigger = (!self.alerts.is_empty()).then(|| Trigger {
             event_id: event.id.clone(),
@@ -451,9 +463,9 @@ impl Drain {
             let total = self.reported_total.get(why).copied().unwrap_or(0) + count;
             let event =
                 self.stamper.stamp(boot_now_ns(), Kind::Loss(Loss { reason: why.to_owned(), count, total, ..Default::default() }));
-            match self.tx.try_send(event) {
+            match self.tx.try_send(self.stamper.encode(&event)) {
                 Ok(()) => {
-                    self.metrics.events.get_or_create(&KindLabel { kind: "loss" }).inc();
+                    self.kind_counters.inc(&self.metrics.events, "loss");
                     self.unreported.insert(why, 0);
                     self.reported_total.insert(why, total);
                 }
@@ -464,8 +476,8 @@ impl Drain {
 
     fn push(&mut self, event: Event) {
         let kind = event.kind_name();
-        self.metrics.events.get_or_create(&KindLabel { kind }).inc();
-        match self.tx.try_send(event) {
+        self.kind_counters.inc(&self.metrics.events, kind);
+        match self.tx.try_send(self.stamper.encode(&event)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => self.lose(reason::QUEUE_FULL, 1),
             // The sender is gone only during shutdown; what remains cannot be delivered.

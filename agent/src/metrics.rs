@@ -12,6 +12,23 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+/// The `events` counter of each kind met so far, taken from the family once per kind: the
+/// family's lock and label hash cost more than the increment, for every event.
+#[derive(Default)]
+pub struct KindCounters(Vec<(&'static str, Counter)>);
+
+impl KindCounters {
+    pub fn inc(&mut self, family: &Family<KindLabel, Counter>, kind: &'static str) {
+        if let Some((_, counter)) = self.0.iter().find(|(k, _)| *k == kind) {
+            counter.inc();
+            return;
+        }
+        let counter = family.get_or_create(&KindLabel { kind }).clone();
+        counter.inc();
+        self.0.push((kind, counter));
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,

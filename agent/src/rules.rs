@@ -56,9 +56,9 @@ impl RulesStage {
         }))
     }
 
-    /// Evaluates one event; alerts to send now are appended to `out`.
-    pub fn evaluate(&mut self, event: &Event, out: &mut Vec<Alert>) {
-        let Some(view) = RuleEvent::new(event, &self.users) else { return };
+    /// Evaluates one event from node `node`; alerts to send now are appended to `out`.
+    pub fn evaluate(&mut self, event: &Event, node: &str, out: &mut Vec<Alert>) {
+        let Some(view) = RuleEvent::new(event, &self.users).map(|v| v.on_node(node)) else { return };
         let rules = self.handle.current();
         let time = event.boot_ns;
         let mut fired = Vec::new();

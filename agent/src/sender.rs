@@ -51,6 +51,36 @@ const WINDOW: usize = 8;
 /// Bytes of events per batch, at most (the collector's message limit is larger).
 const BATCH_MAX_BYTES: usize = 4 << 20;
 
+/// An event as the drain queues it: encoded while the drain still has it in cache (an
+/// `Event` is ~900 bytes, moved into the queue and out again otherwise), with the one thing
+/// the sender needs to know of it.
+pub struct Encoded {
+    pub bytes: Vec<u8>,
+    /// For a status: up to when the node was observed (wall clock, ns) and whether the agent
+    /// is stopping; recorded once the status is flushed to the spool.
+    pub observed: Option<(u64, bool)>,
+}
+
+impl Encoded {
+    /// `suffix`: fields encoded once for every event (the agent's identity). A protobuf
+    /// message's fields may come in any order, and `event` leaves those fields empty.
+    pub fn new(event: &Event, suffix: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(event.encoded_len() + suffix.len());
+        event.encode_raw(&mut bytes);
+        bytes.extend_from_slice(suffix);
+        let observed = match &event.kind {
+            Some(Kind::Status(s)) => {
+                // Everything before the status's barrier is ahead of it in the spool.
+                let behind = i64::try_from(event.boot_ns.saturating_sub(s.drained_until_boot_ns)).unwrap_or(i64::MAX);
+                let until = u64::try_from(event.time_unix_nano.saturating_sub(behind)).unwrap_or(0);
+                Some((until, s.phase == Phase::Stopping as i32))
+            }
+            _ => None,
+        };
+        Self { bytes, observed }
+    }
+}
+
 /// A batch in flight: its number, the last spool record in it, its size.
 struct InFlight {
     batch_seq: u64,
@@ -59,7 +89,7 @@ struct InFlight {
 }
 
 impl Sender {
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Encoded>) {
         let mut backoff = Duration::from_millis(100);
         let max_backoff = Duration::from_millis(self.collector.max_backoff_ms.max(100));
         let mut connected_before = false;
@@ -99,7 +129,7 @@ impl Sender {
             let open = loop {
                 tokio::select! {
                     next = rx.recv() => match next {
-                        Some(event) => self.take(&event, &mut unflushed, rx.is_empty()),
+                        Some(event) => self.take(event, &mut unflushed, rx.is_empty()),
                         None => break false,
                     },
                     _ = tokio::time::sleep_until(deadline) => break true,
@@ -120,7 +150,7 @@ impl Sender {
     /// Spools one event from the drain, and flushes when the batch is full or the drain's
     /// pass is all taken (`pass_taken`): the drain hands over a pass's events at once, so a
     /// pass costs one write and one send, and no timer has to wake the agent for it.
-    fn take(&mut self, event: &Event, unflushed: &mut usize, pass_taken: bool) {
+    fn take(&mut self, event: Encoded, unflushed: &mut usize, pass_taken: bool) {
         self.accept(event);
         *unflushed += 1;
         if *unflushed >= self.pipeline.batch_max_events || pass_taken {
@@ -130,15 +160,12 @@ impl Sender {
     }
 
     /// Appends one event to the spool (buffered; see [`Self::flush`]).
-    fn accept(&mut self, event: &Event) {
+    fn accept(&mut self, event: Encoded) {
         // Handed over as it is: the spool keeps this buffer for the sender's read.
-        match self.spool.append_bytes(event.encode_to_vec().into()) {
+        match self.spool.append_bytes(event.bytes.into()) {
             Ok(Appended::Stored(_)) => {
-                if let Some(Kind::Status(s)) = &event.kind {
-                    // Everything before the status's barrier is ahead of it in the spool.
-                    let behind = i64::try_from(event.boot_ns.saturating_sub(s.drained_until_boot_ns)).unwrap_or(i64::MAX);
-                    let until = u64::try_from(event.time_unix_nano.saturating_sub(behind)).unwrap_or(0);
-                    self.unflushed_mark = Some((until, s.phase == Phase::Stopping as i32));
+                if event.observed.is_some() {
+                    self.unflushed_mark = event.observed;
                 }
             }
             // A refused record is in the spool's dropped count, mirrored below.
@@ -249,7 +276,7 @@ impl Sender {
         Ok(grpc.streaming(tonic::Request::new(batches), path, codec).await?.into_inner())
     }
 
-    async fn stream(&mut self, channel: Channel, rx: &mut mpsc::Receiver<Event>) -> Outcome {
+    async fn stream(&mut self, channel: Channel, rx: &mut mpsc::Receiver<Encoded>) -> Outcome {
         let (out, out_rx) = mpsc::channel::<EventBatchRaw>(WINDOW);
         let connect_timeout = Duration::from_millis(self.collector.connect_timeout_ms);
         let mut acks = match tokio::time::timeout(connect_timeout, self.open(channel, ReceiverStream::new(out_rx))).await {
@@ -279,7 +306,7 @@ impl Sender {
             }
             tokio::select! {
                 next = rx.recv(), if queue_open => match next {
-                    Some(event) => self.take(&event, &mut unflushed, rx.is_empty()),
+                    Some(event) => self.take(event, &mut unflushed, rx.is_empty()),
                     None => {
                         queue_open = false;
                         self.flush();
@@ -349,5 +376,42 @@ impl Sender {
             tracing::warn!(error = %e, "spool commit failed");
         }
         self.report_spool();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use peregrine_proto::{AgentStatus, ProcessExit};
+
+    use super::*;
+    use crate::drain::Stamper;
+
+    /// The identity fields appended at encoding decode as if the event had carried them, and
+    /// the collector's header peek finds the node there too.
+    #[test]
+    fn an_encoded_event_carries_the_agents_identity() {
+        let mut stamper = Stamper::new("node-7".into(), "prod-west".into());
+        let event = stamper.stamp(5, Kind::Exit(ProcessExit { exit_code: 3, ..Default::default() }));
+        assert!(event.node.is_empty() && event.cluster.is_empty() && event.agent_run.is_empty());
+        let encoded = stamper.encode(&event);
+        assert_eq!(encoded.observed, None);
+        let decoded = Event::decode(encoded.bytes.as_slice()).unwrap();
+        assert_eq!(decoded, Event { node: "node-7".into(), cluster: "prod-west".into(), agent_run: stamper.agent_run.clone(), ..event.clone() });
+        let header = peregrine_proto::EventHeader::peek(&encoded.bytes).unwrap();
+        assert_eq!((header.id, header.node, header.kind), (event.id.as_bytes(), "node-7", "exit"));
+    }
+
+    /// A status says up to when the node was observed: its time less how far its barrier is
+    /// behind it.
+    #[test]
+    fn an_encoded_status_says_until_when_the_node_was_observed() {
+        let status = |phase: Phase| Event {
+            boot_ns: 10_000,
+            time_unix_nano: 1_000_000,
+            kind: Some(Kind::Status(AgentStatus { phase: phase as i32, drained_until_boot_ns: 9_000, ..Default::default() })),
+            ..Default::default()
+        };
+        assert_eq!(Encoded::new(&status(Phase::Heartbeat), &[]).observed, Some((999_000, false)));
+        assert_eq!(Encoded::new(&status(Phase::Stopping), &[]).observed, Some((999_000, true)));
     }
 }

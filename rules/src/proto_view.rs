@@ -23,6 +23,8 @@ fn cmdline(comm: &str, argv: &[String]) -> String {
 /// An exec or connection event as the rules engine sees it.
 pub struct RuleEvent<'a> {
     event: &'a Event,
+    /// `evt.hostname`: the event's node, unless the reader knows it apart (see [`Self::on_node`]).
+    hostname: &'a str,
     evt_type: EventType,
     process: &'a Process,
     ancestors: &'a [peregrine_proto::SharedAncestor],
@@ -70,6 +72,7 @@ impl<'a> RuleEvent<'a> {
         };
         Some(Self {
             event,
+            hostname: &event.node,
             evt_type,
             process,
             ancestors,
@@ -87,6 +90,13 @@ impl<'a> RuleEvent<'a> {
                 .map(|p| p.labels.iter().map(|(k, v)| format!("{k}:{v}")).collect())
                 .unwrap_or_default(),
         })
+    }
+
+    /// The node the event comes from, for an event that does not carry it yet: the agent
+    /// adds its identity fields as it encodes an event, after the rules have seen it.
+    pub fn on_node(mut self, hostname: &'a str) -> Self {
+        self.hostname = hostname;
+        self
     }
 
     fn pod(&self) -> Option<&'a peregrine_proto::Pod> {
@@ -166,7 +176,7 @@ impl EventView for RuleEvent<'_> {
             FieldId::EvtNum => Value::U64(self.event.seq),
             FieldId::EvtRes => Value::Str(self.conn.as_ref().map_or("SUCCESS", |n| evt_res(&n.c.outcome))),
             FieldId::EvtRawres => Value::I64(self.conn.as_ref().map_or(0, |n| evt_rawres(n.c))),
-            FieldId::EvtHostname => Value::Str(&self.event.node),
+            FieldId::EvtHostname => Value::Str(self.hostname),
             FieldId::ProcPid => i64_of(p.pid),
             FieldId::ProcName => Value::Str(&p.comm),
             FieldId::ProcExe => p.argv.first().map_or(Value::Absent, |a| Value::Str(a)),
@@ -300,6 +310,17 @@ mod tests {
             enrichment: "complete".into(),
             ..Event::default()
         }
+    }
+
+    #[test]
+    fn the_hostname_is_the_events_node_unless_given_apart() {
+        let mut e = exec_event();
+        let users = HashMap::new();
+        assert_eq!(RuleEvent::new(&e, &users).unwrap().field(FieldId::EvtHostname, FieldArg::None), Value::Str("n1"));
+        // The agent's events get their node as they are encoded, after the rules saw them.
+        e.node.clear();
+        let v = RuleEvent::new(&e, &users).unwrap().on_node("node-7");
+        assert_eq!(v.field(FieldId::EvtHostname, FieldArg::None), Value::Str("node-7"));
     }
 
     #[test]

@@ -189,7 +189,8 @@ impl ProcessCache {
 
     /// Ancestors from the parent upwards, bounded by the configured depth.
     pub fn ancestors(&self, parent: Option<Key>) -> Vec<SharedAncestor> {
-        let mut out = Vec::new();
+        // Sized once: grown one by one it was four allocations per exec at the default depth.
+        let mut out = Vec::with_capacity(self.config.ancestry_depth.min(16));
         let mut next = parent.and_then(|k| self.resolve(k));
         while let Some(key) = next {
             if out.len() >= self.config.ancestry_depth {
