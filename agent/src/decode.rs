@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use peregrine_common::{
     ABI_VERSION, CGROUP_PATH_CAP, COMM_LEN, CgroupRecord, ConnRecord, ConnWindow, DENIED_NAME_CAP, FlowKey, ExecDeniedRecord, ExecRecord, ExitRecord,
-    FILENAME_CAP, ForkRecord, PATH_CAP, PathBuf,
+    FILENAME_CAP, ForkRecord, PATH_CAP, PathBuf, TTY_NAME_LEN,
     RecordHeader, RecordKind, TaskInfo, cgroup_flags, conn_flags, exec_flags, flow_dir, outcome, path_flags, sockaddr_op,
 };
 
@@ -370,7 +370,15 @@ fn decode_exec(header: &RecordHeader, bytes: &[u8]) -> Result<Exec, DecodeError>
     let argv_len = usize::from(read::<u16>(at(std::mem::offset_of!(ExecRecord, argv_len))).unwrap_or(0));
     let cgroup_id = read::<u64>(at(std::mem::offset_of!(ExecRecord, cgroup_id))).unwrap_or(0);
     let comm: [u8; COMM_LEN] = read(at(std::mem::offset_of!(ExecRecord, comm))).unwrap_or([0; COMM_LEN]);
-    let task: TaskInfo = read(at(std::mem::offset_of!(ExecRecord, task))).ok_or_else(|| truncated(fixed_len))?;
+    // The task's fields are read where they lie: the whole `TaskInfo` is 2 KiB, mostly its
+    // two path buffers' unused tails, and copying it out showed in the agent's profile.
+    let task_at = std::mem::offset_of!(ExecRecord, task);
+    macro_rules! task {
+        ($field:ident) => {
+            read(at(task_at + std::mem::offset_of!(TaskInfo, $field))).unwrap_or_default()
+        };
+    }
+    let path_at = |offset: usize| at(task_at + offset);
     let name_at = std::mem::offset_of!(ExecRecord, filename);
     let argv_area = bytes.get(fixed_len..fixed_len + argv_len).ok_or_else(|| truncated(fixed_len + argv_len))?;
     let name_bytes = bytes.get(name_at..name_at + filename_len.min(FILENAME_CAP)).unwrap_or_default();
@@ -387,11 +395,11 @@ fn decode_exec(header: &RecordHeader, bytes: &[u8]) -> Result<Exec, DecodeError>
     if flags & exec_flags::FILENAME_TRUNCATED != 0 {
         partial.push("filename_truncated");
     }
-    let (exe, exe_complete) = walked_path(&task.exe, &mut lossy);
+    let (exe, exe_complete) = walked_path_at(path_at(std::mem::offset_of!(TaskInfo, exe)), &mut lossy);
     if !exe_complete {
         partial.push("exe_truncated");
     }
-    let (cwd, cwd_complete) = walked_path(&task.cwd, &mut lossy);
+    let (cwd, cwd_complete) = walked_path_at(path_at(std::mem::offset_of!(TaskInfo, cwd)), &mut lossy);
     if !cwd_complete {
         partial.push("cwd_truncated");
     }
@@ -405,21 +413,21 @@ fn decode_exec(header: &RecordHeader, bytes: &[u8]) -> Result<Exec, DecodeError>
         argv: split_argv(argv_area, &mut lossy),
         exe,
         cwd,
-        start_ns: task.start_ns,
-        parent_tgid: task.parent_tgid,
-        parent_start_ns: task.parent_start_ns,
-        vpid: task.vpid,
-        uid: task.uid,
-        gid: task.gid,
-        euid: task.euid,
-        egid: task.egid,
-        loginuid: (task.loginuid != u32::MAX).then_some(task.loginuid),
-        sessionid: (task.sessionid != u32::MAX).then_some(task.sessionid),
-        cap_effective: task.cap_effective,
-        cap_permitted: task.cap_permitted,
-        ns: [task.ns_pid, task.ns_mnt, task.ns_net, task.ns_uts, task.ns_ipc, task.ns_user, task.ns_cgroup],
-        tty: text(until_nul(&task.tty_name), &mut lossy),
-        tty_nr: task.tty_nr,
+        start_ns: task!(start_ns),
+        parent_tgid: task!(parent_tgid),
+        parent_start_ns: task!(parent_start_ns),
+        vpid: task!(vpid),
+        uid: task!(uid),
+        gid: task!(gid),
+        euid: task!(euid),
+        egid: task!(egid),
+        loginuid: Some(task!(loginuid)).filter(|&id| id != u32::MAX),
+        sessionid: Some(task!(sessionid)).filter(|&id| id != u32::MAX),
+        cap_effective: task!(cap_effective),
+        cap_permitted: task!(cap_permitted),
+        ns: [task!(ns_pid), task!(ns_mnt), task!(ns_net), task!(ns_uts), task!(ns_ipc), task!(ns_user), task!(ns_cgroup)],
+        tty: text(until_nul(path_at(std::mem::offset_of!(TaskInfo, tty_name)).get(..TTY_NAME_LEN).unwrap_or_default()), &mut lossy),
+        tty_nr: task!(tty_nr),
         partial,
     };
     let mut exec = exec;
@@ -429,13 +437,22 @@ fn decode_exec(header: &RecordHeader, bytes: &[u8]) -> Result<Exec, DecodeError>
     Ok(exec)
 }
 
-/// Joins a kernel path walk (components leaf first) into a path. Returns whether it is whole;
-/// a truncated walk is shown with a leading `…/`, so it cannot be mistaken for a full path.
-pub fn walked_path(p: &PathBuf, lossy: &mut bool) -> (String, bool) {
-    let len = usize::from(p.len).min(PATH_CAP);
-    let area = p.buf.get(..len).unwrap_or_default();
+/// A kernel path walk as it lies in a record (`bytes` starts at its `PathBuf`): read in place,
+/// as only `len` bytes of its buffer are used.
+fn walked_path_at(bytes: &[u8], lossy: &mut bool) -> (String, bool) {
+    let field = |offset: usize| read::<u16>(bytes.get(offset..).unwrap_or_default()).unwrap_or(0);
+    let (len, flags) = (field(std::mem::offset_of!(PathBuf, len)), field(std::mem::offset_of!(PathBuf, flags)));
+    let buf = bytes.get(std::mem::offset_of!(PathBuf, buf)..).unwrap_or_default();
+    walked_path(len, flags, buf.get(..PATH_CAP).unwrap_or(buf), lossy)
+}
+
+/// Joins a kernel path walk (components leaf first, `len` bytes of `buf` used) into a path.
+/// Returns whether it is whole; a truncated walk is shown with a leading `…/`, so it cannot be
+/// mistaken for a full path.
+fn walked_path(len: u16, flags: u16, buf: &[u8], lossy: &mut bool) -> (String, bool) {
+    let area = buf.get(..usize::from(len)).unwrap_or(buf);
     let body = area.strip_suffix(&[0]).unwrap_or(area);
-    let complete = p.flags & path_flags::TRUNCATED == 0 && p.flags & path_flags::ABSOLUTE != 0;
+    let complete = flags & path_flags::TRUNCATED == 0 && flags & path_flags::ABSOLUTE != 0;
     // One string, built root first: this runs twice per exec.
     let mut out = String::with_capacity(body.len() + 4);
     out.push_str(if complete { "/" } else { "…/" });
@@ -574,6 +591,7 @@ mod tests {
     #[test]
     fn walked_paths() {
         let mut lossy = false;
+        let walked_path = |p: &PathBuf, lossy: &mut bool| walked_path(p.len, p.flags, &p.buf, lossy);
         assert_eq!(walked_path(&path(&[], path_flags::ABSOLUTE), &mut lossy), ("/".to_owned(), true));
         assert_eq!(walked_path(&path(&[b"c", b"b", b"a"], path_flags::ABSOLUTE), &mut lossy), ("/a/b/c".to_owned(), true));
         assert_eq!(walked_path(&path(&[b"c", b"b"], path_flags::TRUNCATED), &mut lossy), ("…/b/c".to_owned(), false));
