@@ -373,9 +373,11 @@ fn decode_exec(header: &RecordHeader, bytes: &[u8]) -> Result<Exec, DecodeError>
     // The task's fields are read where they lie: the whole `TaskInfo` is 2 KiB, mostly its
     // two path buffers' unused tails, and copying it out showed in the agent's profile.
     let task_at = std::mem::offset_of!(ExecRecord, task);
+    // The read's type is the field's (`of_field`): a field whose width changes cannot be read
+    // with the old one.
     macro_rules! task {
         ($field:ident) => {
-            read(at(task_at + std::mem::offset_of!(TaskInfo, $field))).unwrap_or_default()
+            of_field(|t: &TaskInfo| &t.$field, read(at(task_at + std::mem::offset_of!(TaskInfo, $field))).unwrap_or_default())
         };
     }
     let path_at = |offset: usize| at(task_at + offset);
@@ -435,6 +437,11 @@ fn decode_exec(header: &RecordHeader, bytes: &[u8]) -> Result<Exec, DecodeError>
         exec.partial.push("lossy_utf8");
     }
     Ok(exec)
+}
+
+/// `value`, typed as the field `field` points at.
+fn of_field<S, T>(_field: fn(&S) -> &T, value: T) -> T {
+    value
 }
 
 /// A kernel path walk as it lies in a record (`bytes` starts at its `PathBuf`): read in place,
@@ -531,14 +538,26 @@ mod tests {
         rec.cgroup_id = 4242;
         rec.comm[..4].copy_from_slice(b"true");
         let mut task = zero_task();
+        // Every field its own value: a field read at another's offset shows.
+        task.start_ns = 1_000_000_001;
+        task.parent_start_ns = 1_000_000_002;
+        task.vpid = 11;
         task.parent_tgid = 9;
         task.uid = 1000;
         task.euid = 0;
         task.gid = 1001;
+        task.egid = 1002;
         task.loginuid = u32::MAX;
         task.sessionid = 3;
         task.cap_effective = 0x1fffeffffff;
+        task.cap_permitted = 0x3fffeffffff;
         task.ns_pid = 4026531836;
+        task.ns_mnt = 4026531841;
+        task.ns_net = 4026531842;
+        task.ns_uts = 4026531843;
+        task.ns_ipc = 4026531844;
+        task.ns_user = 4026531845;
+        task.ns_cgroup = 4026531846;
         task.tty_name[..4].copy_from_slice(b"pts3");
         task.tty_nr = 34819;
         task.exe = path(&[b"true", b"bin", b"usr"], path_flags::ABSOLUTE);
@@ -565,8 +584,9 @@ mod tests {
         let d = exec(decode(&record(b"/bin/true\0-x\0\0last\0", b"/bin/true", 0)).unwrap());
         assert_eq!(d.boot_ns, 77);
         assert_eq!(d.pid, 10);
+        assert_eq!((d.start_ns, d.parent_start_ns, d.vpid), (1_000_000_001, 1_000_000_002, 11));
         assert_eq!(d.parent_tgid, 9);
-        assert_eq!((d.uid, d.euid, d.gid), (1000, 0, 1001));
+        assert_eq!((d.uid, d.euid, d.gid, d.egid), (1000, 0, 1001, 1002));
         assert_eq!(d.comm, "true");
         assert_eq!(d.filename, "/bin/true");
         assert_eq!(d.exe, "/usr/bin/true");
@@ -575,8 +595,8 @@ mod tests {
         assert_eq!(d.cgroup_id, 4242);
         assert_eq!(d.loginuid, None);
         assert_eq!(d.sessionid, Some(3));
-        assert_eq!(d.cap_effective, 0x1fffeffffff);
-        assert_eq!(d.ns[0], 4026531836);
+        assert_eq!((d.cap_effective, d.cap_permitted), (0x1fffeffffff, 0x3fffeffffff));
+        assert_eq!(d.ns, [4026531836, 4026531841, 4026531842, 4026531843, 4026531844, 4026531845, 4026531846]);
         assert_eq!((d.tty.as_str(), d.tty_nr), ("pts3", 34819));
         assert!(d.partial.is_empty());
     }
@@ -601,6 +621,30 @@ mod tests {
         let mut p = path(&[b"x"], path_flags::ABSOLUTE);
         p.len = u16::MAX;
         let _ = walked_path(&p, &mut lossy);
+    }
+
+    /// A walk read in place from a record's bytes: its used length only, never past its
+    /// buffer, and whatever part of it the bytes hold.
+    #[test]
+    fn walked_paths_in_place() {
+        let bytes_of = |p: &PathBuf| {
+            // SAFETY: test-only; viewing a repr(C) value as bytes.
+            unsafe { std::slice::from_raw_parts((p as *const PathBuf).cast::<u8>(), size_of::<PathBuf>()) }.to_vec()
+        };
+        let mut lossy = false;
+        let mut p = path(&[b"c", b"b", b"a"], path_flags::ABSOLUTE);
+        p.buf[10..14].copy_from_slice(b"junk");
+        assert_eq!(walked_path_at(&bytes_of(&p), &mut lossy), ("/a/b/c".to_owned(), true));
+        // A length past the buffer takes the buffer; the bytes after it are not read.
+        p.len = u16::MAX;
+        let mut bytes = bytes_of(&p);
+        bytes.extend_from_slice(b"\0beyond");
+        let (walked, _) = walked_path_at(&bytes, &mut lossy);
+        assert!(!walked.contains("beyond"), "{walked}");
+        // Cut short: no panic.
+        for n in [0, 3, 7, 9, 100] {
+            let _ = walked_path_at(&bytes[..n], &mut lossy);
+        }
     }
 
     #[test]

@@ -41,11 +41,12 @@ const CONNECT_EXPIRY_EVERY: Duration = Duration::from_millis(250);
 
 /// Identity every event carries, and the agent-wide sequence.
 pub struct Stamper {
-    pub node: String,
-    pub cluster: String,
-    pub agent_run: String,
+    node: String,
+    cluster: String,
+    agent_run: String,
     /// `node`, `cluster` and `agent_run` as encoded fields of an event, appended to every
     /// event as it is encoded ([`Encoded::new`]) instead of three strings cloned into each.
+    /// Made once: the three are fixed for the run.
     identity: Vec<u8>,
     /// The run's random bits: event ids are these plus the sequence number, unique without a
     /// random-number syscall per event.
@@ -64,6 +65,18 @@ impl Stamper {
             Event { node: node.clone(), cluster: cluster.clone(), agent_run: agent_run.clone(), ..Default::default() }
                 .encode_to_vec();
         Self { node, cluster, agent_run, identity, run_bits, seq: 0, clock: BootClock::sample() }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    pub fn agent_run(&self) -> &str {
+        &self.agent_run
     }
 
     /// A UUIDv8: the run's random bits, then the sequence number.

@@ -163,7 +163,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let sending = tokio::spawn(sender.run(rx));
 
     let stamper = drain::Stamper::new(config.node_name.clone(), config.cluster_name.clone());
-    tracing::info!(node = %stamper.node, cluster = %stamper.cluster, run = %stamper.agent_run, "agent started");
+    tracing::info!(node = %stamper.node(), cluster = %stamper.cluster(), run = %stamper.agent_run(), "agent started");
     // Seed after attaching: a process started in between is in the ring, and its record,
     // applied after the seed, is the newer truth.
     let mut tracker = Tracker::new(

@@ -396,9 +396,14 @@ mod tests {
         let encoded = stamper.encode(&event);
         assert_eq!(encoded.observed, None);
         let decoded = Event::decode(encoded.bytes.as_slice()).unwrap();
-        assert_eq!(decoded, Event { node: "node-7".into(), cluster: "prod-west".into(), agent_run: stamper.agent_run.clone(), ..event.clone() });
+        assert_eq!(decoded, Event { node: "node-7".into(), cluster: "prod-west".into(), agent_run: stamper.agent_run().to_owned(), ..event.clone() });
         let header = peregrine_proto::EventHeader::peek(&encoded.bytes).unwrap();
         assert_eq!((header.id, header.node, header.kind), (event.id.as_bytes(), "node-7", "exit"));
+        // The collector's JSON writer refuses a singular field sent twice: none is.
+        let mut json = Vec::new();
+        peregrine_proto::json::event_json(&encoded.bytes, &mut json).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!((json["node"].as_str(), json["cluster"].as_str()), (Some("node-7"), Some("prod-west")));
     }
 
     /// A status says up to when the node was observed: its time less how far its barrier is

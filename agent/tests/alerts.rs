@@ -61,7 +61,7 @@ fn write_rule(path: &Path, marker: &str, rule: &str) {
     std::fs::write(
         path,
         format!(
-            "- rule: {rule}\n  desc: test rule\n  condition: evt.type = execve and proc.args contains \"{marker}\"\n  output: \"{rule} fired (cmd=%proc.cmdline pid=%proc.pid parent=%proc.pname)\"\n  priority: NOTICE\n  tags: [test]\n"
+            "- rule: {rule}\n  desc: test rule\n  condition: evt.type = execve and proc.args contains \"{marker}\"\n  output: \"{rule} fired (cmd=%proc.cmdline pid=%proc.pid host=%evt.hostname parent=%proc.pname)\"\n  priority: NOTICE\n  tags: [test]\n"
         ),
     )
     .unwrap();
@@ -114,7 +114,8 @@ fn rules_fold_repeats_and_reload_through_a_configmap_swap() {
     assert_eq!(a[0]["folded"], false);
     assert_eq!(a[0]["count"], 1);
     let comm = probe.file_name().unwrap().to_str().unwrap();
-    let expected = format!("Marker A fired (cmd={comm} {first} pid={} parent=", a[0]["process"]["pid"]);
+    // The node's name reaches the rules apart from the event, which gets it as it is encoded.
+    let expected = format!("Marker A fired (cmd={comm} {first} pid={} host=test-node parent=", a[0]["process"]["pid"]);
     assert!(a[0]["output"].as_str().unwrap().starts_with(&expected), "{} vs {expected}", a[0]["output"]);
 
     // A broken update: the old rules stay in force, the agent says why.

@@ -189,9 +189,12 @@ impl ProcessCache {
 
     /// Ancestors from the parent upwards, bounded by the configured depth.
     pub fn ancestors(&self, parent: Option<Key>) -> Vec<SharedAncestor> {
-        // Sized once: grown one by one it was four allocations per exec at the default depth.
-        let mut out = Vec::with_capacity(self.config.ancestry_depth.min(16));
+        let mut out = Vec::new();
         let mut next = parent.and_then(|k| self.resolve(k));
+        if next.is_some() {
+            // Sized once: grown one by one it was two allocations per exec at the default depth.
+            out.reserve_exact(self.config.ancestry_depth.min(16));
+        }
         while let Some(key) = next {
             if out.len() >= self.config.ancestry_depth {
                 break;
