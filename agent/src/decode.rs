@@ -373,14 +373,14 @@ fn decode_exec(header: &RecordHeader, bytes: &[u8]) -> Result<Exec, DecodeError>
     // The task's fields are read where they lie: the whole `TaskInfo` is 2 KiB, mostly its
     // two path buffers' unused tails, and copying it out showed in the agent's profile.
     let task_at = std::mem::offset_of!(ExecRecord, task);
+    let in_task = |offset: usize| at(task_at + offset);
     // The read's type is the field's (`of_field`): a field whose width changes cannot be read
     // with the old one.
     macro_rules! task {
         ($field:ident) => {
-            of_field(|t: &TaskInfo| &t.$field, read(at(task_at + std::mem::offset_of!(TaskInfo, $field))).unwrap_or_default())
+            of_field(|t: &TaskInfo| &t.$field, read(in_task(std::mem::offset_of!(TaskInfo, $field))).unwrap_or_default())
         };
     }
-    let path_at = |offset: usize| at(task_at + offset);
     let name_at = std::mem::offset_of!(ExecRecord, filename);
     let argv_area = bytes.get(fixed_len..fixed_len + argv_len).ok_or_else(|| truncated(fixed_len + argv_len))?;
     let name_bytes = bytes.get(name_at..name_at + filename_len.min(FILENAME_CAP)).unwrap_or_default();
@@ -397,11 +397,11 @@ fn decode_exec(header: &RecordHeader, bytes: &[u8]) -> Result<Exec, DecodeError>
     if flags & exec_flags::FILENAME_TRUNCATED != 0 {
         partial.push("filename_truncated");
     }
-    let (exe, exe_complete) = walked_path_at(path_at(std::mem::offset_of!(TaskInfo, exe)), &mut lossy);
+    let (exe, exe_complete) = walked_path_at(in_task(std::mem::offset_of!(TaskInfo, exe)), &mut lossy);
     if !exe_complete {
         partial.push("exe_truncated");
     }
-    let (cwd, cwd_complete) = walked_path_at(path_at(std::mem::offset_of!(TaskInfo, cwd)), &mut lossy);
+    let (cwd, cwd_complete) = walked_path_at(in_task(std::mem::offset_of!(TaskInfo, cwd)), &mut lossy);
     if !cwd_complete {
         partial.push("cwd_truncated");
     }
@@ -428,7 +428,7 @@ fn decode_exec(header: &RecordHeader, bytes: &[u8]) -> Result<Exec, DecodeError>
         cap_effective: task!(cap_effective),
         cap_permitted: task!(cap_permitted),
         ns: [task!(ns_pid), task!(ns_mnt), task!(ns_net), task!(ns_uts), task!(ns_ipc), task!(ns_user), task!(ns_cgroup)],
-        tty: text(until_nul(path_at(std::mem::offset_of!(TaskInfo, tty_name)).get(..TTY_NAME_LEN).unwrap_or_default()), &mut lossy),
+        tty: text(until_nul(in_task(std::mem::offset_of!(TaskInfo, tty_name)).get(..TTY_NAME_LEN).unwrap_or_default()), &mut lossy),
         tty_nr: task!(tty_nr),
         partial,
     };
