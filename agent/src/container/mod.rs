@@ -219,10 +219,14 @@ impl ContainerStage {
         let Some(cgroup_id) = cgroup_of(&kind) else {
             return Some(Enriched { boot_ns, kind, container: None, enrichment: status::NONE, privilege: Vec::new() });
         };
-        if self.cgroups.get(cgroup_id).is_none() {
-            self.find_cgroup(cgroup_id, kind.process().map_or(0, |p| p.pid));
-        }
-        let Some(entry) = self.cgroups.get(cgroup_id) else {
+        let entry = match self.cgroups.get(cgroup_id) {
+            Some(entry) => Some(entry),
+            None => {
+                self.find_cgroup(cgroup_id, kind.process().map_or(0, |p| p.pid));
+                self.cgroups.get(cgroup_id)
+            }
+        };
+        let Some(entry) = entry else {
             self.metrics.enrichment_incomplete.get_or_create(&StatusLabel { status: status::NONE }).inc();
             return Some(Enriched { boot_ns, kind, container: None, enrichment: status::NONE, privilege: Vec::new() });
         };
