@@ -20,6 +20,20 @@ pub enum Kind {
     PerfEventArray,
 }
 
+/// Asks for all of a record's cache lines before it is decoded. The kernel wrote them on
+/// another CPU; fetched one at a time as decoding reached them (an exec record spans ~40
+/// lines, read sparsely), the waits were about half of the drain's own time under an exec
+/// storm (perf annotate). Asked for together, the fetches overlap.
+#[inline]
+fn prefetch(record: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in record.chunks(64) {
+        // SAFETY: SSE is part of every x86_64 CPU (the instruction needs nothing more), and a
+        // prefetch is a hint: it neither faults nor changes memory.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+    }
+}
+
 impl Kind {
     pub fn name(self) -> &'static str {
         match self {
@@ -104,6 +118,7 @@ impl Records {
                 let ring = fd.get_mut();
                 for _ in 0..max {
                     let Some(item) = ring.next() else { return false };
+                    prefetch(&item);
                     f(&item);
                 }
                 true
