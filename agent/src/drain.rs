@@ -8,7 +8,7 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use peregrine_proto::{AgentStatus, Event, Kind, Loss, v1::agent_status::Phase};
-use prost::Message;
+use prost::{Message, bytes::BytesMut};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -21,6 +21,7 @@ use crate::{
     watermark::Previous,
     net::ConnTracker,
     process::Tracker,
+    queue::{PassSender, Refused},
     rules::{self, RulesStage},
     sender::Encoded,
     ticker::Ticker,
@@ -53,7 +54,12 @@ pub struct Stamper {
     run_bits: [u8; 8],
     seq: u64,
     clock: BootClock,
+    /// Where events are encoded: see [`Encoded::new`].
+    chunk: BytesMut,
 }
+
+/// Bytes of encoded events per allocation (an exec event is ~600 bytes).
+const ENCODING_CHUNK: usize = 64 << 10;
 
 impl Stamper {
     pub fn new(node: String, cluster: String) -> Self {
@@ -64,7 +70,16 @@ impl Stamper {
         let identity =
             Event { node: node.clone(), cluster: cluster.clone(), agent_run: agent_run.clone(), ..Default::default() }
                 .encode_to_vec();
-        Self { node, cluster, agent_run, identity, run_bits, seq: 0, clock: BootClock::sample() }
+        Self {
+            node,
+            cluster,
+            agent_run,
+            identity,
+            run_bits,
+            seq: 0,
+            clock: BootClock::sample(),
+            chunk: BytesMut::with_capacity(ENCODING_CHUNK),
+        }
     }
 
     pub fn node(&self) -> &str {
@@ -107,8 +122,8 @@ impl Stamper {
     }
 
     /// The event as the spool stores it, with this agent's identity fields.
-    pub fn encode(&self, event: &Event) -> Encoded {
-        Encoded::new(event, &self.identity)
+    pub fn encode(&mut self, event: &Event) -> Encoded {
+        Encoded::new(event, &self.identity, &mut self.chunk)
     }
 }
 
@@ -143,7 +158,7 @@ pub struct Drain {
     rules: Option<RulesStage>,
     alerts: Vec<peregrine_rules::Alert>,
     stamper: Stamper,
-    tx: mpsc::Sender<Encoded>,
+    queue: PassSender,
     metrics: Metrics,
     kind_counters: KindCounters,
     config: DrainConfig,
@@ -165,7 +180,7 @@ impl Drain {
         maps: transport::Maps,
         stages: Stages,
         stamper: Stamper,
-        tx: mpsc::Sender<Encoded>,
+        queue: PassSender,
         metrics: Metrics,
         config: DrainConfig,
     ) -> Self {
@@ -180,7 +195,7 @@ impl Drain {
             rules: stages.rules,
             alerts: Vec::new(),
             stamper,
-            tx,
+            queue,
             metrics,
             kind_counters: KindCounters::default(),
             config,
@@ -205,6 +220,7 @@ impl Drain {
         }
         self.report_gap();
         self.status(Phase::Started);
+        self.hand_over();
         let maps = self.maps.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
         let mut resolutions = self.resolutions.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
         let mut scrapes = self.scrapes.take().ok_or_else(|| std::io::Error::other("drain started twice"))?;
@@ -222,6 +238,7 @@ impl Drain {
         // (sender, HTTP, container lookups) had a turn on the agent's one thread.
         let mut backlog = false;
         loop {
+            self.hand_over();
             tokio::select! {
                 () = tokio::task::yield_now(), if backlog => backlog = self.drain_once(&mut records, false),
                 () = records.readable() => backlog = self.drain_once(&mut records, false),
@@ -272,6 +289,7 @@ impl Drain {
         }
         self.send_alerts(None);
         self.status(Phase::Stopping);
+        self.hand_over();
         Ok(())
     }
 
@@ -476,7 +494,7 @@ impl Drain {
             let total = self.reported_total.get(why).copied().unwrap_or(0) + count;
             let event =
                 self.stamper.stamp(boot_now_ns(), Kind::Loss(Loss { reason: why.to_owned(), count, total, ..Default::default() }));
-            match self.tx.try_send(self.stamper.encode(&event)) {
+            match self.queue.push(self.stamper.encode(&event)) {
                 Ok(()) => {
                     self.kind_counters.inc(&self.metrics.events, "loss");
                     self.unreported.insert(why, 0);
@@ -490,11 +508,20 @@ impl Drain {
     fn push(&mut self, event: Event) {
         let kind = event.kind_name();
         self.kind_counters.inc(&self.metrics.events, kind);
-        match self.tx.try_send(self.stamper.encode(&event)) {
+        match self.queue.push(self.stamper.encode(&event)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.lose(reason::QUEUE_FULL, 1),
+            Err(Refused::Full) => self.lose(reason::QUEUE_FULL, 1),
             // The sender is gone only during shutdown; what remains cannot be delivered.
-            Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.drop_event(reason::SHUTDOWN, 1),
+            Err(Refused::Closed) => self.metrics.drop_event(reason::SHUTDOWN, 1),
+        }
+    }
+
+    /// Sends what this turn queued to the sender in one message. Called before every wait:
+    /// the sender runs on the same thread, so nothing it could take is held back.
+    fn hand_over(&mut self) {
+        let lost = self.queue.hand_over();
+        if lost > 0 {
+            self.metrics.drop_event(reason::SHUTDOWN, lost as u64);
         }
     }
 

@@ -13,6 +13,7 @@ mod kernel;
 mod metrics;
 mod net;
 mod process;
+mod queue;
 mod rules;
 mod sender;
 mod ticker;
@@ -144,7 +145,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let http = peregrine_service::http::serve(config.http.listen, Arc::new(registry), ready_rx, Some(scrape_refresh(scrape_tx))).await?;
     tracing::info!(%http, "serving /healthz /readyz /metrics");
 
-    let (tx, rx) = mpsc::channel(config.pipeline.queue_capacity);
+    let (tx, rx) = queue::bounded(config.pipeline.queue_capacity);
     let spool = peregrine_journal::Journal::open(&config.spool.dir, config.spool.journal())
         .with_context(|| format!("opening the spool at {} (spool.dir)", config.spool.dir.display()))?;
     tracing::info!(dir = %config.spool.dir.display(), unacknowledged = spool.depth().records, "spool opened");

@@ -15,7 +15,10 @@ use std::{collections::VecDeque, time::Duration};
 
 use peregrine_journal::{Appended, Journal};
 use peregrine_proto::{Ack, Event, Kind, v1::EventBatchRaw, v1::agent_status::Phase};
-use prost::Message;
+use prost::{
+    Message,
+    bytes::{Bytes, BytesMut},
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -23,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::{
     config::{CollectorConfig, PipelineConfig},
     metrics::{Metrics, ReasonLabel, catch_up, reason},
+    queue::PassReceiver,
     watermark::Watermark,
 };
 
@@ -55,7 +59,7 @@ const BATCH_MAX_BYTES: usize = 4 << 20;
 /// `Event` is ~900 bytes, moved into the queue and out again otherwise), with the one thing
 /// the sender needs to know of it.
 pub struct Encoded {
-    pub bytes: Vec<u8>,
+    pub bytes: Bytes,
     /// For a status: up to when the node was observed (wall clock, ns) and whether the agent
     /// is stopping; recorded once the status is flushed to the spool.
     pub observed: Option<(u64, bool)>,
@@ -64,10 +68,16 @@ pub struct Encoded {
 impl Encoded {
     /// `suffix`: fields encoded once for every event (the agent's identity). A protobuf
     /// message's fields may come in any order, and `event` leaves those fields empty.
-    pub fn new(event: &Event, suffix: &[u8]) -> Self {
-        let mut bytes = Vec::with_capacity(event.encoded_len() + suffix.len());
-        event.encode_raw(&mut bytes);
-        bytes.extend_from_slice(suffix);
+    ///
+    /// `chunk`: where the encoding is written. The event's bytes are split off it and share
+    /// its allocation with the events encoded before and after: one allocation per chunk
+    /// instead of two per event (a buffer, and the spool's shared handle to it), each of them
+    /// touching memory freed long ago.
+    pub fn new(event: &Event, suffix: &[u8], chunk: &mut BytesMut) -> Self {
+        chunk.reserve(event.encoded_len() + suffix.len());
+        event.encode_raw(chunk);
+        chunk.extend_from_slice(suffix);
+        let bytes = chunk.split().freeze();
         let observed = match &event.kind {
             Some(Kind::Status(s)) => {
                 // Everything before the status's barrier is ahead of it in the spool.
@@ -89,7 +99,7 @@ struct InFlight {
 }
 
 impl Sender {
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Encoded>) {
+    pub async fn run(mut self, mut rx: PassReceiver) {
         let mut backoff = Duration::from_millis(100);
         let max_backoff = Duration::from_millis(self.collector.max_backoff_ms.max(100));
         let mut connected_before = false;
@@ -129,7 +139,7 @@ impl Sender {
             let open = loop {
                 tokio::select! {
                     next = rx.recv() => match next {
-                        Some(event) => self.take(event, &mut unflushed, rx.is_empty()),
+                        Some(pass) => self.take(pass, &mut unflushed, rx.is_empty()),
                         None => break false,
                     },
                     _ = tokio::time::sleep_until(deadline) => break true,
@@ -147,13 +157,19 @@ impl Sender {
         tracing::info!(spooled = self.spool.depth().records, "sender stopped; unacknowledged events stay in the spool");
     }
 
-    /// Spools one event from the drain, and flushes when the batch is full or the drain's
-    /// pass is all taken (`pass_taken`): the drain hands over a pass's events at once, so a
-    /// pass costs one write and one send, and no timer has to wake the agent for it.
-    fn take(&mut self, event: Encoded, unflushed: &mut usize, pass_taken: bool) {
-        self.accept(event);
-        *unflushed += 1;
-        if *unflushed >= self.pipeline.batch_max_events || pass_taken {
+    /// Spools a drain pass's events, flushing whenever a batch is full and after the last
+    /// pass waiting (`last`): a pass costs one write and one send, and no timer has to wake
+    /// the agent for it.
+    fn take(&mut self, pass: Vec<Encoded>, unflushed: &mut usize, last: bool) {
+        for event in pass {
+            self.accept(event);
+            *unflushed += 1;
+            if *unflushed >= self.pipeline.batch_max_events {
+                self.flush();
+                *unflushed = 0;
+            }
+        }
+        if last && *unflushed > 0 {
             self.flush();
             *unflushed = 0;
         }
@@ -162,7 +178,7 @@ impl Sender {
     /// Appends one event to the spool (buffered; see [`Self::flush`]).
     fn accept(&mut self, event: Encoded) {
         // Handed over as it is: the spool keeps this buffer for the sender's read.
-        match self.spool.append_bytes(event.bytes.into()) {
+        match self.spool.append_bytes(event.bytes) {
             Ok(Appended::Stored(_)) => {
                 if event.observed.is_some() {
                     self.unflushed_mark = event.observed;
@@ -276,7 +292,7 @@ impl Sender {
         Ok(grpc.streaming(tonic::Request::new(batches), path, codec).await?.into_inner())
     }
 
-    async fn stream(&mut self, channel: Channel, rx: &mut mpsc::Receiver<Encoded>) -> Outcome {
+    async fn stream(&mut self, channel: Channel, rx: &mut PassReceiver) -> Outcome {
         let (out, out_rx) = mpsc::channel::<EventBatchRaw>(WINDOW);
         let connect_timeout = Duration::from_millis(self.collector.connect_timeout_ms);
         let mut acks = match tokio::time::timeout(connect_timeout, self.open(channel, ReceiverStream::new(out_rx))).await {
@@ -306,7 +322,7 @@ impl Sender {
             }
             tokio::select! {
                 next = rx.recv(), if queue_open => match next {
-                    Some(event) => self.take(event, &mut unflushed, rx.is_empty()),
+                    Some(pass) => self.take(pass, &mut unflushed, rx.is_empty()),
                     None => {
                         queue_open = false;
                         self.flush();
@@ -395,7 +411,7 @@ mod tests {
         assert!(event.node.is_empty() && event.cluster.is_empty() && event.agent_run.is_empty());
         let encoded = stamper.encode(&event);
         assert_eq!(encoded.observed, None);
-        let decoded = Event::decode(encoded.bytes.as_slice()).unwrap();
+        let decoded = Event::decode(&encoded.bytes[..]).unwrap();
         assert_eq!(decoded, Event { node: "node-7".into(), cluster: "prod-west".into(), agent_run: stamper.agent_run().to_owned(), ..event.clone() });
         let header = peregrine_proto::EventHeader::peek(&encoded.bytes).unwrap();
         assert_eq!((header.id, header.node, header.kind), (event.id.as_bytes(), "node-7", "exit"));
@@ -404,6 +420,27 @@ mod tests {
         peregrine_proto::json::event_json(&encoded.bytes, &mut json).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!((json["node"].as_str(), json["cluster"].as_str()), (Some("node-7"), Some("prod-west")));
+    }
+
+    /// Events are split off shared chunks: each keeps its own bytes however many come after
+    /// it, across chunk boundaries, and one larger than a chunk gets room of its own.
+    #[test]
+    fn events_encoded_one_after_another_keep_their_own_bytes() {
+        use peregrine_proto::{Process, SharedProcess};
+        let mut stamper = Stamper::new("node-7".into(), "prod-west".into());
+        let exit = |code: i32, argv: Vec<String>| {
+            let process = (!argv.is_empty()).then(|| SharedProcess::from(Process { argv, ..Process::default() }));
+            Kind::Exit(ProcessExit { exit_code: code, process, ..Default::default() })
+        };
+        // ~100 bytes each: 2,000 of them fill several chunks; one of 100 kB fills none.
+        let mut events: Vec<Event> = (0..2000).map(|i| stamper.stamp(i, exit(i as i32, Vec::new()))).collect();
+        events.insert(1000, stamper.stamp(1000, exit(-1, vec!["a".repeat(100_000)])));
+        let encoded: Vec<Encoded> = events.iter().map(|e| stamper.encode(e)).collect();
+        assert!(encoded.iter().map(|e| e.bytes.len()).sum::<usize>() > 3 * (64 << 10));
+        for (event, encoded) in events.iter().zip(&encoded) {
+            let decoded = Event::decode(&encoded.bytes[..]).unwrap();
+            assert_eq!(Event { node: String::new(), cluster: String::new(), agent_run: String::new(), ..decoded }, *event);
+        }
     }
 
     /// A status says up to when the node was observed: its time less how far its barrier is
@@ -416,7 +453,8 @@ mod tests {
             kind: Some(Kind::Status(AgentStatus { phase: phase as i32, drained_until_boot_ns: 9_000, ..Default::default() })),
             ..Default::default()
         };
-        assert_eq!(Encoded::new(&status(Phase::Heartbeat), &[]).observed, Some((999_000, false)));
-        assert_eq!(Encoded::new(&status(Phase::Stopping), &[]).observed, Some((999_000, true)));
+        let mut chunk = BytesMut::new();
+        assert_eq!(Encoded::new(&status(Phase::Heartbeat), &[], &mut chunk).observed, Some((999_000, false)));
+        assert_eq!(Encoded::new(&status(Phase::Stopping), &[], &mut chunk).observed, Some((999_000, true)));
     }
 }
