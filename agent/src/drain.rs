@@ -58,7 +58,9 @@ pub struct Stamper {
     chunk: BytesMut,
 }
 
-/// Bytes of encoded events per allocation (an exec event is ~600 bytes).
+/// Bytes of encoded events per allocation (an exec event is ~600 bytes). At most 64 KiB:
+/// `bytes` remembers a buffer's first capacity only up to that when it allocates the next
+/// chunk, so a larger value would size only the first one.
 const ENCODING_CHUNK: usize = 64 << 10;
 
 impl Stamper {

@@ -1,4 +1,6 @@
-//! The queue from the drain to the sender: a drain pass's events go over as one message.
+//! The queue from the drain to the sender: what one turn of the drain produced (one or more
+//! passes over the ring, and what a timer tick or a container lookup released) goes over as
+//! one message, called a pass here.
 //!
 //! The two run on the agent's one thread. Handed over one by one, every event cost a channel
 //! send, a wake of the sender and a turn of its `select!` (together ~4 % of the agent's CPU

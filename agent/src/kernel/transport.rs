@@ -20,18 +20,31 @@ pub enum Kind {
     PerfEventArray,
 }
 
-/// Asks for all of a record's cache lines before it is decoded. The kernel wrote them on
-/// another CPU; fetched one at a time as decoding reached them (an exec record spans ~40
+/// Asks for a record's cache lines before it is decoded. The kernel wrote them on another
+/// CPU; fetched one at a time as decoding reached them (an exec record's fixed part spans ~40
 /// lines, read sparsely), the waits were about half of the drain's own time under an exec
-/// storm (perf annotate). Asked for together, the fetches overlap.
+/// storm (perf annotate). Asked for together, the fetches overlap. Past `PREFETCH_MAX` bytes
+/// (an exec record's argv can reach 16 KiB) the rest is read in order, which the CPU's own
+/// prefetcher follows; more requests would only evict what the first lines brought in.
 #[inline]
 fn prefetch(record: &[u8]) {
+    const LINE: usize = 64;
+    const PREFETCH_MAX: usize = 4096;
     #[cfg(target_arch = "x86_64")]
-    for line in record.chunks(64) {
-        // SAFETY: SSE is part of every x86_64 CPU (the instruction needs nothing more), and a
-        // prefetch is a hint: it neither faults nor changes memory.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+    {
+        // From the start of the record's first line: a record need not start on one, and
+        // stepping from its first byte would miss its last line.
+        let misalign = record.as_ptr() as usize % LINE;
+        let first_line = record.as_ptr().wrapping_sub(misalign);
+        for offset in (0..misalign + record.len().min(PREFETCH_MAX)).step_by(LINE) {
+            // SAFETY: SSE is part of every x86_64 CPU (the instruction needs nothing more),
+            // and a prefetch is a hint: it neither faults nor reads or changes memory, so the
+            // address needs no bounds.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(first_line.wrapping_add(offset).cast()) };
+        }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (record, LINE, PREFETCH_MAX);
 }
 
 impl Kind {
