@@ -455,8 +455,8 @@ mod tests {
         assert!(encoded.bytes.len() > 100_000);
         pairs.push((large, encoded));
         check(&pairs);
-        // Half of them sent (their handles dropped): the chunks are used again, and what is
-        // still held keeps its bytes while later events are written.
+        // Every other one sent (its handle dropped): what is still held keeps its bytes while
+        // later events are written.
         let mut kept: Vec<(Event, Encoded)> = pairs.into_iter().step_by(2).collect();
         for i in 3000..5000 {
             let event = stamper.stamp(i, exit(i as i32, Vec::new()));
@@ -464,6 +464,16 @@ mod tests {
             kept.push((event, encoded));
         }
         check(&kept);
+        // All sent: the drain's chunk is written again from its start; what goes there is right.
+        drop(kept);
+        let again: Vec<(Event, Encoded)> = (6000..6100)
+            .map(|i| {
+                let event = stamper.stamp(i, exit(i as i32, Vec::new()));
+                let encoded = stamper.encode(&event);
+                (event, encoded)
+            })
+            .collect();
+        check(&again);
     }
 
     /// A pass is spooled whole, flushed at every full batch inside it and after the last
